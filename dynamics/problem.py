@@ -1,0 +1,266 @@
+"""Noisy-label problems: a validated container, noise models, and generators.
+
+A :class:`Problem` holds what THEORY.md section 0 names: training inputs with
+observed (noisy) and true labels, a small clean ("meta") subset and a test
+set. The noise mask ``y_noisy != y_true`` is for scoring only; no method reads
+it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+NOISE_TYPES = ("symmetric", "pair", "instance")
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """A noisy-label classification problem (THEORY.md section 0).
+
+    Attributes
+    ----------
+    X : (n, d) float64, training inputs.
+    y_noisy : (n,) int64, observed labels in ``[0, C)``.
+    y_true : (n,) int64, true labels (known in simulation only).
+    X_meta : (m, d) float64, clean subset inputs.
+    y_meta : (m,) int64, clean subset labels.
+    X_test : (p, d) float64, test inputs.
+    y_test : (p,) int64, test labels.
+    num_classes : C.
+    transition : (C, C) float64, ``T[a, b] = P(y_noisy = b | y_true = a)`` of the
+        noise model that produced ``y_noisy`` (identity for real noise of unknown law).
+    name : short description used in reports.
+    """
+
+    X: np.ndarray
+    y_noisy: np.ndarray
+    y_true: np.ndarray
+    X_meta: np.ndarray
+    y_meta: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    transition: np.ndarray
+    name: str = "problem"
+
+    def __post_init__(self):
+        for field in ("X", "X_meta", "X_test"):
+            value = np.asarray(getattr(self, field), dtype=np.float64)
+            if value.ndim != 2 or value.shape[0] == 0:
+                raise ValueError(f"{field} must be a non-empty 2-D array, got shape {value.shape}")
+            if not np.all(np.isfinite(value)):
+                raise ValueError(f"{field} contains non-finite values")
+            object.__setattr__(self, field, value)
+        d = self.X.shape[1]
+        for field in ("X_meta", "X_test"):
+            if getattr(self, field).shape[1] != d:
+                raise ValueError(f"{field} has {getattr(self, field).shape[1]} features, X has {d}")
+        C = int(self.num_classes)
+        if C < 2:
+            raise ValueError(f"num_classes must be at least 2, got {C}")
+        object.__setattr__(self, "num_classes", C)
+        for field, inputs in (("y_noisy", "X"), ("y_true", "X"), ("y_meta", "X_meta"), ("y_test", "X_test")):
+            labels = np.asarray(getattr(self, field))
+            if labels.shape != (getattr(self, inputs).shape[0],):
+                raise ValueError(f"{field} must have shape ({getattr(self, inputs).shape[0]},), got {labels.shape}")
+            if not np.issubdtype(labels.dtype, np.integer):
+                raise ValueError(f"{field} must hold integer class indices, got dtype {labels.dtype}")
+            if labels.min() < 0 or labels.max() >= C:
+                raise ValueError(f"{field} must lie in [0, {C}), got range [{labels.min()}, {labels.max()}]")
+            object.__setattr__(self, field, labels.astype(np.int64))
+        missing = sorted(set(range(C)) - set(self.y_meta.tolist()))
+        if missing:
+            raise ValueError(f"y_meta (the clean subset) has no example of classes {missing}; it needs every class")
+        transition = np.asarray(self.transition, dtype=np.float64)
+        if transition.shape != (C, C) or not np.allclose(transition.sum(axis=1), 1.0):
+            raise ValueError(f"transition must be a ({C}, {C}) row-stochastic matrix")
+        object.__setattr__(self, "transition", transition)
+
+    @property
+    def noisy(self) -> np.ndarray:
+        """(n,) bool, the noise mask ``y_noisy != y_true`` (for scoring only)."""
+        return self.y_noisy != self.y_true
+
+    @property
+    def noise_rate(self) -> float:
+        return float(self.noisy.mean())
+
+    @property
+    def sizes(self) -> tuple[int, int, int]:
+        """``(n, m, p)``."""
+        return self.X.shape[0], self.X_meta.shape[0], self.X_test.shape[0]
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays of ``problem.npz``."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("num_classes", "name")}
+
+    @classmethod
+    def from_arrays(cls, arrays, name: str = "problem") -> Problem:
+        y_all = np.concatenate([arrays["y_noisy"], arrays["y_true"], arrays["y_meta"], arrays["y_test"]])
+        num_classes = int(arrays["transition"].shape[0]) if "transition" in arrays else int(y_all.max()) + 1
+        transition = arrays["transition"] if "transition" in arrays else np.eye(num_classes)
+        fields = ("X", "y_noisy", "y_true", "X_meta", "y_meta", "X_test", "y_test")
+        return cls(**{f: np.asarray(arrays[f]) for f in fields}, num_classes=num_classes, transition=transition, name=name)
+
+
+def _check_rate(noise_rate: float, num_classes: int, noise_type: str) -> None:
+    if noise_type not in NOISE_TYPES:
+        raise ValueError(f"noise_type must be one of {NOISE_TYPES}, got {noise_type!r}")
+    if not 0.0 <= noise_rate < 1.0:
+        raise ValueError(f"noise_rate must lie in [0, 1), got {noise_rate}")
+    if noise_type == "symmetric":
+        limit = (num_classes - 1) / num_classes
+        if noise_rate >= limit:
+            raise ValueError(
+                f"noise_rate must lie in [0, {limit:.4g}) for symmetric noise with {num_classes} classes "
+                f"(at (C-1)/C the labels carry no information), got {noise_rate}"
+            )
+    elif noise_rate >= 0.5:
+        raise ValueError(
+            f"noise_rate must lie in [0, 0.5) for {noise_type} noise (at 0.5 the flipped class is as likely "
+            f"as the true one), got {noise_rate}"
+        )
+
+
+def transition_matrix(noise_type: str, noise_rate: float, num_classes: int) -> np.ndarray:
+    """(C, C) expected transition matrix ``T[a, b] = P(noisy = b | true = a)``.
+
+    For instance-dependent noise the per-example flip probabilities vary but
+    average to ``noise_rate``; the flipped label is uniform over the other
+    classes, so the expected matrix is that of symmetric noise.
+    """
+    _check_rate(noise_rate, num_classes, noise_type)
+    C = num_classes
+    if noise_type == "pair":
+        T = (1 - noise_rate) * np.eye(C) + noise_rate * np.roll(np.eye(C), 1, axis=1)
+    else:
+        T = (1 - noise_rate) * np.eye(C) + noise_rate / (C - 1) * (1 - np.eye(C))
+    return T
+
+
+def corrupt_labels(
+    y_true: np.ndarray,
+    noise_rate: float,
+    num_classes: int,
+    rng: np.random.Generator,
+    noise_type: str = "symmetric",
+    X: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw noisy labels; return ``(y_noisy (n,), transition (C, C))``.
+
+    - ``symmetric``: each label flips with probability ``noise_rate`` to a
+      different class drawn uniformly.
+    - ``pair``: class ``c`` flips to ``(c + 1) mod C`` with probability ``noise_rate``.
+    - ``instance``: the flip probability of example i is ``noise_rate * 2 *
+      sigmoid-rank`` of a random linear projection of ``X[i]`` (mean
+      ``noise_rate``, capped at 1), so examples on one side of the input space
+      are corrupted more; the new label is uniform over the other classes.
+
+    Every example flips independently, so the realised rate is binomial
+    around the request.
+    """
+    _check_rate(noise_rate, num_classes, noise_type)
+    y_true = np.asarray(y_true, dtype=np.int64)
+    n = y_true.shape[0]
+    if noise_type == "instance":
+        if X is None:
+            raise ValueError("instance-dependent noise needs the inputs X")
+        projection = np.asarray(X, dtype=np.float64) @ rng.standard_normal(np.shape(X)[1])
+        ranks = np.argsort(np.argsort(projection)) / max(n - 1, 1)  # uniform on [0, 1]
+        flip_probability = np.clip(noise_rate * 2 * ranks, 0.0, 1.0)
+    else:
+        flip_probability = np.full(n, noise_rate)
+    flip = rng.random(n) < flip_probability
+    if noise_type == "pair":
+        new_label = (y_true + 1) % num_classes
+    else:
+        new_label = (y_true + rng.integers(1, num_classes, size=n)) % num_classes
+    y_noisy = np.where(flip, new_label, y_true)
+    return y_noisy, transition_matrix(noise_type, noise_rate, num_classes)
+
+
+def _balanced_labels(size: int, num_classes: int, rng: np.random.Generator) -> np.ndarray:
+    labels = np.arange(size) % num_classes
+    return rng.permutation(labels)
+
+
+def gaussian_mixture(
+    rng: np.random.Generator,
+    *,
+    n: int = 1000,
+    m: int = 100,
+    p: int = 1000,
+    num_classes: int = 4,
+    dim: int = 32,
+    separation: float = 3.0,
+    spread: float = 1.0,
+    noise_rate: float = 0.4,
+    noise_type: str = "symmetric",
+) -> Problem:
+    """The default synthetic problem of THEORY.md section 5.
+
+    ``C`` class means of norm ``separation`` in random directions, isotropic
+    Gaussian spread ``spread``, inputs rescaled to norm ``sqrt(dim)``. Training
+    and test labels are class-balanced (up to one example), the clean subset of
+    size ``m >= C`` exactly balanced up to rounding.
+    """
+    for name, value, low in (("n", n, 1), ("m", m, num_classes), ("p", p, 1), ("dim", dim, 1), ("num_classes", num_classes, 2)):
+        if int(value) < low:
+            raise ValueError(f"{name} must be at least {low}, got {value}")
+    if separation < 0 or spread <= 0:
+        raise ValueError(f"separation must be >= 0 and spread > 0, got {separation} and {spread}")
+    directions = rng.standard_normal((num_classes, dim))
+    means = separation * directions / np.linalg.norm(directions, axis=1, keepdims=True)
+
+    def draw(size):
+        labels = _balanced_labels(size, num_classes, rng)
+        x = means[labels] + spread * rng.standard_normal((size, dim))
+        x *= np.sqrt(dim) / np.linalg.norm(x, axis=1, keepdims=True)
+        return x, labels
+
+    X, y_true = draw(n)
+    X_meta, y_meta = draw(m)
+    X_test, y_test = draw(p)
+    y_noisy, transition = corrupt_labels(y_true, noise_rate, num_classes, rng, noise_type, X)
+    return Problem(X, y_noisy, y_true, X_meta, y_meta, X_test, y_test, num_classes, transition,
+                   name=f"gmm(C={num_classes}, d={dim}, {noise_type} {noise_rate})")
+
+
+def digits(
+    rng: np.random.Generator,
+    *,
+    n: int = 1000,
+    m: int = 100,
+    noise_rate: float = 0.4,
+    noise_type: str = "symmetric",
+) -> Problem:
+    """scikit-learn's bundled 8x8 digits (1797 images, 10 classes, no download).
+
+    Pixels are standardised and each input rescaled to norm ``sqrt(64)``. The
+    clean subset (``m`` examples, class-balanced) and the training set (``n``)
+    are drawn from a random permutation; the rest is the test set.
+    """
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    X_all = data.data.astype(np.float64)
+    y_all = data.target.astype(np.int64)
+    num_classes = 10
+    if m < num_classes:
+        raise ValueError(f"m must be at least {num_classes} (one clean example per class), got {m}")
+    if n < 1 or n + m >= len(y_all):
+        raise ValueError(f"n + m must be below {len(y_all)} (digits has {len(y_all)} images), got n={n}, m={m}")
+    X_all = (X_all - X_all.mean(axis=0)) / (X_all.std(axis=0) + 1e-8)
+    X_all *= 8.0 / np.linalg.norm(X_all, axis=1, keepdims=True)
+    order = rng.permutation(len(y_all))
+    per_class = [order[y_all[order] == c] for c in range(num_classes)]
+    meta_idx = np.concatenate([idx[: m // num_classes + (c < m % num_classes)] for c, idx in enumerate(per_class)])
+    rest = np.setdiff1d(order, meta_idx, assume_unique=True)
+    rest = rest[rng.permutation(len(rest))]
+    train_idx, test_idx = rest[:n], rest[n:]
+    y_noisy, transition = corrupt_labels(y_all[train_idx], noise_rate, num_classes, rng, noise_type, X_all[train_idx])
+    return Problem(X_all[train_idx], y_noisy, y_all[train_idx], X_all[meta_idx], y_all[meta_idx],
+                   X_all[test_idx], y_all[test_idx], num_classes, transition,
+                   name=f"digits({noise_type} {noise_rate})")

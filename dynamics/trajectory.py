@@ -1,0 +1,150 @@
+"""The record every run returns (THEORY.md section 3), saved and loaded without loss."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+
+import numpy as np
+
+# Per recorded step, shape (T,) or (T, n).
+_SERIES = (
+    "step", "w", "score", "residual_norm", "clean_loss", "coupling_norm",
+    "train_loss_clean", "train_loss_noisy", "test_loss", "test_accuracy", "flip_rate",
+)
+# Once per run.
+_STATIC = ("noisy", "label_similarity", "k_meta_norm", "outputs", "meta_outputs", "test_outputs")
+
+
+@dataclasses.dataclass(frozen=True)
+class Trajectory:
+    """What one meta-reweighting run recorded, at steps ``step`` (THEORY.md section 3).
+
+    Row ``t`` describes the state *entering* step ``step[t]``: ``w[t]`` is the
+    weight vector before that step's meta update (``w[0] = w0``), ``score[t]``
+    the meta score computed from that state (so the weights move by
+    ``clip(w + velocity)`` next), and the losses are those of the outputs at
+    that state. The last row is the final state.
+
+    Attributes
+    ----------
+    step : (T,) int64, the step index of each record.
+    w : (T, n), per-example weights.
+    score : (T, n), full-batch meta score ``s_i = <r_i, c_i>``; the raw weight
+        velocity is ``(beta / m) * score`` (:attr:`velocity`).
+    residual_norm : (T, n), ``||r_i||`` of each training example.
+    clean_loss : (T,), ``L_meta`` at the clean-subset outputs (no look-ahead).
+    coupling_norm : (T,), ``||R_meta_hat||_F`` (look-ahead clean residual).
+    train_loss_clean, train_loss_noisy : (T,), mean training loss over clean /
+        noisy examples against their observed labels (NaN when a group is empty).
+    test_loss, test_accuracy : (T,).
+    flip_rate : (T,), fraction of examples whose weight velocity changes sign
+        under the C7 perturbation (mean over draws; NaN if not measured).
+    noisy : (n,) bool, the noise mask (for scoring).
+    label_similarity : (n,), ``a_i = sum_j k(x_i, x^v_j) <e(y_noisy_i), e(y_meta_j)>``.
+    k_meta_norm : (n,), ``||k(x_i, X_meta)||_2`` (the C4 bound's kernel factor).
+    outputs, meta_outputs, test_outputs : (n, C), (m, C), (p, C) final outputs.
+    config : every resolved parameter of the run (JSON-serialisable).
+    """
+
+    step: np.ndarray
+    w: np.ndarray
+    score: np.ndarray
+    residual_norm: np.ndarray
+    clean_loss: np.ndarray
+    coupling_norm: np.ndarray
+    train_loss_clean: np.ndarray
+    train_loss_noisy: np.ndarray
+    test_loss: np.ndarray
+    test_accuracy: np.ndarray
+    flip_rate: np.ndarray
+    noisy: np.ndarray
+    label_similarity: np.ndarray
+    k_meta_norm: np.ndarray
+    outputs: np.ndarray
+    meta_outputs: np.ndarray
+    test_outputs: np.ndarray
+    config: dict
+
+    @property
+    def velocity(self) -> np.ndarray:
+        """(T, n) raw (unclipped) weight velocity ``(beta / m) * score``."""
+        return self.config["beta"] / self.config["m"] * self.score
+
+    @property
+    def max_velocity(self) -> np.ndarray:
+        """(T,) largest ``|velocity|`` over examples."""
+        return np.abs(self.velocity).max(axis=1)
+
+    def weight_stats(self) -> dict[str, np.ndarray]:
+        """Per-record scores of ``w`` as a clean-vs-noisy detector (THEORY.md section 3).
+
+        Returns arrays of shape (T,): ``mean_w_clean``, ``mean_w_noisy``,
+        ``frac_noisy_zero`` (noisy examples at ``w = 0``), ``frac_clean_zero``,
+        ``frac_clean_one``, ``auc`` (of ``w`` as a clean score; NaN without both
+        groups), ``precision`` and ``recall`` of ``{w > 0}`` as the clean set.
+        """
+        return weight_stats(self.w, self.noisy)
+
+    def save(self, path) -> None:
+        """Write ``path`` (npz) atomically: a temporary name, then a rename."""
+        arrays = {name: getattr(self, name) for name in _SERIES + _STATIC}
+        arrays["config"] = np.array(json.dumps(self.config, sort_keys=True))
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz.tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                np.savez_compressed(handle, **arrays)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path) -> Trajectory:
+        with np.load(path, allow_pickle=False) as data:
+            fields = {name: data[name] for name in _SERIES + _STATIC}
+            config = json.loads(str(data["config"]))
+        return cls(**fields, config=config)
+
+
+def weight_stats(w: np.ndarray, noisy: np.ndarray) -> dict[str, np.ndarray]:
+    """Detection scores of weights ``w : (T, n)`` against the noise mask ``noisy : (n,)``."""
+    w = np.atleast_2d(w)
+    clean = ~noisy
+    T = w.shape[0]
+    nan = np.full(T, np.nan)
+
+    def mean_over(mask, values):
+        return values[:, mask].mean(axis=1) if mask.any() else nan
+
+    kept = w > 0
+    kept_count = kept.sum(axis=1)
+    true_kept = (kept & clean).sum(axis=1)
+    precision = np.where(kept_count > 0, true_kept / np.maximum(kept_count, 1), np.nan)
+    recall = true_kept / clean.sum() if clean.any() else nan
+    return {
+        "mean_w_clean": mean_over(clean, w),
+        "mean_w_noisy": mean_over(noisy, w),
+        "frac_noisy_zero": mean_over(noisy, (w == 0).astype(float)),
+        "frac_clean_zero": mean_over(clean, (w == 0).astype(float)),
+        "frac_clean_one": mean_over(clean, (w == 1).astype(float)),
+        "auc": _auc(w, clean),
+        "precision": precision,
+        "recall": recall,
+    }
+
+
+def _auc(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """(T,) ROC AUC of each row of ``scores`` (T, n) with ties counted as 1/2 (Mann-Whitney)."""
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return np.full(scores.shape[0], np.nan)
+    from scipy.stats import rankdata
+
+    ranks = rankdata(scores, axis=1)  # average ranks handle ties
+    rank_sum = ranks[:, positive].sum(axis=1)
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)

@@ -1,0 +1,1 @@
+"""One module per figure; `python -m figures` regenerates them."""

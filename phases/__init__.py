@@ -1,0 +1,1 @@
+"""Reading trajectories: phase boundaries, the claims of THEORY.md, reports and command lines."""
