@@ -1,0 +1,246 @@
+"""The exact simulator against independent oracles (THEORY.md section 2, claims C1-C4, C10)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from tolerance import assert_close
+
+from dynamics.problem import Problem
+from dynamics.simulate import DivergenceError, KernelBlocks, MetaConfig, meta_score, simulate
+
+
+def _problem(rng, n, m, p, C, D):
+    """A problem whose inputs are explicit features ``phi`` (the linear kernel is then ``phi phi^T``)."""
+    y_true = rng.integers(0, C, n)
+    y_noisy = np.where(rng.random(n) < 0.3, rng.integers(0, C, n), y_true)
+    y_meta = np.concatenate([np.arange(C), rng.integers(0, C, m - C)])
+    return Problem(rng.standard_normal((n, D)) / np.sqrt(D), y_noisy, y_true, rng.standard_normal((m, D)) / np.sqrt(D),
+                   y_meta, rng.standard_normal((p, D)) / np.sqrt(D), rng.integers(0, C, p), C, np.eye(C))
+
+
+def _linear_blocks(problem):
+    return KernelBlocks.from_problem(problem, lambda a, b: a @ b.T)
+
+
+problems = st.builds(
+    lambda seed, n, m_extra, p, C, D: _problem(np.random.default_rng(seed), n, C + m_extra, p, C, D),
+    seed=st.integers(0, 2**16), n=st.integers(4, 24), m_extra=st.integers(0, 6), p=st.integers(1, 8),
+    C=st.integers(2, 4), D=st.integers(3, 40))
+
+
+def _loss(loss, F, Y):
+    if loss == "mse":
+        return 0.5 * jnp.sum((F - Y) ** 2, axis=-1)
+    return -jnp.sum(Y * jax.nn.log_softmax(F, axis=-1), axis=-1)
+
+
+def _parameter_space_run(problem, loss, eta, beta, gamma, w0, steps):
+    """THEORY.md section 2 steps 1-4, literally, for ``f(x) = x @ theta``, with autodiff through the look-ahead."""
+    C = problem.num_classes
+    X, V, T = (jnp.asarray(a) for a in (problem.X, problem.X_meta, problem.X_test))
+    Y, Y_meta = jnp.eye(C)[problem.y_noisy], jnp.eye(C)[problem.y_meta]
+    m = V.shape[0]
+
+    def train_objective(theta, w):
+        return jnp.sum(w * _loss(loss, X @ theta, Y)) + gamma * jnp.sum(_loss(loss, V @ theta, Y_meta))
+
+    def meta_objective(w, theta):
+        theta_hat = theta - eta * jax.grad(train_objective)(theta, w)
+        return jnp.sum(_loss(loss, V @ theta_hat, Y_meta)) / m
+
+    theta = jnp.zeros((X.shape[1], C))
+    w = jnp.full(X.shape[0], w0)
+    ws, meta_losses = [], []
+    for _ in range(steps):
+        ws.append(w)
+        meta_losses.append(jnp.mean(_loss(loss, V @ theta, Y_meta)))
+        w = jnp.clip(w - beta / eta * jax.grad(meta_objective)(w, theta), 0.0, 1.0)
+        theta = theta - eta * jax.grad(train_objective)(theta, w)
+    ws.append(w)
+    meta_losses.append(jnp.mean(_loss(loss, V @ theta, Y_meta)))
+    return np.array(ws), np.array(meta_losses), np.asarray(T @ theta)
+
+
+@given(problem=problems, loss=st.sampled_from(["mse", "ce"]), gamma=st.sampled_from([0.0, 0.7]),
+       beta=st.floats(0.1, 20.0))
+def test_c1_trajectory_equals_parameter_space_autodiff(problem, loss, gamma, beta):
+    """C1, whole runs: the function-space simulator equals bi-level autodiff in parameter space."""
+    blocks = _linear_blocks(problem)
+    eta = 0.5 / blocks.lambda_max(gamma)
+    steps = 6
+    ws, meta_losses, test_outputs = _parameter_space_run(problem, loss, eta, beta, gamma, 0.5, steps)
+    run = simulate(problem, blocks, MetaConfig(loss=loss, eta=eta, beta=beta, gamma=gamma, steps=steps, perturb_draws=0))
+    assert_close(run.w, ws, rtol=1e-10, atol=1e-12)
+    assert_close(run.clean_loss, meta_losses, rtol=1e-10, atol=1e-14)
+    assert_close(run.test_outputs, test_outputs, rtol=1e-10, atol=1e-12)
+
+
+@given(problem=problems, loss=st.sampled_from(["mse", "ce"]), gamma=st.sampled_from([0.0, 1.3]),
+       seed=st.integers(0, 2**16))
+def test_c1_meta_gradient_equals_autodiff_at_any_state(problem, loss, gamma, seed):
+    """C1, one step from a random state: ``dL_meta/dw = -(eta/m) * score`` by autodiff and by finite differences."""
+    rng = np.random.default_rng(seed)
+    n, m, _ = problem.sizes
+    C = problem.num_classes
+    X, V = jnp.asarray(problem.X), jnp.asarray(problem.X_meta)
+    Y, Y_meta = jnp.eye(C)[problem.y_noisy], jnp.eye(C)[problem.y_meta]
+    theta, w, eta = jnp.asarray(rng.standard_normal((X.shape[1], C))), jnp.asarray(rng.random(n)), 0.3
+
+    def meta_objective(w):
+        train = lambda th: jnp.sum(w * _loss(loss, X @ th, Y)) + gamma * jnp.sum(_loss(loss, V @ th, Y_meta))
+        return jnp.mean(_loss(loss, V @ (theta - eta * jax.grad(train)(theta)), Y_meta))
+
+    blocks = _linear_blocks(problem)
+    F, F_meta = X @ theta, V @ theta
+    residual = (lambda F, Y: F - Y) if loss == "mse" else (lambda F, Y: jax.nn.softmax(F, axis=-1) - Y)
+    score, _ = meta_score(loss, eta, gamma, w, residual(F, Y), residual(F_meta, Y_meta), F_meta, Y_meta,
+                          blocks.K_VX, blocks.K_VV)
+    assert_close(jax.grad(meta_objective)(w), -(eta / m) * score, rtol=1e-8, atol=1e-13)
+    step = 1e-6
+    basis = np.eye(n)[rng.integers(n)]
+    central = (meta_objective(w + step * basis) - meta_objective(w - step * basis)) / (2 * step)
+    # Central differences carry O(step^2) truncation and O(eps/step) rounding: about 1e-9 here.
+    assert_close(central, -(eta / m) * score @ basis, rtol=1e-6, atol=1e-9)
+
+
+@given(problem=problems, variant=st.sampled_from(["meta", "l2rw", "fixed"]), loss=st.sampled_from(["mse", "ce"]),
+       batch=st.integers(1, 24), meta_batch=st.integers(1, 6), seed=st.integers(0, 100))
+def test_c2_weights_stay_in_the_box(problem, variant, loss, batch, meta_batch, seed):
+    n, m, _ = problem.sizes
+    config = MetaConfig(loss=loss, variant=variant, beta=50.0, steps=15, batch_size=min(batch, n),
+                        meta_batch_size=min(meta_batch, m), perturb_draws=0)
+    run = simulate(problem, _linear_blocks(problem), config, seed=seed)
+    assert run.w.min() >= 0.0 and run.w.max() <= 1.0
+    if variant == "l2rw":
+        # The last step's batch weights sum to 1 (or are all 0 when no score is positive).
+        assert run.w[-1].sum() == pytest.approx(1.0) or run.w[-1].sum() <= 1.0
+
+
+@given(problem=problems)
+def test_c3_first_step_tends_to_label_signed_similarity(problem):
+    """C3: with zero outputs and MSE the first score tends to ``a`` linearly in eta."""
+    blocks = _linear_blocks(problem)
+    Y_meta = np.eye(problem.num_classes)[problem.y_meta]
+    a = np.array([sum(blocks.K_VX[j, i] * (problem.y_noisy[i] == problem.y_meta[j]) for j in range(len(Y_meta)))
+                  for i in range(problem.sizes[0])])
+    errors = []
+    for eta in (1e-3, 1e-4):
+        run = simulate(problem, blocks, MetaConfig(eta=eta, steps=1, perturb_draws=0))
+        assert_close(run.label_similarity, a)
+        errors.append(np.abs(run.score[0] - a).max())
+    assert errors[1] <= errors[0] / 9.0 + 1e-14  # first order in eta
+
+
+def test_c3_cross_entropy_residual_ratio():
+    """C3: at uniform outputs the CE residual inner products are 1 - 1/C and -1/C (autodiff oracle)."""
+    for C in range(2, 8):
+        grad = jax.vmap(jax.grad(lambda f, y: -jax.nn.log_softmax(f)[y]), in_axes=(None, 0))(jnp.zeros(C), jnp.arange(C))
+        gram = np.asarray(grad @ grad.T)
+        assert_close(np.diag(gram), np.full(C, 1 - 1 / C))
+        assert_close(gram[0, 1] / gram[0, 0], -1 / (C - 1))
+
+
+@given(problem=problems, loss=st.sampled_from(["mse", "ce"]), gamma=st.sampled_from([0.0, 1.0]))
+def test_c4_velocity_bound_at_every_step(problem, loss, gamma):
+    run = simulate(problem, _linear_blocks(problem), MetaConfig(loss=loss, gamma=gamma, beta=5.0, steps=30,
+                                                                perturb_draws=0))
+    bound = run.residual_norm * run.k_meta_norm[None, :] * run.coupling_norm[:, None]
+    assert np.all(np.abs(run.score) <= bound * (1 + 1e-12) + 1e-300)
+
+
+@given(problem=problems)
+def test_c4_coupling_norm_is_root_of_lookahead_loss(problem):
+    """For MSE ``||R_meta_hat||_F = sqrt(2 m L_meta_hat)``; L_meta_hat from a parameter-space look-ahead."""
+    blocks = _linear_blocks(problem)
+    m = problem.sizes[1]
+    run = simulate(problem, blocks, MetaConfig(steps=1, perturb_draws=0))
+    eta, C = run.config["eta"], problem.num_classes
+    Y, Y_meta = np.eye(C)[problem.y_noisy], np.eye(C)[problem.y_meta]
+    theta_hat = eta * (0.5 * problem.X.T @ Y + problem.X_meta.T @ Y_meta)  # one step from theta = 0, w = 1/2
+    lookahead_loss = 0.5 * np.sum((problem.X_meta @ theta_hat - Y_meta) ** 2) / m
+    assert_close(run.coupling_norm[0], np.sqrt(2 * m * lookahead_loss))
+
+
+@given(problem=problems, gamma=st.sampled_from([0.0, 0.5, 1.0]), w0=st.floats(0.0, 1.0))
+def test_c10_fixed_weights_equal_matrix_power(problem, gamma, w0):
+    """C10: beta = 0 is weighted kernel GD, ``F_t = Y + (I - eta K diag(w, gamma))^t (F_0 - Y)``."""
+    n, m, _ = problem.sizes
+    blocks = _linear_blocks(problem)
+    steps = 25
+    run = simulate(problem, blocks, MetaConfig(variant="fixed", w0=w0, gamma=gamma, steps=steps, perturb_draws=0))
+    K = np.block([[blocks.K_XX, blocks.K_VX.T], [blocks.K_VX, blocks.K_VV]])
+    D = np.diag(np.concatenate([np.full(n, w0), np.full(m, gamma)]))
+    Y = np.eye(problem.num_classes)[np.concatenate([problem.y_noisy, problem.y_meta])]
+    F = Y - np.linalg.matrix_power(np.eye(n + m) - run.config["eta"] * K @ D, steps) @ Y
+    assert_close(run.outputs, F[:n], atol=1e-12)
+    assert_close(run.meta_outputs, F[n:], atol=1e-12)
+
+
+def test_c10_small_eta_limit_is_neural_tangents_gradient_descent():
+    from kernels._nt import nt
+
+    problem = _problem(np.random.default_rng(3), 20, 8, 6, 3, 12)
+    n, m, _ = problem.sizes
+    blocks = _linear_blocks(problem)
+    K = np.block([[blocks.K_XX, blocks.K_VX.T], [blocks.K_VX, blocks.K_VV]])
+    Y = np.eye(3)[np.concatenate([problem.y_noisy, problem.y_meta])]
+    time = 2.0 / np.linalg.eigvalsh(K)[-1] * 40
+    # neural-tangents normalises the MSE by y_train.size; our training loss is a sum.
+    predict = nt.predict.gradient_descent_mse(K, Y, learning_rate=Y.size)
+    _, limit = predict(time, np.zeros_like(Y), np.zeros((6, 3)), np.hstack([blocks.K_TX, blocks.K_TV]))
+    errors = []
+    for steps in (100, 1000):
+        run = simulate(problem, blocks, MetaConfig(variant="fixed", w0=1.0, gamma=1.0, eta=time / steps, steps=steps,
+                                                   perturb_draws=0))
+        errors.append(np.abs(run.test_outputs - limit).max())
+    assert errors[1] < errors[0] / 8  # Euler steps converge at first order
+    assert errors[1] < 1e-3 * np.abs(limit).max()
+
+
+@given(problem=problems, loss=st.sampled_from(["mse", "ce"]), seed=st.integers(0, 100))
+def test_minibatch_of_everything_equals_full_batch(problem, loss, seed):
+    n, m, _ = problem.sizes
+    blocks = _linear_blocks(problem)
+    full = simulate(problem, blocks, MetaConfig(loss=loss, steps=10, perturb_draws=0), seed=seed)
+    mini = simulate(problem, blocks, MetaConfig(loss=loss, steps=10, batch_size=n, meta_batch_size=m, perturb_draws=0),
+                    seed=seed)
+    assert_close(mini.w, full.w)
+    assert_close(mini.clean_loss, full.clean_loss)
+    assert_close(mini.test_outputs, full.test_outputs)
+
+
+def test_same_seed_same_trajectory_bit_for_bit(tmp_path):
+    problem = _problem(np.random.default_rng(0), 30, 10, 5, 3, 8)
+    blocks = _linear_blocks(problem)
+    config = MetaConfig(steps=40, batch_size=7, meta_batch_size=4, record_every=3, perturb_draws=2)
+    first, second = simulate(problem, blocks, config, seed=5), simulate(problem, blocks, config, seed=5)
+    other = simulate(problem, blocks, config, seed=6)
+    for name in ("w", "score", "clean_loss", "flip_rate", "test_outputs"):
+        np.testing.assert_array_equal(getattr(first, name), getattr(second, name))
+    assert not np.array_equal(first.w, other.w)
+    assert list(first.step) == list(range(0, 37, 3)) + [40]  # 13 chunks of 3 steps, then the last state
+    first.save(tmp_path / "run.npz")
+    loaded = type(first).load(tmp_path / "run.npz")
+    for name in ("w", "score", "clean_loss", "flip_rate", "noisy", "outputs"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(first, name))
+    assert loaded.config == first.config
+
+
+def test_divergence_names_the_step_and_the_remedy():
+    problem = _problem(np.random.default_rng(1), 20, 6, 4, 3, 10)
+    blocks = _linear_blocks(problem)
+    with pytest.raises(DivergenceError, match=r"diverged by step \d+.*eta below"):
+        simulate(problem, blocks, MetaConfig(eta=50.0 / blocks.lambda_max(1.0), steps=400, record_every=10,
+                                             perturb_draws=0))
+
+
+def test_default_eta_is_stable_and_follows_theory():
+    problem = _problem(np.random.default_rng(2), 40, 10, 4, 3, 30)
+    blocks = _linear_blocks(problem)
+    run = simulate(problem, blocks, MetaConfig(steps=5, perturb_draws=0))
+    assert run.config["eta"] * run.config["lambda_joint"] < 2.0
+    assert run.config["eta"] == pytest.approx(1 / np.linalg.eigvalsh(blocks.K_XX)[-1], rel=1e-9) or \
+        run.config["eta"] == pytest.approx(1 / run.config["lambda_joint"], rel=1e-9)
