@@ -194,6 +194,7 @@ class _Static:
     remainder: int
     perturb_eps: float
     perturb_draws: int
+    progress: Callable[[int], None] | None
 
 
 def _lookahead_weights(static: _Static, w):
@@ -312,6 +313,10 @@ def _run(static: _Static, arrays, state):
     def chunk(state, index):
         t = index * static.record_every
         record = _diagnostics(static, arrays, state, t)
+        if static.progress is not None:
+            report_every = max(1, static.chunks // 100)
+            jax.lax.cond(index % report_every == 0,
+                         lambda: jax.debug.callback(static.progress, t), lambda: None)
         return run_steps(state, t, static.record_every), record
 
     state, records = jax.lax.scan(chunk, state, jnp.arange(static.chunks))
@@ -341,7 +346,7 @@ def gp_prior_outputs(nngp: np.ndarray, num_classes: int, rng: np.random.Generato
 
 
 def simulate(problem: Problem, blocks: KernelBlocks, config: MetaConfig = MetaConfig(), *, seed: int = 0,
-             initial_outputs: np.ndarray | None = None) -> Trajectory:
+             initial_outputs: np.ndarray | None = None, progress: Callable[[int], None] | None = None) -> Trajectory:
     """Run meta-reweighting of the linearized model exactly (THEORY.md sections 2-3).
 
     Parameters
@@ -352,6 +357,8 @@ def simulate(problem: Problem, blocks: KernelBlocks, config: MetaConfig = MetaCo
     seed : draws the mini-batches and the C7 perturbations.
     initial_outputs : (n + m + p, C) initial outputs stacked train, clean, test
         (``None``: zero, the centred network); see :func:`gp_prior_outputs`.
+    progress : called with the current step about a hundred times during the
+        run (for a progress bar); the loop is compiled anew for each callable.
 
     Returns
     -------
@@ -378,7 +385,7 @@ def simulate(problem: Problem, blocks: KernelBlocks, config: MetaConfig = MetaCo
     steps, every = int(config.steps), int(config.record_every)
     static = _Static(config.loss, config.variant, eta, beta, float(config.gamma), n, m, config.batch_size,
                      config.meta_batch_size, every, steps // every, steps % every,
-                     float(config.perturb_eps), int(config.perturb_draws))
+                     float(config.perturb_eps), int(config.perturb_draws), progress)
 
     Y = np.eye(C)[np.concatenate([problem.y_noisy, problem.y_meta])]
     F0 = np.zeros((n + m + p, C)) if initial_outputs is None else np.asarray(initial_outputs, dtype=np.float64)

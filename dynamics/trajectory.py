@@ -96,7 +96,7 @@ class Trajectory:
         fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz.tmp")
         try:
             with os.fdopen(fd, "wb") as handle:
-                np.savez_compressed(handle, **arrays)
+                np.savez(handle, **arrays)  # float64 series barely compress; zlib would cost seconds
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):

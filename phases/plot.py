@@ -1,0 +1,79 @@
+"""The one-run overview figure ``trajectory.png``, and the phase shading every time axis uses."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from phases.detect import Phases  # noqa: E402
+
+PHASE_COLORS = {"alignment": "#fde0c5", "filtering": "#d6e9f8", "post-filtering": "#e3f1dc"}
+CLEAN_COLOR, NOISY_COLOR = "#1f77b4", "#d62728"
+
+
+def shade_phases(ax, phases: Phases, last_step: int, label: bool = True) -> None:
+    """Shade each non-empty phase over the x axis (steps) of ``ax``."""
+    for phase in phases.phases:
+        if phase.empty:
+            continue
+        ax.axvspan(max(phase.start, 0), min(phase.end, last_step), color=PHASE_COLORS[phase.name], zorder=0,
+                   label=phase.name if label else None)
+
+
+def sample_examples(noisy: np.ndarray, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of up to ``count`` clean and ``count`` noisy examples, drawn without replacement."""
+    clean_idx, noisy_idx = np.flatnonzero(~noisy), np.flatnonzero(noisy)
+    return (rng.choice(clean_idx, min(count, len(clean_idx)), replace=False),
+            rng.choice(noisy_idx, min(count, len(noisy_idx)), replace=False))
+
+
+def plot_trajectory(trajectory, phases: Phases, title: str = "") -> plt.Figure:
+    """Weights, the coupling mechanism and the C7 flip rate against steps, phases shaded."""
+    step = trajectory.step
+    last = int(step[-1])
+    stats = trajectory.weight_stats()
+    symlog_x = last > 200  # alignment lasts a few steps; a linear axis would hide it
+    fig, axes = plt.subplots(3, 1, figsize=(9, 9.5), sharex=True, gridspec_kw={"height_ratios": [1.3, 1, 0.7]})
+
+    ax = axes[0]
+    shade_phases(ax, phases, last)
+    clean_idx, noisy_idx = sample_examples(trajectory.noisy, 25, np.random.default_rng(0))
+    ax.plot(step, trajectory.w[:, clean_idx], color=CLEAN_COLOR, alpha=0.15, lw=0.7)
+    ax.plot(step, trajectory.w[:, noisy_idx], color=NOISY_COLOR, alpha=0.15, lw=0.7)
+    ax.plot(step, stats["mean_w_clean"], color=CLEAN_COLOR, lw=2.2, label="clean examples (mean)")
+    if trajectory.noisy.any():
+        ax.plot(step, stats["mean_w_noisy"], color=NOISY_COLOR, lw=2.2, label="noisy examples (mean)")
+        ax.plot(step, stats["frac_noisy_zero"], color=NOISY_COLOR, lw=1.5, ls="--", label="noisy share at w = 0")
+    ax.set_ylabel("weight w")
+    ax.set_ylim(-0.03, 1.03)
+    ax.legend(loc="center right", fontsize=8, ncol=2, framealpha=0.9)
+    ax.set_title(title or "meta-reweighting trajectory (thin lines: 25 sampled examples per group)", fontsize=10)
+
+    ax = axes[1]
+    shade_phases(ax, phases, last, label=False)
+    ax.plot(step, trajectory.clean_loss, color="black", lw=1.8, label="clean-subset loss L_meta")
+    ax.plot(step, trajectory.coupling_norm, color="#9467bd", lw=1.5, label="coupling ||R_meta_hat||_F")
+    ax.plot(step, trajectory.max_velocity, color="#ff7f0e", lw=1.5, label="largest |weight velocity|")
+    ax.set_yscale("log")
+    ax.set_ylabel("value (log scale)")
+    ax.legend(loc="lower left", fontsize=8, framealpha=0.9)
+
+    ax = axes[2]
+    shade_phases(ax, phases, last, label=False)
+    ax.plot(step, trajectory.flip_rate, color="#2ca02c", lw=1.2)
+    ax.set_ylabel("C7 flip rate")
+    ax.set_xlabel("step" + (" (symlog scale)" if symlog_x else ""))
+    for boundary, name in ((phases.T_align, "T_align"), (phases.T_filter, "T_filter")):
+        if boundary is not None:
+            for a in axes:
+                a.axvline(boundary, color="0.3", lw=0.8, ls=":")
+            axes[-1].annotate(f" {name}={boundary}", (boundary, 0.97), fontsize=8, ha="left", va="top",
+                              xycoords=("data", "axes fraction"))
+    if symlog_x:
+        axes[-1].set_xscale("symlog", linthresh=20)
+    axes[-1].set_xlim(0, last)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,118 @@
+"""Per-phase statistics, the run summary, and the tables a person reads in the terminal."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from phases.claims import Claim
+from phases.detect import Phases
+
+# What each phase's row reports, read at the phase's last step (its end boundary).
+_AT_BOUNDARY = ("mean_w_clean", "mean_w_noisy", "frac_noisy_zero", "frac_clean_zero", "clean_loss", "test_accuracy")
+
+
+def _number(value):
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def phase_statistics(trajectory, phases: Phases) -> list[dict]:
+    """One dict per phase: boundaries, duration, the state at its start and end, its largest velocity."""
+    stats = trajectory.weight_stats() | {"clean_loss": trajectory.clean_loss, "test_accuracy": trajectory.test_accuracy}
+    masks = phases.masks(trajectory.step)
+    rows = []
+    for phase in phases.phases:
+        row = {"name": phase.name, "empty": phase.empty, "reason": phase.reason or None,
+               "start": phase.start, "end": phase.end, "duration": None if phase.empty else phase.end - phase.start}
+        mask = masks[phase.name]
+        if not phase.empty and mask.any():
+            first, last = np.flatnonzero(mask)[[0, -1]]
+            row["at_start"] = {key: _number(stats[key][first]) for key in _AT_BOUNDARY}
+            row["at_end"] = {key: _number(stats[key][last]) for key in _AT_BOUNDARY}
+            row["max_velocity"] = _number(trajectory.max_velocity[mask].max())
+            row["mean_flip_rate"] = _number(np.nanmean(trajectory.flip_rate[mask])) \
+                if np.isfinite(trajectory.flip_rate[mask]).any() else None
+        rows.append(row)
+    return rows
+
+
+def summary(trajectory, phases: Phases, claims: list[Claim]) -> dict:
+    """Everything ``summary.json`` holds (deterministic for fixed inputs)."""
+    stats = trajectory.weight_stats()
+    return {
+        "T_align": phases.T_align,
+        "T_filter": phases.T_filter,
+        "plateau": phases.plateau,
+        "phase_parameters": dataclasses.asdict(phases.params) | {"window_steps": phases.window},
+        "phases": phase_statistics(trajectory, phases),
+        "claims": [dataclasses.asdict(claim) for claim in claims],
+        "final": {
+            "step": int(trajectory.step[-1]),
+            "test_accuracy": _number(trajectory.test_accuracy[-1]),
+            "auc": _number(stats["auc"][-1]),
+            "precision": _number(stats["precision"][-1]),
+            "recall": _number(stats["recall"][-1]),
+            "frac_noisy_zero": _number(stats["frac_noisy_zero"][-1]),
+            "frac_clean_zero": _number(stats["frac_clean_zero"][-1]),
+            "clean_loss": _number(trajectory.clean_loss[-1]),
+        },
+    }
+
+
+def _fmt(value, spec=".3f"):
+    return "-" if value is None else format(value, spec)
+
+
+def phase_table(rows: list[dict]) -> str:
+    """The phase table, with a legend of its columns."""
+    header = (f"{'phase':<15}{'steps':>12}{'length':>8}{'w clean':>9}{'w noisy':>9}{'noisy@0':>9}{'clean@0':>9}"
+              f"{'L_meta':>10}{'max vel':>10}{'flip':>7}{'test acc':>9}")
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        if row["empty"]:
+            lines.append(f"{row['name']:<15}{'empty':>12}  ({row['reason']})")
+            continue
+        end = row["at_end"]
+        span = f"{row['start']}-{row['end'] - 1}"
+        lines.append(
+            f"{row['name']:<15}{span:>12}{row['duration']:>8}"
+            f"{_fmt(end['mean_w_clean']):>9}{_fmt(end['mean_w_noisy']):>9}{_fmt(end['frac_noisy_zero']):>9}"
+            f"{_fmt(end['frac_clean_zero']):>9}{_fmt(end['clean_loss'], '.2e'):>10}{_fmt(row['max_velocity'], '.2e'):>10}"
+            f"{_fmt(row['mean_flip_rate']):>7}{_fmt(end['test_accuracy']):>9}")
+    lines.append("steps: first-last step of the phase; length in steps. At the phase's last step: mean weight of clean and "
+                 "noisy examples,")
+    lines.append("share of noisy / clean examples at w = 0, clean-subset loss L_meta. Over the phase: largest |weight "
+                 "velocity| per step,")
+    lines.append("mean C7 flip rate (share of weight steps that change sign under a 1% perturbation). Test accuracy at "
+                 "the phase's last step.")
+    return "\n".join(lines)
+
+
+def _measured_text(claim: dict) -> str:
+    def show(value):
+        if isinstance(value, dict):
+            return "{" + ", ".join(f"{k}: {show(v)}" for k, v in value.items()) + "}"
+        if isinstance(value, float):
+            return f"{value:.3g}"
+        return str(value)
+
+    return ", ".join(f"{key}={show(value)}" for key, value in claim["measured"].items())
+
+
+def claims_table(claims: list[dict]) -> str:
+    """The claims table: what was measured, the threshold, the verdict and its margin."""
+    lines = [f"{'claim':<6}{'verdict':<9}{'margin':>9}  what / threshold / measured", "-" * 100]
+    for claim in claims:
+        margin = "-" if claim["margin"] is None else f"{claim['margin']:+.3g}"
+        lines.append(f"{claim['id']:<6}{claim['verdict']:<9}{margin:>9}  {claim['name']}")
+        if claim["threshold"]:
+            lines.append(f"{'':<26}threshold: {claim['threshold']}")
+        if claim["measured"]:
+            lines.append(f"{'':<26}measured: {_measured_text(claim)}")
+        if claim["detail"]:
+            lines.append(f"{'':<26}{claim['detail']}")
+    lines.append("margin: distance to the threshold in the measurement's units (positive: the claim holds).")
+    return "\n".join(lines)

@@ -1,0 +1,252 @@
+"""Simulate meta-reweighting on a noisy problem, find its phases and check the claims.
+
+    python -m phases.simulate --noise 0.4
+
+Simulates exact meta-reweighting of the linearized (NTK) network of THEORY.md
+section 2, detects the alignment, filtering and post-filtering phases (section
+5), measures claims C2-C7 and C9 on the run, prints both tables and writes
+``config.json``, ``problem.npz``, ``trajectory.npz``, ``summary.json`` and
+``trajectory.png`` (and ``kernels.npz`` with ``--save-kernels``) into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from importlib import metadata
+
+import numpy as np
+
+from phases.detect import PhaseParams
+
+
+class UserError(Exception):
+    """Bad input: reported as one line on stderr, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UserError(message)
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m phases.simulate", description=__doc__.split("\n\n")[0],
+                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    data = parser.add_argument_group("problem")
+    data.add_argument("--dataset", choices=("gmm", "digits"), default="gmm",
+                      help="Gaussian mixture, or scikit-learn's bundled 8x8 digits (10 classes, 64 pixels)")
+    data.add_argument("--noise", type=float, default=0.4, help="label noise rate, in [0, 1)")
+    data.add_argument("--noise-type", choices=("symmetric", "pair", "instance"), default="symmetric",
+                      help="symmetric: to another class uniformly; pair: c -> c+1; instance: input-dependent rate")
+    data.add_argument("--classes", type=_positive_int, default=4, help="number of classes C (gmm)")
+    data.add_argument("--dim", type=_positive_int, default=32, help="input dimension d (gmm)")
+    data.add_argument("--n", type=_positive_int, default=1000, help="training examples")
+    data.add_argument("--m", type=_positive_int, default=100, help="clean-subset examples (class-balanced)")
+    data.add_argument("--p", type=_positive_int, default=1000, help="test examples (gmm; digits uses the rest)")
+    data.add_argument("--separation", type=float, default=3.0, help="norm of the class means (gmm)")
+    data.add_argument("--spread", type=float, default=1.0, help="standard deviation around each mean (gmm)")
+    net = parser.add_argument_group("kernel (infinite-width fully connected network, NTK parametrisation)")
+    net.add_argument("--kernel", choices=("ntk", "nngp"), default="ntk", help="kernel of the linearized model")
+    net.add_argument("--depth", type=int, default=2, help="hidden layers")
+    net.add_argument("--activation", choices=("relu", "erf"), default="relu", help="activation")
+    net.add_argument("--w-std", type=float, default=math.sqrt(2.0), help="weight standard deviation")
+    net.add_argument("--b-std", type=float, default=0.0, help="bias standard deviation")
+    dyn = parser.add_argument_group("meta-reweighting (THEORY.md section 2)")
+    dyn.add_argument("--variant", choices=("meta", "l2rw", "fixed"), default="meta",
+                     help="meta: persistent clipped weights; l2rw: Ren et al. reset; fixed: beta = 0")
+    dyn.add_argument("--loss", choices=("mse", "ce"), default="mse", help="mean squared error or cross-entropy")
+    dyn.add_argument("--eta", type=float, default=None, help="model step size (default: 1/lambda_max(K_XX), stable)")
+    dyn.add_argument("--beta", type=float, default=1.0, help="meta step size (weights move by beta/m * score)")
+    dyn.add_argument("--gamma", type=float, default=1.0, help="weight of the clean-subset loss in training")
+    dyn.add_argument("--w0", type=float, default=0.5, help="initial weight of every example")
+    dyn.add_argument("--init", choices=("zero", "gp"), default="zero",
+                     help="initial outputs: zero (centred network) or a draw from the NNGP prior")
+    dyn.add_argument("--batch-size", type=_positive_int, default=None, help="training mini-batch (default: full)")
+    dyn.add_argument("--meta-batch-size", type=_positive_int, default=None, help="clean mini-batch (default: full)")
+    dyn.add_argument("--steps", type=_positive_int, default=2000, help="number of steps")
+    dyn.add_argument("--record-every", type=_positive_int, default=1, help="record every k-th step")
+    dyn.add_argument("--perturb-draws", type=int, default=4, help="C7 perturbation draws per recorded step (0: skip)")
+    dyn.add_argument("--seed", type=int, default=0, help="seed of the problem, the batches and the perturbations")
+    ph = parser.add_argument_group("phase detection (THEORY.md section 5)")
+    defaults = PhaseParams()
+    ph.add_argument("--align-fraction", type=float, default=defaults.align_fraction,
+                    help="T_align: first step where the clean mean weight reaches this fraction of its maximum")
+    ph.add_argument("--window", type=float, default=defaults.window_fraction,
+                    help="plateau window, as a fraction of the run")
+    ph.add_argument("--min-window", type=int, default=defaults.min_window, help="smallest plateau window, in steps")
+    ph.add_argument("--tau", type=float, default=defaults.tau,
+                    help="plateau: L_meta fell by less than tau * L_meta(0) over the window")
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", default=None, help="output directory (default: runs/simulate-<date>-<time>)")
+    out.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    out.add_argument("--save-kernels", action="store_true", help="also write kernels.npz (K_XX, K_VX, K_VV, K_TX, K_TV)")
+    return parser
+
+
+def _versions() -> dict:
+    packages = ("numpy", "scipy", "jax", "jaxlib", "neural-tangents", "torch", "matplotlib")
+    versions = {"python": sys.version.split()[0]}
+    for name in packages:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return versions
+
+
+def _prepare_output(out: str | None, overwrite: bool) -> tuple[str, str]:
+    """Check the output path before any work; return ``(final path, temporary directory beside it)``."""
+    out = out or os.path.join("runs", time.strftime("simulate-%Y%m%d-%H%M%S"))
+    if os.path.isfile(out):
+        raise UserError(f"--out {out} is a file; give a directory path")
+    if os.path.isdir(out) and not overwrite:
+        raise UserError(f"--out {out} already exists; choose another path or pass --overwrite")
+    parent = os.path.dirname(os.path.abspath(out))
+    try:
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out))}.", dir=parent)
+    except OSError as error:
+        raise UserError(f"--out {out} cannot be written: {error.strerror}") from None
+    return out, staging
+
+
+def _publish(staging: str, out: str) -> None:
+    """Move the finished directory into place; the old one (``--overwrite``) goes only once the new one is whole."""
+    if os.path.isdir(out):
+        trash = staging + ".old"
+        os.replace(out, trash)
+        os.replace(staging, out)
+        shutil.rmtree(trash)
+    else:
+        os.replace(staging, out)
+
+
+def _stage(index: int, text: str) -> None:
+    print(f"[{index}/4] {text}", file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Run one simulation from parsed arguments; return the summary."""
+    from tqdm import tqdm
+
+    from dynamics.problem import digits, gaussian_mixture
+    from dynamics.simulate import DivergenceError, KernelBlocks, MetaConfig, gp_prior_outputs, simulate
+    from kernels import KernelSpec, eigh_kernel, kernel
+    from phases.claims import check_claims
+    from phases.detect import detect_phases
+    from phases.plot import plot_trajectory
+    from phases.report import claims_table, phase_table, summary
+
+    try:
+        phase_params = PhaseParams(args.align_fraction, args.window, args.min_window, args.tau)
+        spec = KernelSpec(args.depth, args.activation, args.w_std, args.b_std, args.kernel)
+        config = MetaConfig(loss=args.loss, variant=args.variant, eta=args.eta, beta=args.beta, gamma=args.gamma,
+                            w0=args.w0, steps=args.steps, batch_size=args.batch_size,
+                            meta_batch_size=args.meta_batch_size, record_every=args.record_every,
+                            perturb_draws=args.perturb_draws)
+        rng = np.random.default_rng(args.seed)
+        if args.dataset == "gmm":
+            problem = gaussian_mixture(rng, n=args.n, m=args.m, p=args.p, num_classes=args.classes, dim=args.dim,
+                                       separation=args.separation, spread=args.spread, noise_rate=args.noise,
+                                       noise_type=args.noise_type)
+        else:
+            problem = digits(rng, n=args.n, m=args.m, noise_rate=args.noise, noise_type=args.noise_type)
+        n, m, p = problem.sizes
+        for name, size, limit in (("--batch-size", args.batch_size, n), ("--meta-batch-size", args.meta_batch_size, m)):
+            if size is not None and size > limit:
+                raise ValueError(f"{name} must be at most {limit}, got {size}")
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    out, staging = _prepare_output(args.out, args.overwrite)
+    try:
+        _stage(1, f"problem: {problem.name}, n={n}, m={m}, p={p}, realised noise {problem.noise_rate:.3f}")
+        started = time.perf_counter()
+        blocks = KernelBlocks.from_problem(problem, lambda a, b: kernel(spec, a, b))
+        initial_outputs = None
+        if args.init == "gp":
+            inputs = np.concatenate([problem.X, problem.X_meta, problem.X_test])
+            nngp = kernel(dataclasses.replace(spec, kind="nngp"), inputs)
+            initial_outputs = gp_prior_outputs(nngp, problem.num_classes, np.random.default_rng([args.seed, 1]))
+        _stage(2, f"kernel blocks ({spec.kind}, depth {spec.depth}, {spec.activation}): "
+                  f"{time.perf_counter() - started:.1f} s")
+        _stage(3, f"simulating {config.steps} steps of {config.variant} reweighting ({config.loss})")
+        with tqdm(total=config.steps, unit="step", file=sys.stderr, leave=False, disable=None) as bar:
+            trajectory = simulate(problem, blocks, config, seed=args.seed, initial_outputs=initial_outputs,
+                                  progress=lambda t: bar.update(int(t) - bar.n))
+            bar.update(config.steps - bar.n)
+        trajectory = dataclasses.replace(trajectory, config=trajectory.config | {"init": args.init})
+        _stage(4, "phases, claims and figure")
+        phases = detect_phases(trajectory, phase_params)
+        _, eigenvectors = eigh_kernel(blocks.K_XX)
+        claims = check_claims(trajectory, phases, problem=problem, eigenvectors=eigenvectors)
+        result = summary(trajectory, phases, claims)
+
+        resolved = {
+            "command": "python -m phases.simulate " + " ".join(sys.argv[1:]),
+            **trajectory.config,
+            "dataset": args.dataset, "noise": args.noise, "noise_type": args.noise_type,
+            "realised_noise_rate": problem.noise_rate, "problem_name": problem.name,
+            "problem": {"n": n, "m": m, "p": p, "num_classes": problem.num_classes, "dim": problem.X.shape[1],
+                        "separation": args.separation, "spread": args.spread},
+            "kernel": dataclasses.asdict(spec),
+            "phase_parameters": dataclasses.asdict(phase_params),
+            "out": out, "versions": _versions(),
+        }
+        with open(os.path.join(staging, "config.json"), "w") as handle:
+            json.dump(resolved, handle, indent=2, sort_keys=True)
+        np.savez(os.path.join(staging, "problem.npz"), **problem.arrays())
+        trajectory.save(os.path.join(staging, "trajectory.npz"))
+        if args.save_kernels:
+            np.savez(os.path.join(staging, "kernels.npz"), **blocks.arrays())
+        with open(os.path.join(staging, "summary.json"), "w") as handle:
+            json.dump(result, handle, indent=2, sort_keys=True)
+        figure = plot_trajectory(trajectory, phases, title=f"{problem.name}: {config.variant} reweighting, "
+                                                           f"{config.loss}, gamma={config.gamma:g}")
+        figure.savefig(os.path.join(staging, "trajectory.png"), dpi=110)
+        _publish(staging, out)
+    except DivergenceError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise UserError(str(error)) from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+    print()
+    print(f"Phases (THEORY.md section 5) of {problem.name}, {config.steps} steps, eta={trajectory.config['eta']:.4g}:")
+    print(phase_table(result["phases"]))
+    print()
+    print("Claims (THEORY.md section 4) measured on this run:")
+    print(claims_table(result["claims"]))
+    print()
+    final = result["final"]
+    print(f"Final: test accuracy {final['test_accuracy']:.3f}, AUC of w (clean vs noisy) {final['auc']:.3f}, "
+          f"precision {final['precision']:.3f} / recall {final['recall']:.3f} of {{w > 0}} as the clean set.")
+    print(f"Wrote {out}/: config.json problem.npz trajectory.npz summary.json trajectory.png"
+          + (" kernels.npz" if args.save_kernels else ""))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        run(build_parser().parse_args(argv))
+    except UserError as error:
+        print(f"python -m phases.simulate: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
