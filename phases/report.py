@@ -116,3 +116,9 @@ def claims_table(claims: list[dict]) -> str:
             lines.append(f"{'':<26}{claim['detail']}")
     lines.append("margin: distance to the threshold in the measurement's units (positive: the claim holds).")
     return "\n".join(lines)
+
+
+def final_line(final: dict) -> str:
+    """One sentence on the final state: accuracy and how well ``w`` separates clean from noisy examples."""
+    return (f"Final: test accuracy {_fmt(final['test_accuracy'])}, AUC of w (clean vs noisy) {_fmt(final['auc'])}, "
+            f"precision {_fmt(final['precision'])} / recall {_fmt(final['recall'])} of {{w > 0}} as the clean set.")

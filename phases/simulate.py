@@ -140,6 +140,7 @@ def _stage(index: int, text: str) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     """Run one simulation from parsed arguments; return the summary."""
+    import matplotlib.pyplot as plt
     from tqdm import tqdm
 
     from dynamics.problem import digits, gaussian_mixture
@@ -148,7 +149,7 @@ def run(args: argparse.Namespace) -> dict:
     from phases.claims import check_claims
     from phases.detect import detect_phases
     from phases.plot import plot_trajectory
-    from phases.report import claims_table, phase_table, summary
+    from phases.report import claims_table, final_line, phase_table, summary
 
     try:
         phase_params = PhaseParams(args.align_fraction, args.window, args.min_window, args.tau)
@@ -216,6 +217,7 @@ def run(args: argparse.Namespace) -> dict:
         figure = plot_trajectory(trajectory, phases, title=f"{problem.name}: {config.variant} reweighting, "
                                                            f"{config.loss}, gamma={config.gamma:g}")
         figure.savefig(os.path.join(staging, "trajectory.png"), dpi=110)
+        plt.close(figure)
         _publish(staging, out)
     except DivergenceError as error:
         shutil.rmtree(staging, ignore_errors=True)
@@ -231,9 +233,7 @@ def run(args: argparse.Namespace) -> dict:
     print("Claims (THEORY.md section 4) measured on this run:")
     print(claims_table(result["claims"]))
     print()
-    final = result["final"]
-    print(f"Final: test accuracy {final['test_accuracy']:.3f}, AUC of w (clean vs noisy) {final['auc']:.3f}, "
-          f"precision {final['precision']:.3f} / recall {final['recall']:.3f} of {{w > 0}} as the clean set.")
+    print(final_line(result["final"]))
     print(f"Wrote {out}/: config.json problem.npz trajectory.npz summary.json trajectory.png"
           + (" kernels.npz" if args.save_kernels else ""))
     return result

@@ -1,0 +1,337 @@
+"""Phase boundaries across noise rates and seeds: the data of the phase diagram.
+
+    python -m phases.sweep --out runs/sweep
+
+Each run draws the default Gaussian mixture (THEORY.md section 5) at one noise
+rate and seed, evaluates the kernel blocks, simulates exact meta-reweighting of
+the linearized network without the C7 perturbations, and detects the phases
+(section 5). Runs are independent, so they go to a pool of local processes
+(``spawn``: each worker imports JAX itself and compiles the simulation once).
+The command writes ``sweep.json``: the resolved configuration and one record
+per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import dataclasses
+import json
+import math
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from importlib import metadata
+
+import numpy as np
+
+from phases.detect import PhaseParams
+
+#: What every record holds (``None`` where a quantity does not exist, e.g. ``T_filter`` without noise).
+RECORD_FIELDS = (
+    "noise", "seed", "realised_noise", "T_align", "T_filter", "plateau",
+    "frac_noisy_zero_at_filter", "frac_clean_zero_at_filter", "frac_noisy_zero_end", "frac_clean_zero_end",
+    "test_accuracy_at_filter", "test_accuracy", "auc", "eta", "steps", "wall_s",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepSettings:
+    """What is shared by every run of a sweep (defaults: THEORY.md section 5).
+
+    Problem: ``n, m, p`` training / clean / test examples, ``num_classes`` C,
+    ``dim`` d, ``separation`` (norm of the class means), ``spread``, symmetric
+    noise. Simulation: ``steps`` full-batch steps of ``MetaConfig`` defaults
+    (MSE, ``beta = 1``, ``w0 = 1/2``, ``eta = 1/lambda_max``) with ``gamma``,
+    recorded every ``record_every`` steps (1: ``T_align`` is a few steps, so a
+    coarser record would round it up), no C7 perturbation draws.
+    """
+
+    n: int = 1000
+    m: int = 100
+    p: int = 1000
+    num_classes: int = 4
+    dim: int = 32
+    separation: float = 3.0
+    spread: float = 1.0
+    steps: int = 2000
+    record_every: int = 1
+    gamma: float = 1.0
+    depth: int = 2
+    phase_params: PhaseParams = PhaseParams()
+
+
+def default_noise_rates(num_classes: int = 4, step: float = 0.05) -> list[float]:
+    """Rates ``0, step, 2 step, ...`` strictly below ``(C - 1) / C``, where symmetric labels stop carrying information.
+
+    With ``C = 4`` and ``step = 0.05``: ``0, 0.05, ..., 0.7``.
+    """
+    limit = (num_classes - 1) / num_classes
+    count = math.ceil(limit / step - 1e-9)  # multiples k * step < limit
+    return [round(k * step, 10) for k in range(count)]
+
+
+def _number(value) -> float | None:
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def run_one(noise: float, seed: int, settings: SweepSettings) -> dict:
+    """One run of the sweep: problem, kernel blocks, simulation, phases; return its record.
+
+    The problem is drawn from ``np.random.default_rng(seed)``: for one seed the
+    inputs are the same at every noise rate and only the label flips differ,
+    so curves against the noise rate are not blurred by a new data set per rate.
+    """
+    from dynamics.problem import gaussian_mixture
+    from dynamics.simulate import KernelBlocks, MetaConfig, simulate
+    from kernels import KernelSpec, kernel
+    from phases.detect import detect_phases
+
+    started = time.perf_counter()
+    problem = gaussian_mixture(np.random.default_rng(seed), n=settings.n, m=settings.m, p=settings.p,
+                               num_classes=settings.num_classes, dim=settings.dim, separation=settings.separation,
+                               spread=settings.spread, noise_rate=noise)
+    spec = KernelSpec(depth=settings.depth)
+    blocks = KernelBlocks.from_problem(problem, lambda a, b: kernel(spec, a, b))
+    config = MetaConfig(gamma=settings.gamma, steps=settings.steps, record_every=settings.record_every,
+                        perturb_draws=0)
+    trajectory = simulate(problem, blocks, config, seed=seed)
+    phases = detect_phases(trajectory, settings.phase_params)
+    stats = trajectory.weight_stats()
+
+    def at_filter(series):
+        if phases.T_filter is None:
+            return None
+        return _number(series[int(np.searchsorted(trajectory.step, phases.T_filter))])
+
+    return {
+        "noise": float(noise), "seed": int(seed), "realised_noise": problem.noise_rate,
+        "T_align": phases.T_align, "T_filter": phases.T_filter, "plateau": phases.plateau,
+        "frac_noisy_zero_at_filter": at_filter(stats["frac_noisy_zero"]),
+        "frac_clean_zero_at_filter": at_filter(stats["frac_clean_zero"]),
+        "frac_noisy_zero_end": _number(stats["frac_noisy_zero"][-1]),
+        "frac_clean_zero_end": _number(stats["frac_clean_zero"][-1]),
+        "test_accuracy_at_filter": at_filter(trajectory.test_accuracy),
+        "test_accuracy": _number(trajectory.test_accuracy[-1]),
+        "auc": _number(stats["auc"][-1]),
+        "eta": trajectory.config["eta"], "steps": int(trajectory.step[-1]),
+        "wall_s": time.perf_counter() - started,
+    }
+
+
+def _single_threaded_worker() -> None:
+    # Two processes on two cores: one XLA thread each avoids oversubscription.
+    # JAX is not imported yet in a fresh spawned worker, so the flag still applies.
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "multi_thread_eigen" not in flags:
+        os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
+
+
+def sweep(noise_rates: Sequence[float], seeds: Sequence[int], settings: SweepSettings = SweepSettings(), *,
+          workers: int | None = None, progress: Callable[[dict], None] | None = None) -> list[dict]:
+    """Run every (noise rate, seed) pair; return the records in (noise, seed) order.
+
+    Parameters
+    ----------
+    noise_rates : symmetric noise rates, each in ``[0, (C-1)/C)``.
+    seeds : problem / simulation seeds.
+    settings : what every run shares.
+    workers : processes (``None``: the local core count; 1 runs in this process).
+    progress : called with each record as its run finishes (in completion order).
+
+    Returns
+    -------
+    list of dicts with the keys :data:`RECORD_FIELDS`.
+    """
+    limit = (settings.num_classes - 1) / settings.num_classes
+    for rate in noise_rates:
+        if not 0 <= rate < limit:
+            raise ValueError(f"noise rates must lie in [0, {limit:.4g}) for {settings.num_classes} classes, got {rate}")
+    if not noise_rates or not seeds:
+        raise ValueError("a sweep needs at least one noise rate and one seed")
+    tasks = [(float(rate), int(seed)) for rate in noise_rates for seed in seeds]
+    workers = min(len(tasks), workers or os.cpu_count() or 1)
+    records = []
+    if workers == 1:
+        for rate, seed in tasks:
+            records.append(run_one(rate, seed, settings))
+            if progress is not None:
+                progress(records[-1])
+    else:
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
+                                                    initializer=_single_threaded_worker) as pool:
+            futures = [pool.submit(run_one, rate, seed, settings) for rate, seed in tasks]
+            try:
+                for future in concurrent.futures.as_completed(futures):
+                    records.append(future.result())
+                    if progress is not None:
+                        progress(records[-1])
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+    return sorted(records, key=lambda record: (record["noise"], record["seed"]))
+
+
+def settings_dict(settings: SweepSettings) -> dict:
+    """The settings as JSON (the phase parameters nested)."""
+    return dataclasses.asdict(settings)
+
+
+def settings_from_dict(values: dict) -> SweepSettings:
+    values = dict(values)
+    values["phase_params"] = PhaseParams(**values.get("phase_params", {}))
+    return SweepSettings(**values)
+
+
+def write_json(path: str, payload: dict) -> None:
+    """Write ``payload`` to ``path`` atomically (temporary name in the same folder, then rename)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".sweep.", suffix=".json.tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(payload, handle, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def load(path: str) -> dict:
+    """Read a ``sweep.json`` (a file, or the folder holding it): ``{"config": ..., "records": [...]}``."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "sweep.json")
+    with open(path) as handle:
+        payload = json.load(handle)
+    if not isinstance(payload, dict) or not isinstance(payload.get("records"), list):
+        raise ValueError(f"{path} is not a sweep result (no 'records' list)")
+    return payload
+
+
+def _versions() -> dict:
+    versions = {"python": sys.version.split()[0]}
+    for name in ("numpy", "scipy", "jax", "jaxlib", "neural-tangents"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return versions
+
+
+def summary_table(records: list[dict]) -> str:
+    """Mean over seeds per noise rate, one line each."""
+    header = f"{'noise':>6}{'runs':>6}{'T_align':>9}{'T_filter':>10}{'no plateau':>12}{'noisy@0 @T_f':>14}{'noisy@0 end':>13}{'test acc':>10}"
+    lines = [header, "-" * len(header)]
+
+    def mean(values):
+        values = [v for v in values if v is not None]
+        return float(np.mean(values)) if values else None
+
+    def fmt(value, spec):
+        return "-" if value is None else format(value, spec)
+
+    for rate in sorted({r["noise"] for r in records}):
+        group = [r for r in records if r["noise"] == rate]
+        lines.append(
+            f"{rate:>6.2f}{len(group):>6}{fmt(mean([r['T_align'] for r in group]), '.1f'):>9}"
+            f"{fmt(mean([r['T_filter'] for r in group]), '.1f'):>10}{sum(r['plateau'] is None for r in group):>12}"
+            f"{fmt(mean([r['frac_noisy_zero_at_filter'] for r in group]), '.3f'):>14}"
+            f"{fmt(mean([r['frac_noisy_zero_end'] for r in group]), '.3f'):>13}"
+            f"{fmt(mean([r['test_accuracy'] for r in group]), '.3f'):>10}")
+    lines.append("Means over seeds. T_align, T_filter in steps; 'no plateau': runs whose clean-subset loss never "
+                 "plateaued; noisy@0: share of noisy examples at w = 0 at T_filter and at the last step.")
+    return "\n".join(lines)
+
+
+class UserError(Exception):
+    """Bad input: reported as one line on stderr, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UserError(message)
+
+
+def _rates(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = SweepSettings()
+    parser = _Parser(prog="python -m phases.sweep", description=__doc__.split("\n\n")[0],
+                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--out", required=True, help="output directory (sweep.json is written into it)")
+    parser.add_argument("--noise-rates", type=_rates, default=None,
+                        help="comma-separated noise rates (default: 0, 0.05, ... below (C-1)/C)")
+    parser.add_argument("--seeds", type=_positive_int, default=4, help="number of seeds per rate (seeds 0..k-1)")
+    parser.add_argument("--workers", type=_positive_int, default=None, help="processes (default: the core count)")
+    parser.add_argument("--classes", type=_positive_int, default=defaults.num_classes, help="number of classes C")
+    parser.add_argument("--dim", type=_positive_int, default=defaults.dim, help="input dimension d")
+    parser.add_argument("--n", type=_positive_int, default=defaults.n, help="training examples")
+    parser.add_argument("--m", type=_positive_int, default=defaults.m, help="clean-subset examples")
+    parser.add_argument("--p", type=_positive_int, default=defaults.p, help="test examples")
+    parser.add_argument("--steps", type=_positive_int, default=defaults.steps, help="steps per run")
+    parser.add_argument("--record-every", type=_positive_int, default=defaults.record_every,
+                        help="record every k-th step (phase boundaries are read at this resolution, in steps)")
+    parser.add_argument("--gamma", type=float, default=defaults.gamma, help="weight of the clean-subset loss")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tqdm import tqdm
+
+    try:
+        args = build_parser().parse_args(argv)
+        settings = SweepSettings(n=args.n, m=args.m, p=args.p, num_classes=args.classes, dim=args.dim,
+                                 steps=args.steps, record_every=args.record_every, gamma=args.gamma)
+        rates = args.noise_rates if args.noise_rates is not None else default_noise_rates(args.classes)
+        if os.path.isfile(args.out):
+            raise UserError(f"--out {args.out} is a file; give a directory path")
+        try:
+            os.makedirs(args.out, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"--out {args.out} cannot be written: {error.strerror}") from None
+        limit = (args.classes - 1) / args.classes
+        if any(not 0 <= rate < limit for rate in rates) or not rates:
+            raise UserError(f"--noise-rates must lie in [0, {limit:.4g}) for {args.classes} classes, got {rates}")
+        if args.m < args.classes:
+            raise UserError(f"--m must be at least the class count {args.classes}, got {args.m}")
+        started = time.perf_counter()
+        total = len(rates) * args.seeds
+        with tqdm(total=total, unit="run", file=sys.stderr, disable=None) as bar:
+            records = sweep(rates, range(args.seeds), settings, workers=args.workers,
+                            progress=lambda record: bar.update())
+        payload = {
+            "command": "python -m phases.sweep " + " ".join(sys.argv[1:] if argv is None else argv),
+            "config": {"noise_rates": rates, "seeds": list(range(args.seeds)), "workers": args.workers,
+                       "settings": settings_dict(settings), "versions": _versions(),
+                       "wall_s": time.perf_counter() - started},
+            "records": records,
+        }
+        write_json(os.path.join(args.out, "sweep.json"), payload)
+    except UserError as error:
+        print(f"python -m phases.sweep: error: {error}", file=sys.stderr)
+        return 2
+    print(summary_table(records))
+    print(f"Wrote {os.path.join(args.out, 'sweep.json')} ({total} runs, {time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

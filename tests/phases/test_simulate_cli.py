@@ -1,0 +1,167 @@
+"""``python -m phases.simulate`` end to end at small sizes, and each kind of bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
+from tolerance import assert_close
+
+from phases.simulate import main
+
+SMALL = ["--n", "120", "--m", "24", "--p", "60", "--dim", "8", "--steps", "300", "--perturb-draws", "2"]
+FILES = ("config.json", "problem.npz", "trajectory.npz", "summary.json", "trajectory.png")
+
+
+def _run(tmp_path, *args):
+    out = tmp_path / "run"
+    assert main([*SMALL, *args, "--out", str(out)]) == 0
+    return out
+
+
+def _reference(problem, kernels, eta, beta, gamma, w0, steps):
+    """THEORY.md section 2 (MSE, full batch), written out plainly in numpy from the pseudo-code."""
+    C = int(max(problem["y_noisy"].max(), problem["y_meta"].max(), problem["y_test"].max())) + 1
+    Y, Y_meta = np.eye(C)[problem["y_noisy"]], np.eye(C)[problem["y_meta"]]
+    K_XX, K_VX, K_VV = kernels["K_XX"], kernels["K_VX"], kernels["K_VV"]
+    m = len(Y_meta)
+    F, F_meta = np.zeros_like(Y), np.zeros_like(Y_meta)
+    w = np.full(len(Y), w0)
+    ws, losses = [], []
+    for _ in range(steps):
+        ws.append(w)
+        losses.append(0.5 * np.sum((F_meta - Y_meta) ** 2) / m)
+        R, R_meta = F - Y, F_meta - Y_meta
+        F_meta_hat = F_meta - eta * (K_VX @ (w[:, None] * R) + gamma * K_VV @ R_meta)
+        score = np.sum(R * (K_VX.T @ (F_meta_hat - Y_meta)), axis=1)
+        w = np.clip(w + beta / m * score, 0, 1)
+        G = w[:, None] * R
+        F, F_meta = F - eta * (K_XX @ G + gamma * K_VX.T @ R_meta), F_meta - eta * (K_VX @ G + gamma * K_VV @ R_meta)
+    ws.append(w)
+    losses.append(0.5 * np.sum((F_meta - Y_meta) ** 2) / m)
+    return np.array(ws), np.array(losses)
+
+
+def _reference_boundaries(w, noisy, losses):
+    """THEORY.md section 5 with its default parameters, by brute force."""
+    mean_clean = w[:, ~noisy].mean(axis=1)
+    T_align = next(t for t in range(len(w)) if mean_clean[t] >= 0.99 * mean_clean.max())
+    window = max(10, int(np.ceil(0.05 * (len(w) - 1))))
+    plateau = next((t for t in range(max(T_align, window), len(w)) if losses[t - window] - losses[t] < 0.01 * losses[0]),
+                   None)
+    return T_align, plateau
+
+
+@settings(max_examples=4, phases=[Phase.explicit, Phase.generate])  # each example is a whole run: no shrinking
+@given(noise=st.sampled_from([0.0, 0.2, 0.5, 0.7]), seed=st.integers(0, 1000))
+def test_end_to_end(tmp_path_factory, noise, seed):
+    tmp_path = tmp_path_factory.mktemp("run")
+    out = _run(tmp_path, "--noise", str(noise), "--seed", str(seed), "--save-kernels")
+    for name in FILES + ("kernels.npz",):
+        assert (out / name).stat().st_size > 0, name
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(".")], "staging directory left behind"
+    config = json.loads((out / "config.json").read_text())
+    for key in ("eta", "beta", "gamma", "w0", "loss", "steps", "seed", "versions"):
+        assert key in config
+    summary = json.loads((out / "summary.json").read_text())
+    assert {claim["id"] for claim in summary["claims"]} == {"C2", "C3", "C4", "C5", "C6", "C7", "C9"}
+    assert all(claim["verdict"] in ("holds", "fails", "n/a") for claim in summary["claims"])
+    boundaries = [b for b in (summary["T_align"], summary["T_filter"]) if b is not None]
+    assert boundaries == sorted(boundaries)
+    if noise == 0.0:
+        assert summary["T_filter"] is None
+        assert summary["phases"][1]["empty"] and "nothing to filter" in summary["phases"][1]["reason"]
+
+    # The reported weights and boundaries against an independent implementation on the saved inputs.
+    problem, kernels = np.load(out / "problem.npz"), np.load(out / "kernels.npz")
+    trajectory = np.load(out / "trajectory.npz")
+    w, losses = _reference(problem, kernels, config["eta"], config["beta"], config["gamma"], config["w0"],
+                           config["steps"])
+    assert_close(trajectory["w"], w, rtol=1e-10, atol=1e-10)
+    assert_close(trajectory["clean_loss"], losses, rtol=1e-10, atol=1e-14)
+    T_align, plateau = _reference_boundaries(w, problem["y_noisy"] != problem["y_true"], losses)
+    assert summary["T_align"] == T_align and summary["plateau"] == plateau
+
+
+def test_same_arguments_same_summary(tmp_path):
+    first = _run(tmp_path / "a", "--seed", "3", "--batch-size", "50", "--meta-batch-size", "10")
+    second = _run(tmp_path / "b", "--seed", "3", "--batch-size", "50", "--meta-batch-size", "10")
+    assert (first / "summary.json").read_bytes() == (second / "summary.json").read_bytes()
+
+
+@pytest.mark.parametrize("args", [["--loss", "ce"], ["--variant", "l2rw"], ["--variant", "fixed"],
+                                  ["--dataset", "digits", "--m", "30"], ["--init", "gp", "--kernel", "nngp"],
+                                  ["--activation", "erf", "--gamma", "0", "--record-every", "7"]])
+def test_other_settings_run(tmp_path, args):
+    out = _run(tmp_path, *args)
+    assert json.loads((out / "summary.json").read_text())["claims"]
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "phases.simulate", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--noise", "1.2"], "noise_rate"),
+    (["--noise", "0.75"], "symmetric"),
+    (["--noise", "-0.1"], "noise_rate"),
+    (["--kernel", "rbf"], "--kernel"),
+    (["--n", "0"], "--n"),
+    (["--steps", "-5"], "--steps"),
+    (["--m", "3"], "m must be at least 4"),
+    (["--batch-size", "5000"], "--batch-size"),
+    (["--eta", "-1"], "eta"),
+])
+def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
+    result = _cli(*args, "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not (tmp_path / "out").exists() and not os.listdir(tmp_path)
+
+
+def test_output_path_problems(tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("keep me")
+    result = _cli("--out", str(a_file))
+    assert result.returncode == 2 and "is a file" in result.stderr and a_file.read_text() == "keep me"
+
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "mine.txt").write_text("keep me")
+    result = _cli("--out", str(existing))
+    assert result.returncode == 2 and "already exists" in result.stderr
+    assert (existing / "mine.txt").read_text() == "keep me"
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as a user who can write anywhere")
+        result = _cli("--out", str(locked / "out"))
+        assert result.returncode == 2 and "cannot be written" in result.stderr
+    finally:
+        locked.chmod(0o700)
+
+
+def test_overwrite_replaces_the_whole_directory(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "stale.txt").write_text("old")
+    assert main([*SMALL, "--out", str(out), "--overwrite"]) == 0
+    assert not (out / "stale.txt").exists() and (out / "summary.json").exists()
+
+
+def test_divergence_is_a_user_error(tmp_path):
+    result = _cli(*SMALL, "--eta", "1", "--out", str(tmp_path / "out"))
+    lines = result.stderr.strip().splitlines()
+    # Progress lines come first; the error is one line, the last, with no traceback.
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert [line for line in lines if "error:" in line] == lines[-1:] and "diverged" in lines[-1]
+    assert not os.listdir(tmp_path)
