@@ -1,6 +1,31 @@
-"""Problems, the exact linearized simulator, finite-width training, the surrogate and baselines."""
+"""Problems, the exact linearized simulator, finite-width training, the surrogate and baselines.
 
-from dynamics.problem import Problem, corrupt_labels, digits, gaussian_mixture, transition_matrix
-from dynamics.trajectory import Trajectory, weight_stats
+Public names are re-exported here and imported on first use, so that ``import
+dynamics`` does not load JAX or torch until a name that needs them is touched.
+"""
 
-__all__ = ["Problem", "Trajectory", "corrupt_labels", "digits", "gaussian_mixture", "transition_matrix", "weight_stats"]
+import importlib
+
+_EXPORTS = {
+    "dynamics.problem": ("Problem", "corrupt_labels", "digits", "gaussian_mixture", "transition_matrix"),
+    "dynamics.trajectory": ("Trajectory", "weight_stats"),
+    "dynamics.simulate": ("DivergenceError", "KernelBlocks", "MetaConfig", "gp_prior_outputs", "meta_score",
+                          "simulate"),
+    "dynamics.surrogate": ("ReweightResult", "alpha0_schedule", "class_similarities", "modulated_scores", "reweight",
+                           "sign_agreement", "weights_from_scores"),
+    "dynamics.cifar": ("DataError", "ImageProblem", "cifar10n_problem", "load_cifar10_images", "load_cifar10n_labels",
+                       "verify_checksums"),
+    "dynamics.cnn": ("SmallCNN", "augment", "normalise"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'dynamics' has no attribute {name!r}")
+    return getattr(importlib.import_module(_MODULE_OF[name]), name)
+
+
+def __dir__():
+    return __all__
