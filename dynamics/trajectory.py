@@ -85,8 +85,11 @@ class Trajectory:
         ``frac_noisy_zero`` (noisy examples at ``w = 0``), ``frac_clean_zero``,
         ``frac_clean_one``, ``auc`` (of ``w`` as a clean score; NaN without both
         groups), ``precision`` and ``recall`` of ``{w > 0}`` as the clean set.
+        Computed once per record (the AUC ranks every row) and cached.
         """
-        return weight_stats(self.w, self.noisy)
+        if "_weight_stats" not in self.__dict__:
+            object.__setattr__(self, "_weight_stats", weight_stats(self.w, self.noisy))
+        return self.__dict__["_weight_stats"]
 
     def save(self, path) -> None:
         """Write ``path`` (npz) atomically: a temporary name, then a rename."""
