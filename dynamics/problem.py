@@ -74,8 +74,8 @@ class Problem:
         if missing:
             raise ValueError(f"y_meta (the clean subset) has no example of classes {missing}; it needs every class")
         transition = np.asarray(self.transition, dtype=np.float64)
-        if transition.shape != (C, C) or not np.allclose(transition.sum(axis=1), 1.0):
-            raise ValueError(f"transition must be a ({C}, {C}) row-stochastic matrix")
+        if transition.shape != (C, C) or np.any(transition < 0) or not np.allclose(transition.sum(axis=1), 1.0):
+            raise ValueError(f"transition must be a ({C}, {C}) row-stochastic matrix (non-negative rows summing to 1)")
         object.__setattr__(self, "transition", transition)
 
     @property
@@ -159,14 +159,18 @@ def corrupt_labels(
       are corrupted more; the new label is uniform over the other classes.
 
     Every example flips independently, so the realised rate is binomial
-    around the request.
+    around the request. The returned transition is the law the labels were
+    drawn from; for instance noise it is the expectation given ``X``: class
+    ``a`` keeps its label with probability ``1 - mean_{i: y_i = a} p_i``.
     """
     _check_rate(noise_rate, num_classes, noise_type)
     y_true = np.asarray(y_true, dtype=np.int64)
     n = y_true.shape[0]
+    if n and (y_true.min() < 0 or y_true.max() >= num_classes):
+        raise ValueError(f"y_true must lie in [0, {num_classes}), got range [{y_true.min()}, {y_true.max()}]")
     if noise_type == "instance":
-        if X is None:
-            raise ValueError("instance-dependent noise needs the inputs X")
+        if X is None or np.shape(X)[0] != n:
+            raise ValueError(f"instance-dependent noise needs the inputs X with one row per label ({n})")
         projection = np.asarray(X, dtype=np.float64) @ rng.standard_normal(np.shape(X)[1])
         ranks = np.argsort(np.argsort(projection)) / max(n - 1, 1)  # uniform on [0, 1]
         flip_probability = np.clip(noise_rate * 2 * ranks, 0.0, 1.0)
@@ -178,7 +182,12 @@ def corrupt_labels(
     else:
         new_label = (y_true + rng.integers(1, num_classes, size=n)) % num_classes
     y_noisy = np.where(flip, new_label, y_true)
-    return y_noisy, transition_matrix(noise_type, noise_rate, num_classes)
+    if noise_type != "instance":
+        return y_noisy, transition_matrix(noise_type, noise_rate, num_classes)
+    C = num_classes
+    stay = np.array([1.0 - flip_probability[y_true == a].mean() if np.any(y_true == a) else 1.0 for a in range(C)])
+    transition = stay[:, None] * np.eye(C) + ((1.0 - stay) / (C - 1))[:, None] * (1 - np.eye(C))
+    return y_noisy, transition
 
 
 def _balanced_labels(size: int, num_classes: int, rng: np.random.Generator) -> np.ndarray:
@@ -256,6 +265,10 @@ def digits(
     X_all *= 8.0 / np.linalg.norm(X_all, axis=1, keepdims=True)
     order = rng.permutation(len(y_all))
     per_class = [order[y_all[order] == c] for c in range(num_classes)]
+    smallest = min(len(idx) for idx in per_class)
+    if m > smallest * num_classes:
+        raise ValueError(f"m must be at most {smallest * num_classes} for a class-balanced clean subset of digits "
+                         f"(its smallest class has {smallest} images), got {m}")
     meta_idx = np.concatenate([idx[: m // num_classes + (c < m % num_classes)] for c, idx in enumerate(per_class)])
     rest = np.setdiff1d(order, meta_idx, assume_unique=True)
     rest = rest[rng.permutation(len(rest))]
