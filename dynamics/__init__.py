@@ -16,6 +16,7 @@ _EXPORTS = {
     "dynamics.cifar": ("DataError", "ImageProblem", "cifar10n_problem", "load_cifar10_images", "load_cifar10n_labels",
                        "verify_checksums"),
     "dynamics.cnn": ("SmallCNN", "augment", "normalise"),
+    "dynamics.finite": ("FiniteNetwork", "NetworkConfig", "bilevel_score", "closed_form_score", "train_finite"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)

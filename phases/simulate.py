@@ -125,6 +125,9 @@ def _prepare_output(out: str | None, overwrite: bool) -> tuple[str, str]:
 
 def _publish(staging: str, out: str) -> None:
     """Move the finished directory into place; the old one (``--overwrite``) goes only once the new one is whole."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp made it private; the result is an ordinary directory
     if os.path.isdir(out):
         trash = staging + ".old"
         os.replace(out, trash)

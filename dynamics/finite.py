@@ -1,0 +1,949 @@
+"""Exact bi-level meta-reweighting of a finite-width network (THEORY.md section 2, claims C1 and C8).
+
+The linearized simulator (:mod:`dynamics.simulate`) runs THEORY.md section 2 in
+function space with a fixed kernel. Here the same four steps run literally on
+a finite-width torch ``MLP`` in the NTK parametrisation
+(:class:`kernels.empirical.MLP`): the look-ahead ``theta_hat(w)`` is a real
+gradient step on the parameters, and ``dL_meta/dw`` is obtained by automatic
+differentiation through it with ``torch.func`` (a gradient of a gradient), with
+no kernel anywhere in the dynamics. Losses follow the simulator: MSE ``0.5
+||f - y||^2`` or softmax cross-entropy, summed over training examples with
+their weights, plus ``gamma`` times the summed clean-subset loss.
+
+By default the network is centred, ``f(x; theta) - f(x; theta_0)``, so its
+initial outputs are zero like the simulator's default; with the same ``eta``
+the two then differ only through the finite-width kernel and its drift, which
+is what claim C8 measures (``python -m dynamics.finite``).
+
+Parameters travel as a dict of tensors in a frozen :class:`FiniteState`; the
+``MLP`` module is used only as the architecture (through ``functional_call``)
+and keeps ``theta_0``. CPU runs are float64, GPU runs float32.
+
+    python -m dynamics.finite --out DIR
+
+runs claim C8: finite widths next to the linearized model, the gaps, their
+log-log slope against width, phase boundaries and a figure (``--help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import dataclasses
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from importlib import metadata
+
+import numpy as np
+import torch
+from torch.func import functional_call, grad, jacrev, vmap
+
+from dynamics.problem import Problem, gaussian_mixture
+from dynamics.simulate import LOSSES, DivergenceError, KernelBlocks, MetaConfig, default_eta, meta_score, simulate
+from dynamics.trajectory import Trajectory
+from kernels.empirical import MLP, empirical_ntk
+from kernels.infinite import ACTIVATIONS, KernelSpec, kernel
+
+OUTPUT_KERNELS = ("full", "averaged")
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkConfig:
+    """The finite network: ``MLP(d, width, C, spec)`` in the NTK parametrisation.
+
+    width : units per hidden layer, ``N``.
+    spec : depth, activation, ``W_std``, ``b_std``; the same spec gives the
+        linearized model its analytic NTK (``spec.kind`` is unused here).
+    centred : train ``f(x; theta) - f(x; theta_0)`` (zero initial outputs, the
+        simulator's default); ``False`` trains ``f`` itself.
+    device : torch device; float64 on the CPU, float32 on anything else
+        (GPUs are many times slower in float64).
+    """
+
+    width: int = 512
+    spec: KernelSpec = KernelSpec()
+    centred: bool = True
+    device: str = "cpu"
+
+    def __post_init__(self):
+        if int(self.width) < 1:
+            raise ValueError(f"width must be >= 1, got {self.width}")
+        try:
+            torch.device(self.device)
+        except RuntimeError as error:
+            raise ValueError(f"device must name a torch device, got {self.device!r}") from error
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float64 if torch.device(self.device).type == "cpu" else torch.float32
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FiniteNetwork:
+    """A network bound to one problem's inputs, evaluated functionally at any parameters.
+
+    Attributes
+    ----------
+    model : the architecture; its own parameters are ``theta_0`` and never change.
+    inputs : (n + m + p, d), training, clean and test inputs stacked.
+    targets : (n + m + p, C), one-hot observed training labels, clean labels, test labels.
+    offset : (n + m + p, C), ``f(x; theta_0)`` when centred, else zeros.
+    n, m, p : the sizes of the three sets.
+    centred : whether ``offset`` is subtracted.
+    """
+
+    model: MLP
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    offset: torch.Tensor
+    n: int
+    m: int
+    p: int
+    centred: bool
+
+    def outputs(self, params: dict[str, torch.Tensor], rows) -> torch.Tensor:
+        """Outputs ``(k, C)`` at parameters ``params`` of the stacked rows ``rows`` (a slice or ``(k,)`` indices)."""
+        return functional_call(self.model, params, (self.inputs[rows],)) - self.offset[rows]
+
+    @property
+    def train_rows(self) -> slice:
+        return slice(0, self.n)
+
+    @property
+    def meta_rows(self) -> slice:
+        return slice(self.n, self.n + self.m)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FiniteState:
+    """``theta_t`` (name -> tensor, the ``MLP``'s parameter names) and ``w_t : (n,)``."""
+
+    params: dict[str, torch.Tensor]
+    w: torch.Tensor
+
+
+def init(problem: Problem, network: NetworkConfig, w0: float, generator: torch.Generator
+         ) -> tuple[FiniteNetwork, FiniteState]:
+    """Draw ``theta_0`` from ``generator`` and bind the network to ``problem``.
+
+    Parameters
+    ----------
+    problem : sizes ``n, m, p``, inputs of dimension ``d``, ``C`` classes.
+    network : width, architecture, centring, device.
+    w0 : initial weight of every training example.
+    generator : a CPU ``torch.Generator``, the only source of randomness
+        (the draws do not depend on the device).
+
+    Returns
+    -------
+    ``(FiniteNetwork, FiniteState)`` with ``w = w0`` everywhere.
+    """
+    dtype, device = network.dtype, torch.device(network.device)
+    model = MLP(problem.X.shape[1], int(network.width), problem.num_classes, network.spec, generator, dtype)
+    # The dynamics differentiate with respect to the state's tensors, never the module's.
+    model = model.to(device).requires_grad_(False)
+    C = problem.num_classes
+    inputs = torch.as_tensor(np.concatenate([problem.X, problem.X_meta, problem.X_test]), dtype=dtype, device=device)
+    labels = np.concatenate([problem.y_noisy, problem.y_meta, problem.y_test])
+    targets = torch.as_tensor(np.eye(C)[labels], dtype=dtype, device=device)
+    with torch.no_grad():
+        offset = model(inputs) if network.centred else torch.zeros_like(targets)
+    n, m, p = problem.sizes
+    net = FiniteNetwork(model, inputs, targets, offset, n, m, p, bool(network.centred))
+    params = {name: value.detach().clone() for name, value in model.named_parameters()}
+    return net, FiniteState(params, torch.full((n,), float(w0), dtype=dtype, device=device))
+
+
+def _residual_and_loss(loss: str, F: torch.Tensor, Y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(dloss/doutput (k, C), per-example loss (k,))`` of outputs ``F`` against one-hot ``Y``."""
+    if loss == "mse":
+        R = F - Y
+        return R, 0.5 * (R * R).sum(dim=-1)
+    log_p = torch.log_softmax(F, dim=-1)
+    return log_p.exp() - Y, -(Y * log_p).sum(dim=-1)
+
+
+def _rows(net: FiniteNetwork, batch: torch.Tensor | None, meta_batch: torch.Tensor | None):
+    """Stacked rows of a training batch then a clean batch, and the training batch's size.
+
+    Full batches are slices: indexing with all row numbers would copy the inputs every step.
+    """
+    if batch is None and meta_batch is None:
+        return slice(0, net.n + net.m), net.n
+    device = net.inputs.device
+    train = torch.arange(net.n, device=device) if batch is None else batch
+    meta = torch.arange(net.m, device=device) if meta_batch is None else meta_batch
+    return torch.cat([train, net.n + meta]), train.shape[0]
+
+
+def _train_objective(net: FiniteNetwork, loss: str, gamma: float, rows, b: int):
+    """``(theta, w (b,)) -> sum_i w_i l_i + gamma sum_j l_meta_j`` over the stacked rows."""
+    targets = net.targets[rows]
+
+    def objective(params, w):
+        _, losses = _residual_and_loss(loss, net.outputs(params, rows), targets)
+        return (w * losses[:b]).sum() + gamma * losses[b:].sum()
+
+    return objective
+
+
+def meta_gradient(net: FiniteNetwork, params: dict[str, torch.Tensor], w: torch.Tensor, *, loss: str, eta: float,
+                  gamma: float, batch: torch.Tensor | None = None, meta_batch: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``dL_meta/dw`` by automatic differentiation through the look-ahead (THEORY.md section 2, steps 1-2).
+
+    ``theta_hat(w) = theta - eta * grad_theta [sum_{i in B} w_i l_i + gamma
+    sum_{j in B_meta} l_meta_j](theta)`` and ``L_meta(w) = mean_{j in B_meta}
+    l_meta_j(theta_hat(w))``; ``torch.func.grad`` differentiates ``L_meta``
+    with respect to ``w`` through the inner gradient.
+
+    Parameters
+    ----------
+    params : ``theta_t``.
+    w : (b,) weights of the batch at which the meta-gradient is taken.
+    batch : (b,) training indices; ``None``: all ``n``.
+    meta_batch : (b_meta,) clean indices; ``None``: all ``m``.
+
+    Returns
+    -------
+    dL_meta_dw : (b,); the meta score is ``-(b_meta / eta) * dL_meta_dw``.
+    meta_residual_hat : (b_meta, C), the clean residual at ``theta_hat(w)``.
+    """
+    rows, b = _rows(net, batch, meta_batch)
+    meta_rows = rows[b:] if isinstance(rows, torch.Tensor) else net.meta_rows
+    meta_targets = net.targets[meta_rows]
+    train_objective = _train_objective(net, loss, gamma, rows, b)
+
+    def meta_objective(w):
+        descent = grad(train_objective)(params, w)
+        params_hat = {name: value - eta * descent[name] for name, value in params.items()}
+        residual_hat, losses_hat = _residual_and_loss(loss, net.outputs(params_hat, meta_rows), meta_targets)
+        return losses_hat.mean(), residual_hat
+
+    return grad(meta_objective, has_aux=True)(w)
+
+
+def _new_weights(variant: str, w_batch: torch.Tensor, dL_meta_dw: torch.Tensor, alpha: float) -> torch.Tensor:
+    """THEORY.md section 2 step 3 (``meta``), or Ren et al.'s normalised positive part (``l2rw``)."""
+    if variant == "meta":
+        return torch.clamp(w_batch - alpha * dL_meta_dw, 0.0, 1.0)
+    positive = torch.clamp(-dL_meta_dw, min=0.0)
+    total = positive.sum()
+    return positive / total if total > 0 else torch.zeros_like(positive)
+
+
+def _lookahead_weights(variant: str, w: torch.Tensor) -> torch.Tensor:
+    # L2RW takes the meta-gradient at w = 0 (Ren et al. 2018, eps = 0), as the simulator does.
+    return torch.zeros_like(w) if variant == "l2rw" else w
+
+
+def _resolved_eta(config: MetaConfig) -> float:
+    if config.eta is None:
+        raise ValueError("config.eta must be set here (train_finite resolves eta = None)")
+    return float(config.eta)
+
+
+def step(net: FiniteNetwork, state: FiniteState, config: MetaConfig, *, batch: torch.Tensor | None = None,
+         meta_batch: torch.Tensor | None = None, dL_meta_dw: torch.Tensor | None = None) -> FiniteState:
+    """One exact bi-level meta-reweighting step (THEORY.md section 2, steps 1-4) on one batch.
+
+    Parameters
+    ----------
+    state : ``theta_t, w_t``.
+    config : the knobs; ``config.eta`` must be set.
+    batch : (b,) training indices, ``None`` for all; only ``w[batch]`` moves.
+    meta_batch : (b_meta,) clean indices, ``None`` for all.
+    dL_meta_dw : (b,) the meta-gradient at this state and batch when already
+        computed (:func:`meta_gradient`), so it is not computed twice.
+
+    Returns
+    -------
+    ``FiniteState`` with ``w_{t+1}`` and ``theta_{t+1} = theta_t - eta * grad_theta
+    [sum_{i in B} w_{t+1,i} l_i + gamma sum_{j in B_meta} l_meta_j](theta_t)``.
+    """
+    eta = _resolved_eta(config)
+    w_batch = state.w if batch is None else state.w[batch]
+    if config.variant != "fixed":
+        if dL_meta_dw is None:
+            dL_meta_dw, _ = meta_gradient(net, state.params, _lookahead_weights(config.variant, w_batch),
+                                          loss=config.loss, eta=eta, gamma=config.gamma, batch=batch,
+                                          meta_batch=meta_batch)
+        w_batch = _new_weights(config.variant, w_batch, dL_meta_dw, config.beta / eta)
+    w = w_batch if batch is None else state.w.index_put((batch,), w_batch)
+    rows, b = _rows(net, batch, meta_batch)
+    gradient = grad(_train_objective(net, config.loss, config.gamma, rows, b))(state.params, w_batch)
+    params = {name: value - eta * gradient[name] for name, value in state.params.items()}
+    return FiniteState(params, w)
+
+
+def sgd_step(net: FiniteNetwork, state: FiniteState, config: MetaConfig) -> FiniteState:
+    """Plain weighted gradient descent, full batch: step 4 alone with the weights held fixed.
+
+    The reference cost against which ``bench/finite.py`` times :func:`step`.
+    """
+    eta = _resolved_eta(config)
+    rows, b = _rows(net, None, None)
+    gradient = grad(_train_objective(net, config.loss, config.gamma, rows, b))(state.params, state.w)
+    return FiniteState({name: value - eta * gradient[name] for name, value in state.params.items()}, state.w)
+
+
+def bilevel_score(net: FiniteNetwork, state: FiniteState, *, loss: str, eta: float, gamma: float
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Full-batch meta score from autodiff, ``score_i = -(m / eta) dL_meta/dw_i`` at ``state``.
+
+    Returns
+    -------
+    score : (n,) float64.
+    meta_residual_hat : (m, C) float64, the clean residual at ``theta_hat(w)``.
+    """
+    dL_meta_dw, residual_hat = meta_gradient(net, state.params, state.w, loss=loss, eta=eta, gamma=gamma)
+    return _numpy(-(net.m / eta) * dL_meta_dw), _numpy(residual_hat)
+
+
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().to(torch.float64).cpu().numpy()
+
+
+def _model_at(net: FiniteNetwork, params: dict[str, torch.Tensor]) -> MLP:
+    """A copy of the architecture holding ``params``, for :func:`kernels.empirical.empirical_ntk`."""
+    model = copy.deepcopy(net.model)
+    with torch.no_grad():
+        for name, value in model.named_parameters():
+            value.copy_(params[name])
+    return model
+
+
+def _output_ntk(net: FiniteNetwork, params: dict[str, torch.Tensor], rows1, rows2) -> torch.Tensor:
+    """The matrix-valued empirical NTK ``Theta[a, c, b, c'] = J_c(x_a) . J_c'(x_b) : (k1, C, k2, C)``.
+
+    Per-example Jacobians by ``vmap(jacrev)``: memory ``(k1 + k2) C #params``,
+    meant for the small networks of the C1 check.
+    """
+    def single_output(p, x):
+        return functional_call(net.model, p, (x[None],))[0]
+
+    per_example_jacobian = vmap(jacrev(single_output), in_dims=(None, 0))
+
+    def jacobian(rows):
+        jac = per_example_jacobian(params, net.inputs[rows])
+        return torch.cat([j.reshape(j.shape[0], j.shape[1], -1) for j in jac.values()], dim=2)
+
+    return torch.einsum("acp,bdp->acbd", jacobian(rows1), jacobian(rows2))
+
+
+def _matrix_meta_score(loss: str, eta: float, gamma: float, w, R, R_meta, F_meta, Y_meta, Theta_VX, Theta_VV):
+    """THEORY.md section 2's closed form with a matrix-valued kernel ``Theta``.
+
+    ``Theta_VX : (m, C, n, C)``, ``Theta_VV : (m, C, m, C)``; with ``Theta =
+    k (x) I_C`` it is :func:`dynamics.simulate.meta_score`. Returns ``score (n,)``
+    and ``R_meta_hat (m, C)``.
+    """
+    F_meta_hat = F_meta - eta * (torch.einsum("jcid,id->jc", Theta_VX, w[:, None] * R)
+                                 + gamma * torch.einsum("jckd,kd->jc", Theta_VV, R_meta))
+    R_meta_hat, _ = _residual_and_loss(loss, F_meta_hat, Y_meta)
+    coupling = torch.einsum("jcid,jc->id", Theta_VX, R_meta_hat)
+    return (R * coupling).sum(dim=-1), R_meta_hat
+
+
+def closed_form_score(net: FiniteNetwork, state: FiniteState, *, loss: str, eta: float, gamma: float,
+                      output_kernel: str = "full") -> tuple[np.ndarray, np.ndarray]:
+    """The closed-form meta score with the empirical NTK at ``theta_t`` (claim C1 for finite networks).
+
+    THEORY.md section 2's function-space formula, evaluated with the kernel
+    of the network at ``theta_t`` instead of the infinite-width one. It differs
+    from :func:`bilevel_score` only because the network's Jacobian at
+    ``theta_hat`` is not the one at ``theta_t`` (and the look-ahead outputs are
+    linearized), an ``O(eta)`` difference in the score.
+
+    Parameters
+    ----------
+    output_kernel : ``"full"``: the matrix-valued NTK ``J_c(x) J_c'(x')^T``
+        (exact as ``eta -> 0``); ``"averaged"``: the output-averaged scalar
+        kernel of :func:`kernels.empirical.empirical_ntk` through
+        :func:`dynamics.simulate.meta_score`. At finite width the NTK is
+        ``k (x) I_C`` only up to ``O(N^(-1/2))`` (cross-output blocks, unequal
+        per-output kernels), so the averaged kernel adds an ``eta``-independent
+        error of that size.
+
+    Returns
+    -------
+    score : (n,) float64.
+    meta_residual_hat : (m, C) float64, the linearized look-ahead clean residual.
+    """
+    if output_kernel not in OUTPUT_KERNELS:
+        raise ValueError(f"output_kernel must be one of {OUTPUT_KERNELS}, got {output_kernel!r}")
+    train, meta = net.train_rows, net.meta_rows
+    with torch.no_grad():
+        F = net.outputs(state.params, slice(0, net.n + net.m))
+    Y, Y_meta = net.targets[train], net.targets[meta]
+    R, _ = _residual_and_loss(loss, F[train], Y)
+    F_meta = F[meta]
+    R_meta, _ = _residual_and_loss(loss, F_meta, Y_meta)
+    if output_kernel == "averaged":
+        model = _model_at(net, state.params)
+        V, X = net.inputs[meta], net.inputs[train]
+        score, residual_hat = meta_score(loss, eta, gamma, _numpy(state.w), _numpy(R), _numpy(R_meta),
+                                         _numpy(F_meta), _numpy(Y_meta), empirical_ntk(model, V, X),
+                                         empirical_ntk(model, V))
+        return np.asarray(score), np.asarray(residual_hat)
+    with torch.no_grad():
+        Theta_VX = _output_ntk(net, state.params, meta, train)
+        Theta_VV = _output_ntk(net, state.params, meta, meta)
+        score, residual_hat = _matrix_meta_score(loss, eta, gamma, state.w, R, R_meta, F_meta, Y_meta,
+                                                 Theta_VX, Theta_VV)
+    return _numpy(score), _numpy(residual_hat)
+
+
+def closed_form_weight_step(net: FiniteNetwork, state: FiniteState, config: MetaConfig, *,
+                            output_kernel: str = "full") -> np.ndarray:
+    """``w_{t+1} : (n,)`` from the closed form at ``theta_t`` (full batch), to set against :func:`step`.
+
+    ``clip(w + (beta / m) * score, 0, 1)`` with :func:`closed_form_score`
+    (``variant="meta"``; ``"l2rw"`` normalises the positive part of the score
+    taken at ``w = 0``; ``"fixed"`` returns ``w``).
+    """
+    eta = _resolved_eta(config)
+    if config.variant == "fixed":
+        return _numpy(state.w)
+    lookahead = FiniteState(state.params, _lookahead_weights(config.variant, state.w))
+    score, _ = closed_form_score(net, lookahead, loss=config.loss, eta=eta, gamma=config.gamma,
+                                 output_kernel=output_kernel)
+    dL_meta_dw = torch.as_tensor(-(eta / net.m) * score, dtype=state.w.dtype, device=state.w.device)
+    return _numpy(_new_weights(config.variant, state.w, dL_meta_dw, config.beta / eta))
+
+
+def _record(net: FiniteNetwork, state: FiniteState, config: MetaConfig, t: int) -> tuple[dict, torch.Tensor]:
+    """The full-batch quantities of THEORY.md section 3 at one state, and the meta-gradient they used.
+
+    The score is the autodiff one, ``-(m / eta) dL_meta/dw`` at the
+    look-ahead weights; the coupling norm is ``||R_meta_hat||_F`` of the real
+    (not linearized) look-ahead. ``flip_rate`` is NaN: C7 perturbs the
+    outputs, which are not the state of a finite network.
+    """
+    eta = _resolved_eta(config)
+    n, m = net.n, net.m
+    dL_meta_dw, residual_hat = meta_gradient(net, state.params, _lookahead_weights(config.variant, state.w),
+                                             loss=config.loss, eta=eta, gamma=config.gamma)
+    with torch.no_grad():
+        F = net.outputs(state.params, slice(None))
+    R, losses = _residual_and_loss(config.loss, F, net.targets)
+    train_losses, meta_losses, test_losses = losses[:n], losses[n:n + m], losses[n + m:]
+    test_labels = net.targets[n + m:].argmax(dim=-1)
+    record = {
+        "step": np.asarray(t),
+        "w": _numpy(state.w),
+        "score": _numpy(-(m / eta) * dL_meta_dw),
+        "residual_norm": _numpy(torch.linalg.norm(R[:n], dim=-1)),
+        "clean_loss": _numpy(meta_losses.mean()),
+        "coupling_norm": _numpy(torch.linalg.norm(residual_hat)),
+        "train_losses": _numpy(train_losses),
+        "test_loss": _numpy(test_losses.mean()),
+        "test_accuracy": _numpy((F[n + m:].argmax(dim=-1) == test_labels).to(F.dtype).mean()),
+        "flip_rate": np.asarray(np.nan),
+    }
+    return record, dL_meta_dw
+
+
+def _group_mean(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(T,) mean over the examples in ``mask`` of ``values : (T, n)``; NaN when the group is empty."""
+    return values[:, mask].mean(axis=1) if mask.any() else np.full(values.shape[0], np.nan)
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in ("torch", "numpy", "scipy", "jax", "jaxlib", "neural-tangents"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return versions
+
+
+def train_finite(problem: Problem, config: MetaConfig = MetaConfig(), network: NetworkConfig = NetworkConfig(), *,
+                 generator: torch.Generator, progress: Callable[[int], None] | None = None) -> Trajectory:
+    """Exact bi-level meta-reweighting of a finite-width ``MLP`` (THEORY.md sections 2-3).
+
+    Every step is :func:`step`: look-ahead, autodiff meta-gradient, clipped
+    persistent weights (or the ``l2rw`` / ``fixed`` variants of ``config``),
+    model update; full batch, or a batch of ``batch_size`` training and
+    ``meta_batch_size`` clean examples drawn without replacement each step,
+    of which only ``w[batch]`` moves.
+
+    Parameters
+    ----------
+    problem : the noisy-label problem (sizes ``n, m, p``, ``C`` classes).
+    config : the shared knobs of :class:`dynamics.simulate.MetaConfig`.
+        ``eta = None`` resolves as in the simulator, from the analytic NTK
+        blocks of ``network.spec`` (:func:`dynamics.simulate.default_eta`),
+        so that both models take the same step; ``config["lambda_joint"]``
+        is that kernel's stability scale. ``perturb_eps`` and
+        ``perturb_draws`` are not used: ``flip_rate`` is NaN (C7 perturbs
+        outputs, which do not determine a finite network's state).
+    network : width, architecture, centring and device.
+    generator : CPU ``torch.Generator`` drawing ``theta_0`` and then the
+        mini-batches; ``config["seed"]`` records its ``initial_seed()``, which
+        repeats the run when the generator is passed freshly seeded.
+    progress : called after every step with the number of steps done (for a progress bar).
+
+    Returns
+    -------
+    Trajectory, rows as in :func:`dynamics.simulate.simulate` (row ``t`` is the
+    state entering step ``step[t]``, the last row the final state).
+    ``label_similarity`` and ``k_meta_norm`` come from the output-averaged
+    empirical NTK at ``theta_0``. ``config`` holds every resolved parameter,
+    the network and the package versions.
+
+    Raises
+    ------
+    DivergenceError
+        when a recorded loss stops being finite.
+    """
+    n, m, p = problem.sizes
+    C = problem.num_classes
+    for name, size, limit in (("batch_size", config.batch_size, n), ("meta_batch_size", config.meta_batch_size, m)):
+        if size is not None and size > limit:
+            raise ValueError(f"{name} must be at most {limit}, got {size}")
+    # The analytic kernel sets the default step and the stability scale, exactly as the simulator's would.
+    spec = dataclasses.replace(network.spec, kind="ntk")
+    eta_default, lambda_joint = default_eta(KernelBlocks.from_problem(problem, lambda a, b: kernel(spec, a, b)),
+                                            config.gamma)
+    eta_source = "default_eta of the analytic NTK blocks" if config.eta is None else "given"
+    eta = eta_default if config.eta is None else float(config.eta)
+    beta = 0.0 if config.variant == "fixed" else float(config.beta)
+    config = dataclasses.replace(config, eta=eta, beta=beta)
+    seed = int(generator.initial_seed())
+    net, state = init(problem, network, config.w0, generator)
+    with torch.no_grad():
+        # kernels.empirical returns (m, n) float64 at the module's own parameters, theta_0.
+        k_meta_train = empirical_ntk(net.model, problem.X_meta, problem.X)
+
+    steps, every = int(config.steps), int(config.record_every)
+    record_steps = set(range(0, (steps // every) * every, every)) | {steps}
+    device = net.inputs.device
+    records = []
+    for t in range(steps + 1):
+        dL_meta_dw = None
+        if t in record_steps:
+            record, dL_meta_dw = _record(net, state, config, t)
+            if not (np.isfinite(record["clean_loss"]) and np.isfinite(record["test_loss"])):
+                raise DivergenceError(
+                    f"the finite network diverged by step {t} (losses no longer finite): eta={eta:.4g} is too "
+                    f"large; leave eta unset for the stable default of the analytic kernel")
+            records.append(record)
+        if t == steps:
+            break
+        batch = None if config.batch_size is None else \
+            torch.randperm(n, generator=generator)[:config.batch_size].to(device)
+        meta_batch = None if config.meta_batch_size is None else \
+            torch.randperm(m, generator=generator)[:config.meta_batch_size].to(device)
+        # A recorded full-batch meta-gradient is the one this step needs.
+        reuse = dL_meta_dw if batch is None and meta_batch is None else None
+        state = step(net, state, config, batch=batch, meta_batch=meta_batch, dL_meta_dw=reuse)
+        if progress is not None:
+            progress(t + 1)
+
+    series = {name: np.stack([record[name] for record in records]) for name in records[0]}
+    train_losses = series.pop("train_losses")
+    noisy = problem.noisy
+    with torch.no_grad():
+        F = _numpy(net.outputs(state.params, slice(None)))
+    Y_meta = np.eye(C)[problem.y_meta]
+    resolved = dataclasses.asdict(config) | {
+        "seed": seed, "n": n, "m": m, "p": p, "num_classes": C, "problem": problem.name,
+        "model": "finite", "width": int(network.width), "depth": int(network.spec.depth),
+        "activation": network.spec.activation, "W_std": float(network.spec.W_std),
+        "b_std": float(network.spec.b_std), "centred": bool(network.centred), "device": str(network.device),
+        "dtype": str(network.dtype).removeprefix("torch."),
+        "eta_source": eta_source,
+        "lambda_joint": lambda_joint, "eta_stable_below": 2.0 / lambda_joint,
+        "lambda_joint_kernel": "analytic NTK of the same architecture",
+        "init": "zero" if network.centred else "network",
+        "perturb_draws": 0, "flip_rate": "not measured (NaN) for finite networks",
+        "label_similarity_kernel": "output-averaged empirical NTK at theta_0",
+        "versions": _versions(),
+    }
+    return Trajectory(
+        step=series["step"].astype(np.int64),
+        w=series["w"],
+        score=series["score"],
+        residual_norm=series["residual_norm"],
+        clean_loss=series["clean_loss"],
+        coupling_norm=series["coupling_norm"],
+        train_loss_clean=_group_mean(train_losses, ~noisy),
+        train_loss_noisy=_group_mean(train_losses, noisy),
+        test_loss=series["test_loss"],
+        test_accuracy=series["test_accuracy"],
+        flip_rate=series["flip_rate"],
+        noisy=noisy,
+        label_similarity=(k_meta_train.T @ Y_meta)[np.arange(n), problem.y_noisy],
+        k_meta_norm=np.linalg.norm(k_meta_train, axis=0),
+        outputs=F[:n], meta_outputs=F[n:n + m], test_outputs=F[n + m:],
+        config=resolved,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# python -m dynamics.finite: claim C8, finite widths against the linearized model. A command line that prints,
+# plots and reads phase boundaries (through phases.detect, imported where used) sits in dynamics/ only because
+# it was asked for as `python -m dynamics.finite`; the library above does none of that.
+
+_DEFAULT_WIDTHS = (64, 128, 256, 512, 1024, 2048, 4096)
+
+
+class UserError(Exception):
+    """Bad input: reported as one line on stderr, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UserError(message)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _int_list(low: int):
+    def parse(text: str) -> list[int]:
+        try:
+            values = sorted({int(item) for item in text.split(",") if item.strip()})
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be comma-separated integers, got {text!r}") from None
+        if not values or values[0] < low:
+            raise argparse.ArgumentTypeError(f"must be comma-separated integers >= {low}, got {text!r}")
+        return values
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="python -m dynamics.finite", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Claim C8: exact bi-level meta-reweighting of finite-width MLPs (NTK parametrisation, centred "
+                    "outputs) against the linearized model with the analytic NTK of the same architecture, same eta, "
+                    "beta, gamma and steps, full batch. Writes summary.json (log-log slope of the weight gap vs "
+                    "width, with its standard error), width_<N>.json, problem.npz, linearized.npz, "
+                    "finite_w<N>_s<seed>.npz and finite.png into --out.")
+    data = parser.add_argument_group("problem (Gaussian mixture of THEORY.md section 5, smaller)")
+    data.add_argument("--n", type=_positive_int, default=200, help="training examples")
+    data.add_argument("--m", type=_positive_int, default=40, help="clean-subset examples (class-balanced)")
+    data.add_argument("--p", type=_positive_int, default=200, help="test examples")
+    data.add_argument("--classes", type=_positive_int, default=4, help="number of classes C")
+    data.add_argument("--dim", type=_positive_int, default=16, help="input dimension d")
+    data.add_argument("--noise", type=float, default=0.4, help="symmetric label-noise rate, in [0, (C-1)/C)")
+    data.add_argument("--problem-seed", type=int, default=0, help="seed of the problem draw (numpy)")
+    net = parser.add_argument_group("network (fully connected, NTK parametrisation)")
+    net.add_argument("--widths", type=_int_list(1), default=",".join(map(str, _DEFAULT_WIDTHS)),
+                     help="hidden-layer widths N, comma-separated (at least two)")
+    net.add_argument("--seeds", type=_int_list(0), default="0,1,2",
+                     help="initialisation seeds (torch.Generator), comma-separated")
+    net.add_argument("--depth", type=int, default=1,
+                     help="hidden layers (2 is THEORY.md's network; its width^2 weights make N=4096 slow on a CPU)")
+    net.add_argument("--activation", choices=ACTIVATIONS, default="relu", help="activation")
+    net.add_argument("--w-std", type=float, default=math.sqrt(2.0), help="weight standard deviation (x 1/sqrt(fan_in))")
+    net.add_argument("--b-std", type=float, default=0.0, help="bias standard deviation")
+    net.add_argument("--device", default="cpu", help="torch device of the finite networks (float64 on cpu, float32 "
+                                                     "on cuda)")
+    net.add_argument("--threads", type=_positive_int, default=1,
+                     help="torch intra-op threads (one was fastest on a shared 2-core machine)")
+    dyn = parser.add_argument_group("meta-reweighting (THEORY.md section 2, full batch, persistent clipped weights)")
+    dyn.add_argument("--loss", choices=LOSSES, default="mse", help="mean squared error or cross-entropy")
+    dyn.add_argument("--steps", type=_positive_int, default=300, help="number of steps")
+    dyn.add_argument("--eta", type=float, default=None,
+                     help="model step size, the same for both models; None: 1/lambda_max of the analytic K_XX "
+                          "(the simulator's default)")
+    dyn.add_argument("--beta", type=float, default=1.0, help="meta step size (weights move by beta/m * score)")
+    dyn.add_argument("--gamma", type=float, default=1.0, help="weight of the clean-subset loss in training")
+    dyn.add_argument("--w0", type=float, default=0.5, help="initial weight of every example, in [0, 1]")
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
+    out.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    return parser
+
+
+def _prepare_output(out: str, overwrite: bool) -> str:
+    """Check ``out`` before any work; return a staging directory beside it."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"--out {out} is a file; give a directory path")
+    if os.path.isdir(out) and not overwrite:
+        raise UserError(f"--out {out} already exists; choose another path or pass --overwrite")
+    parent = os.path.dirname(os.path.abspath(out))
+    try:
+        os.makedirs(parent, exist_ok=True)
+        return tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out))}.", dir=parent)
+    except OSError as error:
+        raise UserError(f"--out {out} cannot be written: {error.strerror}") from None
+
+
+def _publish(staging: str, out: str) -> None:
+    """Move the finished directory into place; an old one (``--overwrite``) goes only once the new one is whole."""
+    if os.path.isdir(out):
+        trash = staging + ".old"
+        os.replace(out, trash)
+        os.replace(staging, out)
+        shutil.rmtree(trash)
+    else:
+        os.replace(staging, out)
+
+
+def _write_json(path: str, value) -> None:
+    with open(path, "w") as handle:
+        json.dump(_jsonable(value), handle, indent=2, sort_keys=True, allow_nan=False)
+
+
+def _jsonable(value):
+    """NaN and infinities become null (JSON has neither); numpy scalars become Python numbers."""
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, (np.integer, np.bool_)):
+        return value.item()
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def fit_slope(widths: np.ndarray, gaps: np.ndarray) -> dict:
+    """Least-squares fit ``log gap = intercept + slope * log width`` over all points.
+
+    Parameters
+    ----------
+    widths, gaps : (k,) one point per (width, seed) pair.
+
+    Returns
+    -------
+    ``slope``, ``slope_stderr`` (the regression's standard error, NaN with
+    fewer than three points), ``intercept``, ``points``.
+    """
+    x, y = np.log(np.asarray(widths, dtype=np.float64)), np.log(np.asarray(gaps, dtype=np.float64))
+    x_centred = x - x.mean()
+    sxx = float(x_centred @ x_centred)
+    slope = float(x_centred @ (y - y.mean())) / sxx
+    intercept = float(y.mean() - slope * x.mean())
+    dof = len(x) - 2
+    residual = y - intercept - slope * x
+    stderr = math.sqrt(float(residual @ residual) / dof / sxx) if dof > 0 else math.nan
+    return {"slope": slope, "slope_stderr": stderr, "intercept": intercept, "points": int(len(x))}
+
+
+def _relative_gap(finite: int | None, linear: int | None) -> float:
+    """``|T^N - T^lin| / T^lin`` of one boundary; 0 when both are missing, infinite (JSON null) when one is."""
+    if finite is None and linear is None:
+        return 0.0
+    if finite is None or linear is None:
+        return math.inf
+    if linear == 0:
+        return 0.0 if finite == 0 else math.inf
+    return abs(finite - linear) / linear
+
+
+def _compare(finite: Trajectory, linear: Trajectory, finite_phases, linear_phases) -> dict:
+    """C8 gaps of one finite run: weights (max over steps of the sup norm), test outputs, phase boundaries."""
+    test_gap = np.linalg.norm(finite.test_outputs - linear.test_outputs) / np.linalg.norm(linear.test_outputs)
+    return {
+        "weight_gap": float(np.abs(finite.w - linear.w).max()),
+        "output_gap": float(test_gap),
+        "T_align": finite_phases.T_align,
+        "T_filter": finite_phases.T_filter,
+        "T_align_rel_gap": _relative_gap(finite_phases.T_align, linear_phases.T_align),
+        "T_filter_rel_gap": _relative_gap(finite_phases.T_filter, linear_phases.T_filter),
+        "final_test_accuracy": float(finite.test_accuracy[-1]),
+        "final_frac_noisy_zero": float(finite.weight_stats()["frac_noisy_zero"][-1]),
+    }
+
+
+def _plot(path: str, summary: dict, linear: Trajectory, examples: dict[int, Trajectory], linear_phases) -> None:
+    """``finite.png``: gaps against width (log-log, with a -1/2 reference), and weights of two widths over time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = summary["per_width"]
+    widths = np.array([row["width"] for row in rows], dtype=np.float64)
+    fig, axes = plt.subplots(1, 1 + len(examples), figsize=(5.2 * (1 + len(examples)), 4.4))
+    ax = axes[0]
+    for key, color, label in (("weight_gap", "#1f77b4", "weight gap max_t |w^N - w^lin|_inf"),
+                              ("output_gap", "#ff7f0e", "relative test-output gap (final)")):
+        per_seed = np.array([row[key]["per_seed"] for row in rows])
+        ax.plot(np.repeat(widths, per_seed.shape[1]), per_seed.ravel(), "o", color=color, alpha=0.35, ms=4)
+        ax.plot(widths, per_seed.mean(axis=1), "-", color=color, lw=2, label=label)
+    anchor = np.mean(rows[0]["weight_gap"]["per_seed"])
+    ax.plot(widths, anchor * (widths / widths[0]) ** -0.5, "k--", lw=1, label="reference slope -1/2")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("hidden-layer width N")
+    ax.set_ylabel("gap to the linearized model")
+    ax.set_title(f"fitted weight-gap slope {summary['slope']:.3f} +/- {summary['slope_stderr']:.3f}", fontsize=10)
+    ax.legend(fontsize=8)
+
+    rng = np.random.default_rng(0)
+    clean, noisy = np.flatnonzero(~linear.noisy), np.flatnonzero(linear.noisy)
+    chosen = [(rng.choice(clean, min(3, len(clean)), replace=False), "#1f77b4"),
+              (rng.choice(noisy, min(3, len(noisy)), replace=False), "#d62728")]
+    for ax, (width, finite) in zip(axes[1:], examples.items()):
+        for indices, color in chosen:
+            ax.plot(linear.step, linear.w[:, indices], "-", color=color, lw=1.4)
+            ax.plot(finite.step, finite.w[:, indices], "--", color=color, lw=1.4)
+        for boundary, name in ((linear_phases.T_align, "T_align"), (linear_phases.T_filter, "T_filter")):
+            if boundary is not None:
+                ax.axvline(boundary, color="0.4", lw=0.8, ls=":")
+                ax.annotate(f" {name}", (boundary, 0.98), fontsize=8, va="top", xycoords=("data", "axes fraction"))
+        ax.plot([], [], "k-", label="linearized (analytic NTK)")
+        ax.plot([], [], "k--", label=f"finite, N={width}, seed {finite.config['seed']}")
+        ax.set_xlabel("step")
+        ax.set_ylabel("weight w (blue: clean, red: noisy examples)")
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_title(f"weights of 6 examples, width {width}", fontsize=10)
+        ax.legend(fontsize=8, loc="center right")
+    fig.suptitle(summary["title"], fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Run the C8 comparison from parsed arguments; return the summary."""
+    from tqdm import tqdm
+
+    # phases reads trajectories; the finite command needs its boundary detector for the comparison only.
+    from phases.detect import PhaseParams, detect_phases
+
+    try:
+        if len(args.widths) < 2:
+            raise ValueError(f"--widths needs at least two distinct widths to fit a slope, got {args.widths}")
+        spec = KernelSpec(depth=args.depth, activation=args.activation, W_std=args.w_std, b_std=args.b_std)
+        config = MetaConfig(loss=args.loss, eta=args.eta, beta=args.beta, gamma=args.gamma, w0=args.w0,
+                            steps=args.steps)
+        networks = [NetworkConfig(width=width, spec=spec, device=args.device) for width in args.widths]
+        if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {args.device}: torch sees no CUDA device here")
+        problem = gaussian_mixture(np.random.default_rng(args.problem_seed), n=args.n, m=args.m, p=args.p,
+                                   num_classes=args.classes, dim=args.dim, noise_rate=args.noise)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    staging = _prepare_output(args.out, args.overwrite)
+    started = time.perf_counter()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        print(f"[1/3] linearized model: analytic NTK of depth {spec.depth} {spec.activation}, {problem.name}, "
+              f"n={args.n}, m={args.m}, p={args.p}", file=sys.stderr, flush=True)
+        blocks = KernelBlocks.from_problem(problem, lambda a, b: kernel(spec, a, b))
+        linear = simulate(problem, blocks, config)
+        eta = linear.config["eta"]
+        config = dataclasses.replace(config, eta=eta)
+        phase_params = PhaseParams()
+        linear_phases = detect_phases(linear, phase_params)
+        linear.save(os.path.join(staging, "linearized.npz"))
+        np.savez(os.path.join(staging, "problem.npz"), **problem.arrays())
+
+        print(f"[2/3] finite networks: widths {args.widths}, seeds {args.seeds}, {args.steps} steps, eta={eta:.4g}",
+              file=sys.stderr, flush=True)
+        per_width, points, examples = [], [], {}
+        shown = {args.widths[0], args.widths[-1]}
+        total = len(args.widths) * len(args.seeds) * args.steps
+        with tqdm(total=total, unit="step", file=sys.stderr, leave=False, disable=None) as bar:
+            for network in networks:
+                width_started = time.perf_counter()
+                runs = []
+                for seed in args.seeds:
+                    bar.set_description(f"N={network.width} seed {seed}")
+                    finite = train_finite(problem, config, network, generator=torch.Generator().manual_seed(seed),
+                                          progress=lambda _: bar.update(1))
+                    finite.save(os.path.join(staging, f"finite_w{network.width}_s{seed}.npz"))
+                    runs.append({"seed": seed} | _compare(finite, linear, detect_phases(finite, phase_params),
+                                                         linear_phases))
+                    points.append((network.width, runs[-1]["weight_gap"]))
+                    if network.width in shown and network.width not in examples:
+                        examples[network.width] = finite
+                row = {"width": network.width, "runs": runs, "runtime_s": time.perf_counter() - width_started}
+                for key in ("weight_gap", "output_gap", "T_align_rel_gap", "T_filter_rel_gap"):
+                    values = [r[key] for r in runs]
+                    row[key] = {"per_seed": values, "mean": float(np.mean(values)), "max": float(np.max(values))}
+                row["T_align"] = {"per_seed": [r["T_align"] for r in runs], "linearized": linear_phases.T_align}
+                row["T_filter"] = {"per_seed": [r["T_filter"] for r in runs], "linearized": linear_phases.T_filter}
+                row["boundary_rel_gap_max"] = max(row["T_align_rel_gap"]["max"], row["T_filter_rel_gap"]["max"])
+                _write_json(os.path.join(staging, f"width_{network.width}.json"), row)
+                per_width.append(row)
+
+        print("[3/3] slope, summary and figure", file=sys.stderr, flush=True)
+        widths_of_points, gaps = np.array(points).T
+        fit = fit_slope(widths_of_points, gaps)
+        widest = per_width[-1]
+        summary = {
+            "title": f"C8 on {problem.name}, n={args.n}, m={args.m}, p={args.p}: depth-{spec.depth} "
+                     f"{spec.activation} MLP, {args.loss}, {args.steps} steps, eta={eta:.3g}, beta={args.beta:g}, "
+                     f"gamma={args.gamma:g}",
+            **fit,
+            "slope_fit": "least squares of log(weight gap) on log(width) over every (width, seed) pair",
+            "definitions": {
+                "weight_gap": "max over recorded steps and examples of |w^N - w^lin|",
+                "output_gap": "||F_test^N - F_test^lin||_F / ||F_test^lin||_F at the final state",
+                "T_align_rel_gap": "|T_align^N - T_align^lin| / T_align^lin (null when only one run has it)",
+                "T_filter_rel_gap": "|T_filter^N - T_filter^lin| / T_filter^lin (null when only one run has it)",
+            },
+            "widths": args.widths, "seeds": args.seeds,
+            "per_width": per_width,
+            "linearized": {"T_align": linear_phases.T_align, "T_filter": linear_phases.T_filter,
+                           "final_test_accuracy": float(linear.test_accuracy[-1]),
+                           "final_frac_noisy_zero": float(linear.weight_stats()["frac_noisy_zero"][-1])},
+            "widest": {"width": widest["width"], "boundary_rel_gap_max": widest["boundary_rel_gap_max"],
+                       "T_align": widest["T_align"], "T_filter": widest["T_filter"],
+                       "weight_gap_mean": widest["weight_gap"]["mean"]},
+            "phase_detector": "phases.detect.detect_phases", "phase_parameters": dataclasses.asdict(phase_params),
+            "problem": {"generator": "dynamics.problem.gaussian_mixture", "name": problem.name, "n": args.n,
+                        "m": args.m, "p": args.p, "num_classes": args.classes, "dim": args.dim,
+                        "noise_rate": args.noise, "realised_noise_rate": problem.noise_rate,
+                        "seed": args.problem_seed},
+            "config": {"linearized": linear.config,
+                       "finite": {key: value for key, value in finite.config.items() if key not in ("width", "seed")},
+                       "threads": args.threads},
+            "command": "python -m dynamics.finite " + " ".join(sys.argv[1:]),
+            "runtime_s": time.perf_counter() - started,
+        }
+        _plot(os.path.join(staging, "finite.png"), summary, linear, examples, linear_phases)
+        _write_json(os.path.join(staging, "summary.json"), summary)
+        _publish(staging, args.out)
+    except DivergenceError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise UserError(str(error)) from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        torch.set_num_threads(threads)
+
+    print(f"{'width':>6} {'weight gap':>11} {'output gap':>11} {'T_align':>12} {'T_filter':>14} {'boundary gap':>13}")
+    for row in per_width:
+        print(f"{row['width']:>6} {row['weight_gap']['mean']:>11.4g} {row['output_gap']['mean']:>11.4g} "
+              f"{str(row['T_align']['per_seed']):>12} {str(row['T_filter']['per_seed']):>14} "
+              f"{row['boundary_rel_gap_max']:>13.3g}")
+    print(f"linearized: T_align={linear_phases.T_align}, T_filter={linear_phases.T_filter}")
+    print(f"slope of the weight gap vs width: {summary['slope']:.3f} +/- {summary['slope_stderr']:.3f} "
+          f"({summary['points']} points); wrote {args.out}/ in {summary['runtime_s']:.0f} s")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        run(build_parser().parse_args(argv))
+    except UserError as error:
+        message = " ".join(str(error).split())
+        print(f"python -m dynamics.finite: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
