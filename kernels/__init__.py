@@ -1,10 +1,25 @@
-"""How similar two inputs look to a network: analytic and empirical NTKs, spectral tools."""
+"""How similar two inputs look to a network: analytic and empirical NTKs, spectral tools.
 
-from kernels.empirical import MLP, empirical_ntk, empirical_ntk_autodiff
-from kernels.infinite import KernelSpec, kernel, stax_network
-from kernels.spectral import class_mean_kernel, eigh_kernel, energy_profile, top_energy_share
+Public names are re-exported here and imported on first use: neural-tangents
+(3 s) and torch (3 s) load only when a name that needs them is touched.
+"""
 
-__all__ = [
-    "MLP", "KernelSpec", "class_mean_kernel", "eigh_kernel", "empirical_ntk", "empirical_ntk_autodiff",
-    "energy_profile", "kernel", "stax_network", "top_energy_share",
-]
+import importlib
+
+_EXPORTS = {
+    "kernels.infinite": ("KernelSpec", "kernel", "stax_network"),
+    "kernels.empirical": ("MLP", "empirical_ntk", "empirical_ntk_autodiff"),
+    "kernels.spectral": ("class_mean_kernel", "eigh_kernel", "energy_profile", "top_energy_share"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'kernels' has no attribute {name!r}")
+    return getattr(importlib.import_module(_MODULE_OF[name]), name)
+
+
+def __dir__():
+    return __all__

@@ -37,11 +37,17 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(message)
 
 
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def _bounded(kind, low, strict):
+    def parse(text):
+        value = kind(text)
+        if value < low or (strict and value == low) or value != value:
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low}, got {text}")
+        return value
+
+    return parse
+
+
+_positive_int = _bounded(int, 1, strict=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,10 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--spread", type=float, default=1.0, help="standard deviation around each mean (gmm)")
     net = parser.add_argument_group("kernel (infinite-width fully connected network, NTK parametrisation)")
     net.add_argument("--kernel", choices=("ntk", "nngp"), default="ntk", help="kernel of the linearized model")
-    net.add_argument("--depth", type=int, default=2, help="hidden layers")
+    net.add_argument("--depth", type=_bounded(int, 0, strict=False), default=2, help="hidden layers")
     net.add_argument("--activation", choices=("relu", "erf"), default="relu", help="activation")
-    net.add_argument("--w-std", type=float, default=math.sqrt(2.0), help="weight standard deviation")
-    net.add_argument("--b-std", type=float, default=0.0, help="bias standard deviation")
+    net.add_argument("--w-std", type=_bounded(float, 0.0, strict=True), default=math.sqrt(2.0),
+                     help="weight standard deviation (times 1/sqrt(fan_in))")
+    net.add_argument("--b-std", type=_bounded(float, 0.0, strict=False), default=0.0, help="bias standard deviation")
     dyn = parser.add_argument_group("meta-reweighting (THEORY.md section 2)")
     dyn.add_argument("--variant", choices=("meta", "l2rw", "fixed"), default="meta",
                      help="meta: persistent clipped weights; l2rw: Ren et al. reset; fixed: beta = 0")
@@ -80,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     dyn.add_argument("--meta-batch-size", type=_positive_int, default=None, help="clean mini-batch (default: full)")
     dyn.add_argument("--steps", type=_positive_int, default=2000, help="number of steps")
     dyn.add_argument("--record-every", type=_positive_int, default=1, help="record every k-th step")
-    dyn.add_argument("--perturb-draws", type=int, default=4, help="C7 perturbation draws per recorded step (0: skip)")
+    dyn.add_argument("--perturb-draws", type=_bounded(int, 0, strict=False), default=4, help="C7 perturbation draws per recorded step (0: skip)")
     dyn.add_argument("--seed", type=int, default=0, help="seed of the problem, the batches and the perturbations")
     ph = parser.add_argument_group("phase detection (THEORY.md section 5)")
     defaults = PhaseParams()
@@ -143,20 +150,12 @@ def _stage(index: int, text: str) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     """Run one simulation from parsed arguments; return the summary."""
-    import matplotlib.pyplot as plt
-    from tqdm import tqdm
-
     from dynamics.problem import digits, gaussian_mixture
-    from dynamics.simulate import DivergenceError, KernelBlocks, MetaConfig, gp_prior_outputs, simulate
-    from kernels import KernelSpec, eigh_kernel, kernel
-    from phases.claims import check_claims
-    from phases.detect import detect_phases
-    from phases.plot import plot_trajectory
-    from phases.report import claims_table, final_line, phase_table, summary
+    from dynamics.simulate import DivergenceError, MetaConfig
 
+    # Everything a user can get wrong is checked before the slow imports (neural-tangents, matplotlib).
     try:
         phase_params = PhaseParams(args.align_fraction, args.window, args.min_window, args.tau)
-        spec = KernelSpec(args.depth, args.activation, args.w_std, args.b_std, args.kernel)
         config = MetaConfig(loss=args.loss, variant=args.variant, eta=args.eta, beta=args.beta, gamma=args.gamma,
                             w0=args.w0, steps=args.steps, batch_size=args.batch_size,
                             meta_batch_size=args.meta_batch_size, record_every=args.record_every,
@@ -175,6 +174,17 @@ def run(args: argparse.Namespace) -> dict:
     except ValueError as error:
         raise UserError(str(error)) from None
     out, staging = _prepare_output(args.out, args.overwrite)
+    import matplotlib.pyplot as plt
+    from tqdm import tqdm
+
+    from dynamics.simulate import KernelBlocks, gp_prior_outputs, simulate
+    from kernels import KernelSpec, eigh_kernel, kernel
+    from phases.claims import check_claims
+    from phases.detect import detect_phases
+    from phases.plot import plot_trajectory
+    from phases.report import claims_table, final_line, phase_table, summary
+
+    spec = KernelSpec(args.depth, args.activation, args.w_std, args.b_std, args.kernel)
     try:
         _stage(1, f"problem: {problem.name}, n={n}, m={m}, p={p}, realised noise {problem.noise_rate:.3f}")
         started = time.perf_counter()

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from tolerance import assert_close
 
@@ -24,6 +24,9 @@ def _problem(rng, n, m, p, C, D):
 def _linear_blocks(problem):
     return KernelBlocks.from_problem(problem, lambda a, b: a @ b.T)
 
+
+# Every new shape compiles the simulator's loop anew (about a second): whole-run properties draw fewer examples.
+whole_runs = settings(max_examples=6)
 
 problems = st.builds(
     lambda seed, n, m_extra, p, C, D: _problem(np.random.default_rng(seed), n, C + m_extra, p, C, D),
@@ -64,6 +67,7 @@ def _parameter_space_run(problem, loss, eta, beta, gamma, w0, steps):
     return np.array(ws), np.array(meta_losses), np.asarray(T @ theta)
 
 
+@whole_runs
 @given(problem=problems, loss=st.sampled_from(["mse", "ce"]), gamma=st.sampled_from([0.0, 0.7]),
        beta=st.floats(0.1, 20.0))
 def test_c1_trajectory_equals_parameter_space_autodiff(problem, loss, gamma, beta):
@@ -106,6 +110,7 @@ def test_c1_meta_gradient_equals_autodiff_at_any_state(problem, loss, gamma, see
     assert_close(central, -(eta / m) * score @ basis, rtol=1e-6, atol=1e-9)
 
 
+@whole_runs
 @given(problem=problems, variant=st.sampled_from(["meta", "l2rw", "fixed"]), loss=st.sampled_from(["mse", "ce"]),
        batch=st.integers(1, 24), meta_batch=st.integers(1, 6), seed=st.integers(0, 100))
 def test_c2_weights_stay_in_the_box(problem, variant, loss, batch, meta_batch, seed):
@@ -119,6 +124,7 @@ def test_c2_weights_stay_in_the_box(problem, variant, loss, batch, meta_batch, s
         assert run.w[-1].sum() == pytest.approx(1.0) or run.w[-1].sum() <= 1.0
 
 
+@whole_runs
 @given(problem=problems)
 def test_c3_first_step_tends_to_label_signed_similarity(problem):
     """C3: with zero outputs and MSE the first score tends to ``a`` linearly in eta."""
@@ -143,6 +149,7 @@ def test_c3_cross_entropy_residual_ratio():
         assert_close(gram[0, 1] / gram[0, 0], -1 / (C - 1))
 
 
+@whole_runs
 @given(problem=problems, loss=st.sampled_from(["mse", "ce"]), gamma=st.sampled_from([0.0, 1.0]))
 def test_c4_velocity_bound_at_every_step(problem, loss, gamma):
     run = simulate(problem, _linear_blocks(problem), MetaConfig(loss=loss, gamma=gamma, beta=5.0, steps=30,
@@ -151,6 +158,7 @@ def test_c4_velocity_bound_at_every_step(problem, loss, gamma):
     assert np.all(np.abs(run.score) <= bound * (1 + 1e-12) + 1e-300)
 
 
+@whole_runs
 @given(problem=problems)
 def test_c4_coupling_norm_is_root_of_lookahead_loss(problem):
     """For MSE ``||R_meta_hat||_F = sqrt(2 m L_meta_hat)``; L_meta_hat from a parameter-space look-ahead."""
@@ -164,6 +172,7 @@ def test_c4_coupling_norm_is_root_of_lookahead_loss(problem):
     assert_close(run.coupling_norm[0], np.sqrt(2 * m * lookahead_loss))
 
 
+@whole_runs
 @given(problem=problems, gamma=st.sampled_from([0.0, 0.5, 1.0]), w0=st.floats(0.0, 1.0))
 def test_c10_fixed_weights_equal_matrix_power(problem, gamma, w0):
     """C10: beta = 0 is weighted kernel GD, ``F_t = Y + (I - eta K diag(w, gamma))^t (F_0 - Y)``."""
@@ -200,6 +209,7 @@ def test_c10_small_eta_limit_is_neural_tangents_gradient_descent():
     assert errors[1] < 1e-3 * np.abs(limit).max()
 
 
+@whole_runs
 @given(problem=problems, loss=st.sampled_from(["mse", "ce"]), seed=st.integers(0, 100))
 def test_minibatch_of_everything_equals_full_batch(problem, loss, seed):
     n, m, _ = problem.sizes
