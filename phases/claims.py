@@ -81,8 +81,16 @@ def c3_alignment(trajectory, thresholds: Thresholds) -> Claim:
                   f"the step equals a only as eta -> 0; at eta={config['eta']:.3g} it deviates by {deviation:.2f} (relative)")
 
 
+def c4_bound(trajectory) -> np.ndarray:
+    """(T, n) the C4 bound on ``|score_i|``: ``||r_i|| ||k(x_i, X_meta)||_2 ||R_meta_hat||_F``.
+
+    Times ``beta / m`` it bounds the weight velocity.
+    """
+    return trajectory.residual_norm * trajectory.k_meta_norm[None, :] * trajectory.coupling_norm[:, None]
+
+
 def c4_vanishing_coupling(trajectory, phases: Phases) -> Claim:
-    bound = trajectory.residual_norm * trajectory.k_meta_norm[None, :] * trajectory.coupling_norm[:, None]
+    bound = c4_bound(trajectory)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(bound > 0, np.abs(trajectory.score) / bound, np.where(trajectory.score == 0, 0.0, np.inf))
     step_ratio = ratio.max(axis=1)

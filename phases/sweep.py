@@ -226,7 +226,8 @@ def _versions() -> dict:
 
 def summary_table(records: list[dict]) -> str:
     """Mean over seeds per noise rate, one line each."""
-    header = f"{'noise':>6}{'runs':>6}{'T_align':>9}{'T_filter':>10}{'no plateau':>12}{'noisy@0 @T_f':>14}{'noisy@0 end':>13}{'test acc':>10}"
+    header = (f"{'noise':>6}{'runs':>6}{'T_align':>9}{'T_filter':>10}{'no plateau':>12}{'noisy@0 @T_f':>14}"
+              f"{'noisy@0 end':>13}{'test acc':>10}")
     lines = [header, "-" * len(header)]
 
     def mean(values):

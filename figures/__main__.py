@@ -1,0 +1,225 @@
+"""Regenerate the figures: a PNG and the CSV of the data behind it per figure.
+
+    python -m figures                      # all, from fresh runs, into runs/figures/
+    python -m figures weights mechanism    # some, by name or number
+    python -m figures --from runs/results  # from saved results (see figures/results.py for the layout)
+    python -m figures --quick --out tmp    # small sizes: the whole set in a few minutes
+
+Fresh runs use the packages that own the computation (``python -m
+phases.simulate``, ``phases.sweep``, ``dynamics.finite``, ``dynamics.compare``);
+``--save-results DIR`` keeps them so that ``--from DIR`` can redraw without
+recomputing. A results folder holds gamma1/ and gamma0/ (phases.simulate runs,
+figures 1-5), sweep/sweep.json (figure 6), finite/ (figure 7) and compare/*/
+(results.json files, figure 8; CIFAR-10N runs take about an hour each on 2
+cores and are only read, never started). A figure whose inputs are
+missing is skipped with a message saying which command produces them. Besides
+the figures, ``--out`` receives ``figures.json`` (what was made, how, and the
+captions) and ``gallery.md`` (the images with one-line captions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from importlib import metadata
+
+PROG = "python -m figures"
+
+
+class UserError(Exception):
+    """Bad input: reported as one line on stderr, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UserError(message)
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from figures import FIGURES
+
+    names = ", ".join(f"{module.NUMBER}={module.NAME}" for module in FIGURES)
+    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
+                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("names", nargs="*", metavar="NAME",
+                        help=f"figures to make, by name or number (default: all): {names}")
+    parser.add_argument("--out", default=os.path.join("runs", "figures"),
+                        help="output directory for PNG and CSV files (default: %(default)s)")
+    parser.add_argument("--from", dest="from_dir", default=None, metavar="DIR",
+                        help="read saved results from DIR instead of running anything")
+    parser.add_argument("--quick", action="store_true",
+                        help="fresh runs at small sizes (n=300, 600 steps; sweep n=200, 400 steps, 3 rates x 2 seeds)")
+    parser.add_argument("--save-results", default=None, metavar="DIR",
+                        help="keep the fresh runs in DIR (reusable with --from DIR; default: a temporary folder)")
+    parser.add_argument("--workers", type=_positive_int, default=None,
+                        help="processes for the noise-rate sweep and python -m dynamics.compare "
+                             "(default: the number of local cores)")
+    return parser
+
+
+def _select(names: list[str]):
+    from figures import BY_NAME, FIGURES
+
+    if not names or names == ["all"]:
+        return list(FIGURES)
+    by_number = {str(module.NUMBER): module for module in FIGURES}
+    chosen = []
+    for name in names:
+        module = BY_NAME.get(name) or by_number.get(name)
+        if module is None:
+            raise UserError(f"unknown figure {name!r}; choose from {', '.join(BY_NAME)} (or numbers 1-{len(FIGURES)})")
+        if module not in chosen:
+            chosen.append(module)
+    return sorted(chosen, key=lambda module: module.NUMBER)
+
+
+def _check_args(args) -> None:
+    if os.path.isfile(args.out):
+        raise UserError(f"--out {args.out} is a file; give a directory path")
+    if args.from_dir is not None:
+        if not os.path.isdir(args.from_dir):
+            raise UserError(f"--from {args.from_dir} is not a directory")
+        if args.save_results is not None:
+            raise UserError("--save-results keeps fresh runs; it cannot be combined with --from")
+        if args.quick:
+            raise UserError("--quick sets the sizes of fresh runs; it cannot be combined with --from")
+    if args.save_results is not None and os.path.isfile(args.save_results):
+        raise UserError(f"--save-results {args.save_results} is a file; give a directory path")
+    for flag, path in (("--out", args.out), ("--save-results", args.save_results)):
+        if path is None:
+            continue
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"{flag} {path} cannot be created: {error.strerror}") from None
+        if not os.access(path, os.W_OK):
+            raise UserError(f"{flag} {path} is not writable")
+
+
+def _versions() -> dict:
+    versions = {"python": sys.version.split()[0]}
+    for name in ("numpy", "jax", "matplotlib", "seaborn", "pandas"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return versions
+
+
+def _write_atomic(path: str, text: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def _gallery(entries: list[dict]) -> str:
+    lines = ["# Figures", ""]
+    for entry in entries:
+        if entry["status"] != "written":
+            continue
+        lines += [f"**{entry['number']}. {entry['name'].replace('_', ' ')}**: {entry['caption']}", "",
+                  f"![{entry['name']}]({entry['name']}.png)", ""]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    """Make the selected figures; return the exit status (0 unless a figure failed with an error)."""
+    from tqdm import tqdm
+
+    from figures import style
+    from figures.results import MissingResults, Results
+
+    modules = _select(args.names)
+    _check_args(args)
+    temporary = None
+    if args.from_dir is not None:
+        root, fresh = args.from_dir, False
+    elif args.save_results is not None:
+        root, fresh = args.save_results, True
+    else:
+        root = temporary = tempfile.mkdtemp(prefix="figures-results-")
+        fresh = True
+    started = time.perf_counter()
+    entries = []
+    try:
+        with tqdm(modules, desc="figures", unit="figure", file=sys.stderr, disable=None,
+                  bar_format="{desc}: {n_fmt}/{total_fmt} |{bar:20}| {elapsed} {postfix}") as bar:
+            results = Results(root, fresh=fresh, quick=args.quick, workers=args.workers, bar=bar)
+            for module in bar:
+                bar.set_description(f"figure {module.NUMBER} ({module.NAME})")
+                entry = {"number": module.NUMBER, "name": module.NAME, "caption": module.CAPTION}
+                figure_started = time.perf_counter()
+                try:
+                    fig, table = module.build(results)
+                    png, csv = style.save(fig, table, args.out, module.NAME)
+                    entry |= {"status": "written", "png": os.path.basename(png), "csv": os.path.basename(csv),
+                              "csv_columns": list(table.columns)}
+                    message = f"wrote {png} and {csv}"
+                except MissingResults as error:
+                    entry |= {"status": "skipped", "message": str(error)}
+                    message = f"skipped: {error}"
+                except Exception as error:  # a bug: report it in full, go on with the other figures
+                    entry |= {"status": "failed", "message": f"{type(error).__name__}: {error}"}
+                    message = "FAILED:\n" + traceback.format_exc()
+                entry["seconds"] = round(time.perf_counter() - figure_started, 2)
+                entries.append(entry)
+                bar.write(f"figure {module.NUMBER} ({module.NAME}): {message}", file=sys.stderr)
+                bar.set_postfix_str("")
+    finally:
+        if temporary is not None:
+            shutil.rmtree(temporary, ignore_errors=True)
+    elapsed = time.perf_counter() - started
+    manifest = {
+        "command": f"{PROG} " + " ".join(sys.argv[1:] if argv is None else argv),
+        "mode": "from saved results" if not fresh else ("fresh, quick" if args.quick else "fresh"),
+        "results": os.path.abspath(root) if temporary is None else None,
+        "sizes": dataclasses.asdict(results.sizes) if fresh else None,
+        "seconds": round(elapsed, 1),
+        "versions": _versions(),
+        "figures": entries,
+    }
+    _write_atomic(os.path.join(args.out, "figures.json"), json.dumps(manifest, indent=2) + "\n")
+    _write_atomic(os.path.join(args.out, "gallery.md"), _gallery(entries))
+    counts = {status: sum(e["status"] == status for e in entries) for status in ("written", "skipped", "failed")}
+    print(f"{counts['written']} figure(s) written to {args.out}/, {counts['skipped']} skipped, "
+          f"{counts['failed']} failed, in {elapsed:.0f} s")
+    for entry in entries:
+        if entry["status"] != "written":
+            print(f"  {entry['name']}: {entry['status']}: {entry['message']}")
+    return 1 if counts["failed"] else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return run(args, argv)
+    except UserError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,294 @@
+"""Where figures get their inputs: saved results in a folder, produced there on demand for a fresh regeneration.
+
+Layout of a results folder (what ``--from DIR`` reads and ``--save-results DIR`` keeps):
+
+======================  ==================================================================
+``gamma1/``             ``python -m phases.simulate --save-kernels --out DIR/gamma1``
+                        (default problem, gamma = 1; figures 1-5)
+``gamma0/``             ``python -m phases.simulate --gamma 0 --out DIR/gamma0`` (figure 2)
+``sweep/sweep.json``    ``python -m phases.sweep --out DIR/sweep`` (figure 6)
+``finite/``             ``python -m dynamics.finite --out DIR/finite`` (figure 7)
+``compare/*/``          ``python -m dynamics.compare --data D [--noise R] --out DIR/compare/NAME``,
+                        one folder per data set and noise rate, CIFAR-10N label sets
+                        included (figure 8)
+======================  ==================================================================
+
+Everything is computed by the packages that own it (``phases``, ``dynamics``);
+this module only runs their commands and reads what they wrote. Loaded results
+are cached, so the figures of one invocation share one simulation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import glob
+import importlib.util
+import io
+import json
+import os
+import re
+
+import numpy as np
+
+from dynamics.problem import Problem
+from dynamics.trajectory import Trajectory
+from phases.detect import PhaseParams, Phases, detect_phases
+
+
+class MissingResults(Exception):
+    """A figure's inputs are absent (or could not be produced); the figure is skipped with this message."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One saved ``python -m phases.simulate`` run.
+
+    trajectory : the recorded run.  phases : its boundaries, detected with the
+    run's own phase parameters.  problem : the problem it ran on.
+    config : the run's ``config.json``.  path : its folder.
+    """
+
+    trajectory: Trajectory
+    phases: Phases
+    problem: Problem
+    config: dict
+    path: str
+
+    def kernel_train(self) -> np.ndarray:
+        """``K_XX : (n, n)``, from ``kernels.npz`` when saved, else evaluated from the saved kernel spec."""
+        saved = os.path.join(self.path, "kernels.npz")
+        if os.path.isfile(saved):
+            with np.load(saved) as data:
+                return data["K_XX"]
+        from kernels import KernelSpec, kernel
+
+        return kernel(KernelSpec(**self.config["kernel"]), self.problem.X)
+
+
+def load_run(path: str) -> Run:
+    """Read a ``python -m phases.simulate`` output folder."""
+    needed = ("config.json", "problem.npz", "trajectory.npz")
+    missing = [name for name in needed if not os.path.isfile(os.path.join(path, name))]
+    if missing:
+        raise MissingResults(f"{path} lacks {', '.join(missing)} "
+                             f"(write it with python -m phases.simulate --out {path})")
+    with open(os.path.join(path, "config.json")) as handle:
+        config = json.load(handle)
+    trajectory = Trajectory.load(os.path.join(path, "trajectory.npz"))
+    with np.load(os.path.join(path, "problem.npz")) as data:
+        problem = Problem.from_arrays(dict(data), name=config.get("problem_name", "problem"))
+    params = PhaseParams(**config["phase_parameters"]) if "phase_parameters" in config else PhaseParams()
+    return Run(trajectory, detect_phases(trajectory, params), problem, config, path)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """Sizes of a fresh regeneration (``quick``: small enough for the whole set in a few minutes on 2 cores)."""
+
+    run_args: tuple[str, ...]  # extra arguments of python -m phases.simulate
+    gamma1_draws: int  # C7 perturbation draws of the gamma = 1 run
+    sweep_rates: tuple[float, ...]
+    sweep_seeds: int
+    sweep_settings: dict  # fields of phases.sweep.SweepSettings
+    finite_args: tuple[str, ...]  # extra arguments of python -m dynamics.finite
+    compare_runs: tuple[tuple[str, float], ...]  # (data set, noise rate) of python -m dynamics.compare
+    compare_args: tuple[str, ...]
+    compare_jobs: int | None  # processes of python -m dynamics.compare (None: the sweep's workers)
+
+    @classmethod
+    def for_mode(cls, quick: bool) -> Sizes:
+        if quick:
+            return cls(run_args=("--n", "300", "--m", "40", "--p", "300", "--steps", "600"), gamma1_draws=2,
+                       sweep_rates=(0.0, 0.35, 0.7), sweep_seeds=2,
+                       sweep_settings={"n": 200, "m": 40, "p": 200, "steps": 400},
+                       finite_args=("--widths", "64,512", "--seeds", "0", "--steps", "120"),
+                       compare_runs=(("gmm", 0.2), ("gmm", 0.6), ("digits", 0.2), ("digits", 0.6)),
+                       # one process: spawning workers that import torch costs more than these tiny runs
+                       compare_args=("--seeds", "1", "--epochs", "2", "--n-train", "300"), compare_jobs=1)
+        # THEORY.md section 5 defaults for the runs; the sweep at the same sizes, every 0.1 up to 0.7;
+        # dynamics.finite and dynamics.compare at their own defaults (3 seeds each).
+        return cls(run_args=(), gamma1_draws=4, sweep_rates=tuple(round(0.1 * k, 10) for k in range(8)),
+                   sweep_seeds=4, sweep_settings={}, finite_args=(),
+                   compare_runs=tuple((data, rate) for data in ("gmm", "digits") for rate in (0.0, 0.2, 0.4, 0.6)),
+                   compare_args=(), compare_jobs=None)
+
+
+class Results:
+    """The inputs of every figure, read from ``root`` and, when ``fresh``, produced there first.
+
+    Parameters
+    ----------
+    root : the results folder (layout in the module docstring).
+    fresh : produce missing results by running the owning commands; otherwise only read.
+    quick : small sizes for a fresh regeneration.
+    workers : processes for the sweep (``None``: the core count).
+    bar : a ``tqdm`` bar whose postfix names what is being computed, or ``None``.
+    """
+
+    def __init__(self, root: str, *, fresh: bool, quick: bool = False, workers: int | None = None, bar=None):
+        self.root, self.fresh, self.quick, self.workers, self.bar = root, fresh, quick, workers, bar
+        self.sizes = Sizes.for_mode(quick)
+        self._cache = {}
+
+    def _status(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(text, refresh=True)
+
+    def _cached(self, key, load):
+        if key not in self._cache:
+            try:
+                self._cache[key] = load()
+            except MissingResults as error:
+                self._cache[key] = error
+        value = self._cache[key]
+        if isinstance(value, MissingResults):
+            raise value
+        return value
+
+    # ------------------------------------------------------------------ runs of the default problem
+
+    def run(self, gamma: int) -> Run:
+        """The default problem's run with ``gamma`` = 1 or 0."""
+        return self._cached(("run", gamma), lambda: self._run(gamma))
+
+    def _run(self, gamma: int) -> Run:
+        path = os.path.join(self.root, f"gamma{gamma}")
+        if self.fresh and not os.path.isfile(os.path.join(path, "trajectory.npz")):
+            from phases.simulate import main as simulate_main
+
+            argv = [*self.sizes.run_args, "--noise", "0.4", "--gamma", str(gamma), "--out", path, "--overwrite"]
+            argv += ["--save-kernels", "--perturb-draws", str(self.sizes.gamma1_draws)] if gamma == 1 else \
+                ["--perturb-draws", "0"]
+            self._status(f"simulating the default problem, gamma={gamma}")
+            log = io.StringIO()
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                status = simulate_main(argv)
+            with open(os.path.join(self.root, f"gamma{gamma}.log"), "w") as handle:
+                handle.write("python -m phases.simulate " + " ".join(argv) + "\n" + log.getvalue())
+            if status != 0:
+                raise RuntimeError(f"python -m phases.simulate {' '.join(argv)} failed: {log.getvalue().strip()}")
+        if not os.path.isdir(path):
+            flags = "--save-kernels" if gamma == 1 else "--gamma 0"
+            raise MissingResults(f"needs results of python -m phases.simulate {flags} --out {path}")
+        return load_run(path)
+
+    # ------------------------------------------------------------------ noise-rate sweep
+
+    def sweep(self) -> dict:
+        """``sweep.json`` of :mod:`phases.sweep`: ``{"config": ..., "records": [...]}``."""
+        return self._cached("sweep", self._sweep)
+
+    def _sweep(self) -> dict:
+        from phases import sweep as sweep_module
+
+        path = os.path.join(self.root, "sweep", "sweep.json")
+        if self.fresh and not os.path.isfile(path):
+            settings = sweep_module.SweepSettings(**self.sizes.sweep_settings)
+            rates = list(self.sizes.sweep_rates)
+            seeds = list(range(self.sizes.sweep_seeds))
+            total, done = len(rates) * len(seeds), [0]
+
+            def progress(record):
+                done[0] += 1
+                self._status(f"noise-rate sweep: {done[0]}/{total} runs")
+
+            self._status(f"noise-rate sweep: 0/{total} runs")
+            records = sweep_module.sweep(rates, seeds, settings, workers=self.workers, progress=progress)
+            sweep_module.write_json(path, {
+                "command": "figures (fresh regeneration" + (", --quick)" if self.quick else ")"),
+                "config": {"noise_rates": rates, "seeds": seeds, "workers": self.workers,
+                           "settings": sweep_module.settings_dict(settings)},
+                "records": records,
+            })
+        if not os.path.isfile(path):
+            raise MissingResults(f"needs results of python -m phases.sweep --out {os.path.dirname(path)}")
+        return sweep_module.load(path)
+
+    # ------------------------------------------------------------------ finite widths and methods (figures 7, 8)
+
+    def _call(self, module_name: str, argv: list[str], log_name: str) -> None:
+        """Run ``python -m module_name ARGV`` in this process (its ``main``), its output into ``root/log_name``."""
+        if importlib.util.find_spec(module_name) is None:
+            raise MissingResults(f"needs results of python -m {module_name} ({module_name.replace('.', '/')}.py is "
+                                 "not in this checkout); pass --from DIR")
+        module = importlib.import_module(module_name)
+        self._status(f"python -m {module_name} {' '.join(argv)}")
+        log = io.StringIO()
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            status = module.main(argv)
+        with open(os.path.join(self.root, log_name), "a") as handle:
+            handle.write(f"python -m {module_name} {' '.join(argv)}\n{log.getvalue()}\n")
+        if status != 0:
+            last = (log.getvalue().strip().splitlines() or ["(no message)"])[-1]
+            raise MissingResults(f"python -m {module_name} {' '.join(argv)} exited {status}: {last}")
+
+    def finite(self) -> dict:
+        """Figure 7's inputs from ``DIR/finite`` (``python -m dynamics.finite --out DIR/finite``).
+
+        Returns ``{"summary": summary.json, "linearized": Trajectory or None,
+        "finite": {(width, seed): Trajectory}}`` from ``linearized.npz`` and
+        ``finite_w<width>_s<seed>.npz``.
+        """
+        return self._cached("finite", self._finite)
+
+    def _finite(self) -> dict:
+        path = os.path.join(self.root, "finite")
+        summary_path = os.path.join(path, "summary.json")
+        if self.fresh and not os.path.isfile(summary_path):
+            self._call("dynamics.finite", [*self.sizes.finite_args, "--out", path, "--overwrite"], "finite.log")
+        if not os.path.isfile(summary_path):
+            raise MissingResults(f"needs results of python -m dynamics.finite; pass --from DIR with "
+                                 f"DIR/finite/summary.json (none at {summary_path})")
+        with open(summary_path) as handle:
+            summary = json.load(handle)
+        linear_path = os.path.join(path, "linearized.npz")
+        linearized = Trajectory.load(linear_path) if os.path.isfile(linear_path) else None
+        finite = {}
+        for file in glob.glob(os.path.join(path, "finite_w*_s*.npz")):
+            match = re.fullmatch(r"finite_w(\d+)_s(\d+)\.npz", os.path.basename(file))
+            if match:
+                finite[(int(match.group(1)), int(match.group(2)))] = Trajectory.load(file)
+        return {"summary": summary, "linearized": linearized, "finite": finite}
+
+    def compare(self) -> list[dict]:
+        """Figure 8's inputs: the records of every ``results.json`` under ``DIR/compare`` (any depth).
+
+        A fresh regeneration runs ``python -m dynamics.compare --data D --noise R --out
+        DIR/compare/D-noiseR`` for the synthetic data sets and rates of :class:`Sizes` whose folder is
+        missing. CIFAR-10N takes about an hour per label set on 2 cores, so it is only read: put the
+        output of ``python -m dynamics.compare --data cifar10n-worse --out DIR/compare/cifar10n-worse``
+        (and ``-aggre``, ``-random1``) there beforehand.
+        """
+        return self._cached("compare", self._compare)
+
+    def _compare(self) -> list[dict]:
+        from figures.methods import records_from_json
+
+        path = os.path.join(self.root, "compare")
+        if self.fresh:
+            failures = []
+            for data, rate in self.sizes.compare_runs:
+                out = os.path.join(path, f"{data}-noise{rate:g}")
+                if os.path.isfile(os.path.join(out, "results.json")):
+                    continue
+                argv = ["--data", data, "--noise", f"{rate:g}", *self.sizes.compare_args, "--out", out, "--overwrite"]
+                jobs = self.sizes.compare_jobs or self.workers or os.cpu_count() or 1
+                argv += ["--jobs", str(jobs)]
+                try:
+                    self._call("dynamics.compare", argv, "compare.log")
+                except MissingResults as error:
+                    failures.append(str(error))
+            if failures and len(failures) == len(self.sizes.compare_runs):
+                raise MissingResults("; ".join(dict.fromkeys(failures)))
+        files = sorted(glob.glob(os.path.join(path, "**", "results.json"), recursive=True))
+        if not files:
+            raise MissingResults("needs results of python -m dynamics.compare; pass --from DIR with results.json "
+                                 f"files under DIR/compare/ (none at {path})")
+        records = []
+        for file in files:
+            with open(file) as handle:
+                records += records_from_json(json.load(handle), source=os.path.relpath(file, path))
+        if not records:
+            raise MissingResults(f"no method records found in {', '.join(files)}")
+        return records
