@@ -28,24 +28,20 @@ log-log slope against width, phase boundaries and a figure (``--help``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import dataclasses
-import json
 import math
 import os
-import platform
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from importlib import metadata
 
 import numpy as np
 import torch
 from torch.func import functional_call, grad, jacrev, vmap
 
+from dynamics.cli import ArgumentParser, OutputDirectory, UserError, int_list, positive_int, run_main, versions, \
+    write_json
 from dynamics.problem import Problem, gaussian_mixture
 from dynamics.simulate import LOSSES, DivergenceError, KernelBlocks, MetaConfig, default_eta, meta_score, simulate
 from dynamics.trajectory import Trajectory
@@ -457,14 +453,6 @@ def _group_mean(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return values[:, mask].mean(axis=1) if mask.any() else np.full(values.shape[0], np.nan)
 
 
-def _versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in ("torch", "numpy", "scipy", "jax", "jaxlib", "neural-tangents"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[name] = metadata.version(name)
-    return versions
-
-
 def train_finite(problem: Problem, config: MetaConfig = MetaConfig(), network: NetworkConfig = NetworkConfig(), *,
                  generator: torch.Generator, progress: Callable[[int], None] | None = None) -> Trajectory:
     """Exact bi-level meta-reweighting of a finite-width ``MLP`` (THEORY.md sections 2-3).
@@ -566,7 +554,7 @@ def train_finite(problem: Problem, config: MetaConfig = MetaConfig(), network: N
         "init": "zero" if network.centred else "network",
         "perturb_draws": 0, "flip_rate": "not measured (NaN) for finite networks",
         "label_similarity_kernel": "output-averaged empirical NTK at theta_0",
-        "versions": _versions(),
+        "versions": versions(),
     }
     return Trajectory(
         step=series["step"].astype(np.int64),
@@ -596,37 +584,8 @@ def train_finite(problem: Problem, config: MetaConfig = MetaConfig(), network: N
 _DEFAULT_WIDTHS = (64, 128, 256, 512, 1024, 2048, 4096)
 
 
-class UserError(Exception):
-    """Bad input: reported as one line on stderr, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UserError(message)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _int_list(low: int):
-    def parse(text: str) -> list[int]:
-        try:
-            values = sorted({int(item) for item in text.split(",") if item.strip()})
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be comma-separated integers, got {text!r}") from None
-        if not values or values[0] < low:
-            raise argparse.ArgumentTypeError(f"must be comma-separated integers >= {low}, got {text!r}")
-        return values
-
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = ArgumentParser(
         prog="python -m dynamics.finite", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Claim C8: exact bi-level meta-reweighting of finite-width MLPs (NTK parametrisation, centred "
                     "outputs) against the linearized model with the analytic NTK of the same architecture, same eta, "
@@ -634,17 +593,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "width, with its standard error), width_<N>.json, problem.npz, linearized.npz, "
                     "finite_w<N>_s<seed>.npz and finite.png into --out.")
     data = parser.add_argument_group("problem (Gaussian mixture of THEORY.md section 5, smaller)")
-    data.add_argument("--n", type=_positive_int, default=200, help="training examples")
-    data.add_argument("--m", type=_positive_int, default=40, help="clean-subset examples (class-balanced)")
-    data.add_argument("--p", type=_positive_int, default=200, help="test examples")
-    data.add_argument("--classes", type=_positive_int, default=4, help="number of classes C")
-    data.add_argument("--dim", type=_positive_int, default=16, help="input dimension d")
+    data.add_argument("--n", type=positive_int, default=200, help="training examples")
+    data.add_argument("--m", type=positive_int, default=40, help="clean-subset examples (class-balanced)")
+    data.add_argument("--p", type=positive_int, default=200, help="test examples")
+    data.add_argument("--classes", type=positive_int, default=4, help="number of classes C")
+    data.add_argument("--dim", type=positive_int, default=16, help="input dimension d")
     data.add_argument("--noise", type=float, default=0.4, help="symmetric label-noise rate, in [0, (C-1)/C)")
     data.add_argument("--problem-seed", type=int, default=0, help="seed of the problem draw (numpy)")
     net = parser.add_argument_group("network (fully connected, NTK parametrisation)")
-    net.add_argument("--widths", type=_int_list(1), default=",".join(map(str, _DEFAULT_WIDTHS)),
+    net.add_argument("--widths", type=int_list(1), default=",".join(map(str, _DEFAULT_WIDTHS)),
                      help="hidden-layer widths N, comma-separated (at least two)")
-    net.add_argument("--seeds", type=_int_list(0), default="0,1,2",
+    net.add_argument("--seeds", type=int_list(0), default="0,1,2",
                      help="initialisation seeds (torch.Generator), comma-separated")
     net.add_argument("--depth", type=int, default=1,
                      help="hidden layers (2 is THEORY.md's network; its width^2 weights make N=4096 slow on a CPU)")
@@ -653,11 +612,11 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--b-std", type=float, default=0.0, help="bias standard deviation")
     net.add_argument("--device", default="cpu", help="torch device of the finite networks (float64 on cpu, float32 "
                                                      "on cuda)")
-    net.add_argument("--threads", type=_positive_int, default=1,
+    net.add_argument("--threads", type=positive_int, default=1,
                      help="torch intra-op threads (one was fastest on a shared 2-core machine)")
     dyn = parser.add_argument_group("meta-reweighting (THEORY.md section 2, full batch, persistent clipped weights)")
     dyn.add_argument("--loss", choices=LOSSES, default="mse", help="mean squared error or cross-entropy")
-    dyn.add_argument("--steps", type=_positive_int, default=300, help="number of steps")
+    dyn.add_argument("--steps", type=positive_int, default=300, help="number of steps")
     dyn.add_argument("--eta", type=float, default=None,
                      help="model step size, the same for both models; None: 1/lambda_max of the analytic K_XX "
                           "(the simulator's default)")
@@ -668,49 +627,6 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
     out.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     return parser
-
-
-def _prepare_output(out: str, overwrite: bool) -> str:
-    """Check ``out`` before any work; return a staging directory beside it."""
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UserError(f"--out {out} is a file; give a directory path")
-    if os.path.isdir(out) and not overwrite:
-        raise UserError(f"--out {out} already exists; choose another path or pass --overwrite")
-    parent = os.path.dirname(os.path.abspath(out))
-    try:
-        os.makedirs(parent, exist_ok=True)
-        return tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out))}.", dir=parent)
-    except OSError as error:
-        raise UserError(f"--out {out} cannot be written: {error.strerror}") from None
-
-
-def _publish(staging: str, out: str) -> None:
-    """Move the finished directory into place; an old one (``--overwrite``) goes only once the new one is whole."""
-    if os.path.isdir(out):
-        trash = staging + ".old"
-        os.replace(out, trash)
-        os.replace(staging, out)
-        shutil.rmtree(trash)
-    else:
-        os.replace(staging, out)
-
-
-def _write_json(path: str, value) -> None:
-    with open(path, "w") as handle:
-        json.dump(_jsonable(value), handle, indent=2, sort_keys=True, allow_nan=False)
-
-
-def _jsonable(value):
-    """NaN and infinities become null (JSON has neither); numpy scalars become Python numbers."""
-    if isinstance(value, dict):
-        return {key: _jsonable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
-    if isinstance(value, (np.integer, np.bool_)):
-        return value.item()
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
 
 
 def fit_slope(widths: np.ndarray, gaps: np.ndarray) -> dict:
@@ -832,95 +748,91 @@ def run(args: argparse.Namespace) -> dict:
                                    num_classes=args.classes, dim=args.dim, noise_rate=args.noise)
     except ValueError as error:
         raise UserError(str(error)) from None
-    staging = _prepare_output(args.out, args.overwrite)
+    output = OutputDirectory(args.out, args.overwrite)
     started = time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        print(f"[1/3] linearized model: analytic NTK of depth {spec.depth} {spec.activation}, {problem.name}, "
-              f"n={args.n}, m={args.m}, p={args.p}", file=sys.stderr, flush=True)
-        blocks = KernelBlocks.from_problem(problem, lambda a, b: kernel(spec, a, b))
-        linear = simulate(problem, blocks, config)
-        eta = linear.config["eta"]
-        config = dataclasses.replace(config, eta=eta)
-        phase_params = PhaseParams()
-        linear_phases = detect_phases(linear, phase_params)
-        linear.save(os.path.join(staging, "linearized.npz"))
-        np.savez(os.path.join(staging, "problem.npz"), **problem.arrays())
+        with output as staging:
+            print(f"[1/3] linearized model: analytic NTK of depth {spec.depth} {spec.activation}, {problem.name}, "
+                  f"n={args.n}, m={args.m}, p={args.p}", file=sys.stderr, flush=True)
+            blocks = KernelBlocks.from_problem(problem, lambda a, b: kernel(spec, a, b))
+            linear = simulate(problem, blocks, config)
+            eta = linear.config["eta"]
+            config = dataclasses.replace(config, eta=eta)
+            phase_params = PhaseParams()
+            linear_phases = detect_phases(linear, phase_params)
+            linear.save(os.path.join(staging, "linearized.npz"))
+            np.savez(os.path.join(staging, "problem.npz"), **problem.arrays())
 
-        print(f"[2/3] finite networks: widths {args.widths}, seeds {args.seeds}, {args.steps} steps, eta={eta:.4g}",
-              file=sys.stderr, flush=True)
-        per_width, points, examples = [], [], {}
-        shown = {args.widths[0], args.widths[-1]}
-        total = len(args.widths) * len(args.seeds) * args.steps
-        with tqdm(total=total, unit="step", file=sys.stderr, leave=False, disable=None) as bar:
-            for network in networks:
-                width_started = time.perf_counter()
-                runs = []
-                for seed in args.seeds:
-                    bar.set_description(f"N={network.width} seed {seed}")
-                    finite = train_finite(problem, config, network, generator=torch.Generator().manual_seed(seed),
-                                          progress=lambda _: bar.update(1))
-                    finite.save(os.path.join(staging, f"finite_w{network.width}_s{seed}.npz"))
-                    runs.append({"seed": seed} | _compare(finite, linear, detect_phases(finite, phase_params),
-                                                         linear_phases))
-                    points.append((network.width, runs[-1]["weight_gap"]))
-                    if network.width in shown and network.width not in examples:
-                        examples[network.width] = finite
-                row = {"width": network.width, "runs": runs, "runtime_s": time.perf_counter() - width_started}
-                for key in ("weight_gap", "output_gap", "T_align_rel_gap", "T_filter_rel_gap"):
-                    values = [r[key] for r in runs]
-                    row[key] = {"per_seed": values, "mean": float(np.mean(values)), "max": float(np.max(values))}
-                row["T_align"] = {"per_seed": [r["T_align"] for r in runs], "linearized": linear_phases.T_align}
-                row["T_filter"] = {"per_seed": [r["T_filter"] for r in runs], "linearized": linear_phases.T_filter}
-                row["boundary_rel_gap_max"] = max(row["T_align_rel_gap"]["max"], row["T_filter_rel_gap"]["max"])
-                _write_json(os.path.join(staging, f"width_{network.width}.json"), row)
-                per_width.append(row)
+            print(f"[2/3] finite networks: widths {args.widths}, seeds {args.seeds}, {args.steps} steps, eta={eta:.4g}",
+                  file=sys.stderr, flush=True)
+            per_width, points, examples = [], [], {}
+            shown = {args.widths[0], args.widths[-1]}
+            total = len(args.widths) * len(args.seeds) * args.steps
+            with tqdm(total=total, unit="step", file=sys.stderr, leave=False, disable=None) as bar:
+                for network in networks:
+                    width_started = time.perf_counter()
+                    runs = []
+                    for seed in args.seeds:
+                        bar.set_description(f"N={network.width} seed {seed}")
+                        finite = train_finite(problem, config, network, generator=torch.Generator().manual_seed(seed),
+                                              progress=lambda _: bar.update(1))
+                        finite.save(os.path.join(staging, f"finite_w{network.width}_s{seed}.npz"))
+                        runs.append({"seed": seed} | _compare(finite, linear, detect_phases(finite, phase_params),
+                                                             linear_phases))
+                        points.append((network.width, runs[-1]["weight_gap"]))
+                        if network.width in shown and network.width not in examples:
+                            examples[network.width] = finite
+                    row = {"width": network.width, "runs": runs, "runtime_s": time.perf_counter() - width_started}
+                    for key in ("weight_gap", "output_gap", "T_align_rel_gap", "T_filter_rel_gap"):
+                        values = [r[key] for r in runs]
+                        row[key] = {"per_seed": values, "mean": float(np.mean(values)), "max": float(np.max(values))}
+                    row["T_align"] = {"per_seed": [r["T_align"] for r in runs], "linearized": linear_phases.T_align}
+                    row["T_filter"] = {"per_seed": [r["T_filter"] for r in runs], "linearized": linear_phases.T_filter}
+                    row["boundary_rel_gap_max"] = max(row["T_align_rel_gap"]["max"], row["T_filter_rel_gap"]["max"])
+                    write_json(os.path.join(staging, f"width_{network.width}.json"), row)
+                    per_width.append(row)
 
-        print("[3/3] slope, summary and figure", file=sys.stderr, flush=True)
-        widths_of_points, gaps = np.array(points).T
-        fit = fit_slope(widths_of_points, gaps)
-        widest = per_width[-1]
-        summary = {
-            "title": f"C8 on {problem.name}, n={args.n}, m={args.m}, p={args.p}: depth-{spec.depth} "
-                     f"{spec.activation} MLP, {args.loss}, {args.steps} steps, eta={eta:.3g}, beta={args.beta:g}, "
-                     f"gamma={args.gamma:g}",
-            **fit,
-            "slope_fit": "least squares of log(weight gap) on log(width) over every (width, seed) pair",
-            "definitions": {
-                "weight_gap": "max over recorded steps and examples of |w^N - w^lin|",
-                "output_gap": "||F_test^N - F_test^lin||_F / ||F_test^lin||_F at the final state",
-                "T_align_rel_gap": "|T_align^N - T_align^lin| / T_align^lin (null when only one run has it)",
-                "T_filter_rel_gap": "|T_filter^N - T_filter^lin| / T_filter^lin (null when only one run has it)",
-            },
-            "widths": args.widths, "seeds": args.seeds,
-            "per_width": per_width,
-            "linearized": {"T_align": linear_phases.T_align, "T_filter": linear_phases.T_filter,
-                           "final_test_accuracy": float(linear.test_accuracy[-1]),
-                           "final_frac_noisy_zero": float(linear.weight_stats()["frac_noisy_zero"][-1])},
-            "widest": {"width": widest["width"], "boundary_rel_gap_max": widest["boundary_rel_gap_max"],
-                       "T_align": widest["T_align"], "T_filter": widest["T_filter"],
-                       "weight_gap_mean": widest["weight_gap"]["mean"]},
-            "phase_detector": "phases.detect.detect_phases", "phase_parameters": dataclasses.asdict(phase_params),
-            "problem": {"generator": "dynamics.problem.gaussian_mixture", "name": problem.name, "n": args.n,
-                        "m": args.m, "p": args.p, "num_classes": args.classes, "dim": args.dim,
-                        "noise_rate": args.noise, "realised_noise_rate": problem.noise_rate,
-                        "seed": args.problem_seed},
-            "config": {"linearized": linear.config,
-                       "finite": {key: value for key, value in finite.config.items() if key not in ("width", "seed")},
-                       "threads": args.threads},
-            "command": "python -m dynamics.finite " + " ".join(sys.argv[1:]),
-            "runtime_s": time.perf_counter() - started,
-        }
-        _plot(os.path.join(staging, "finite.png"), summary, linear, examples, linear_phases)
-        _write_json(os.path.join(staging, "summary.json"), summary)
-        _publish(staging, args.out)
+            print("[3/3] slope, summary and figure", file=sys.stderr, flush=True)
+            widths_of_points, gaps = np.array(points).T
+            fit = fit_slope(widths_of_points, gaps)
+            widest = per_width[-1]
+            summary = {
+                "title": f"C8 on {problem.name}, n={args.n}, m={args.m}, p={args.p}: depth-{spec.depth} "
+                         f"{spec.activation} MLP, {args.loss}, {args.steps} steps, eta={eta:.3g}, beta={args.beta:g}, "
+                         f"gamma={args.gamma:g}",
+                **fit,
+                "slope_fit": "least squares of log(weight gap) on log(width) over every (width, seed) pair",
+                "definitions": {
+                    "weight_gap": "max over recorded steps and examples of |w^N - w^lin|",
+                    "output_gap": "||F_test^N - F_test^lin||_F / ||F_test^lin||_F at the final state",
+                    "T_align_rel_gap": "|T_align^N - T_align^lin| / T_align^lin (null when only one run has it)",
+                    "T_filter_rel_gap": "|T_filter^N - T_filter^lin| / T_filter^lin (null when only one run has it)",
+                },
+                "widths": args.widths, "seeds": args.seeds,
+                "per_width": per_width,
+                "linearized": {"T_align": linear_phases.T_align, "T_filter": linear_phases.T_filter,
+                               "final_test_accuracy": float(linear.test_accuracy[-1]),
+                               "final_frac_noisy_zero": float(linear.weight_stats()["frac_noisy_zero"][-1])},
+                "widest": {"width": widest["width"], "boundary_rel_gap_max": widest["boundary_rel_gap_max"],
+                           "T_align": widest["T_align"], "T_filter": widest["T_filter"],
+                           "weight_gap_mean": widest["weight_gap"]["mean"]},
+                "phase_detector": "phases.detect.detect_phases", "phase_parameters": dataclasses.asdict(phase_params),
+                "problem": {"generator": "dynamics.problem.gaussian_mixture", "name": problem.name, "n": args.n,
+                            "m": args.m, "p": args.p, "num_classes": args.classes, "dim": args.dim,
+                            "noise_rate": args.noise, "realised_noise_rate": problem.noise_rate,
+                            "seed": args.problem_seed},
+                "config": {"linearized": linear.config,
+                           "finite": {key: value for key, value in finite.config.items() if key not in ("width", "seed")},
+                           "threads": args.threads},
+                "command": "python -m dynamics.finite " + " ".join(sys.argv[1:]),
+                "runtime_s": time.perf_counter() - started,
+            }
+            _plot(os.path.join(staging, "finite.png"), summary, linear, examples, linear_phases)
+            write_json(os.path.join(staging, "summary.json"), summary)
     except DivergenceError as error:
-        shutil.rmtree(staging, ignore_errors=True)
         raise UserError(str(error)) from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     finally:
         torch.set_num_threads(threads)
 
@@ -936,13 +848,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        run(build_parser().parse_args(argv))
-    except UserError as error:
-        message = " ".join(str(error).split())
-        print(f"python -m dynamics.finite: error: {message}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main("python -m dynamics.finite", lambda: run(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

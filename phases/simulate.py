@@ -12,46 +12,21 @@ section 2, detects the alignment, filtering and post-filtering phases (section
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
-from importlib import metadata
 
 import numpy as np
 
+from dynamics.cli import ArgumentParser, OutputDirectory, UserError, bounded, positive_int, run_main, versions, \
+    write_json
 from phases.detect import PhaseParams
 
 
-class UserError(Exception):
-    """Bad input: reported as one line on stderr, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UserError(message)
-
-
-def _bounded(kind, low, strict):
-    def parse(text):
-        value = kind(text)
-        if value < low or (strict and value == low) or value != value:
-            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low}, got {text}")
-        return value
-
-    return parse
-
-
-_positive_int = _bounded(int, 1, strict=False)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m phases.simulate", description=__doc__.split("\n\n")[0],
+    parser = ArgumentParser(prog="python -m phases.simulate", description=__doc__.split("\n\n")[0],
                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     data = parser.add_argument_group("problem")
     data.add_argument("--dataset", choices=("gmm", "digits"), default="gmm",
@@ -59,20 +34,20 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--noise", type=float, default=0.4, help="label noise rate, in [0, 1)")
     data.add_argument("--noise-type", choices=("symmetric", "pair", "instance"), default="symmetric",
                       help="symmetric: to another class uniformly; pair: c -> c+1; instance: input-dependent rate")
-    data.add_argument("--classes", type=_positive_int, default=4, help="number of classes C (gmm)")
-    data.add_argument("--dim", type=_positive_int, default=32, help="input dimension d (gmm)")
-    data.add_argument("--n", type=_positive_int, default=1000, help="training examples")
-    data.add_argument("--m", type=_positive_int, default=100, help="clean-subset examples (class-balanced)")
-    data.add_argument("--p", type=_positive_int, default=1000, help="test examples (gmm; digits uses the rest)")
+    data.add_argument("--classes", type=positive_int, default=4, help="number of classes C (gmm)")
+    data.add_argument("--dim", type=positive_int, default=32, help="input dimension d (gmm)")
+    data.add_argument("--n", type=positive_int, default=1000, help="training examples")
+    data.add_argument("--m", type=positive_int, default=100, help="clean-subset examples (class-balanced)")
+    data.add_argument("--p", type=positive_int, default=1000, help="test examples (gmm; digits uses the rest)")
     data.add_argument("--separation", type=float, default=3.0, help="norm of the class means (gmm)")
     data.add_argument("--spread", type=float, default=1.0, help="standard deviation around each mean (gmm)")
     net = parser.add_argument_group("kernel (infinite-width fully connected network, NTK parametrisation)")
     net.add_argument("--kernel", choices=("ntk", "nngp"), default="ntk", help="kernel of the linearized model")
-    net.add_argument("--depth", type=_bounded(int, 0, strict=False), default=2, help="hidden layers")
+    net.add_argument("--depth", type=bounded(int, 0, strict=False), default=2, help="hidden layers")
     net.add_argument("--activation", choices=("relu", "erf"), default="relu", help="activation")
-    net.add_argument("--w-std", type=_bounded(float, 0.0, strict=True), default=math.sqrt(2.0),
+    net.add_argument("--w-std", type=bounded(float, 0.0, strict=True), default=math.sqrt(2.0),
                      help="weight standard deviation (times 1/sqrt(fan_in))")
-    net.add_argument("--b-std", type=_bounded(float, 0.0, strict=False), default=0.0, help="bias standard deviation")
+    net.add_argument("--b-std", type=bounded(float, 0.0, strict=False), default=0.0, help="bias standard deviation")
     dyn = parser.add_argument_group("meta-reweighting (THEORY.md section 2)")
     dyn.add_argument("--variant", choices=("meta", "l2rw", "fixed"), default="meta",
                      help="meta: persistent clipped weights; l2rw: Ren et al. reset; fixed: beta = 0")
@@ -83,11 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     dyn.add_argument("--w0", type=float, default=0.5, help="initial weight of every example")
     dyn.add_argument("--init", choices=("zero", "gp"), default="zero",
                      help="initial outputs: zero (centred network) or a draw from the NNGP prior")
-    dyn.add_argument("--batch-size", type=_positive_int, default=None, help="training mini-batch (default: full)")
-    dyn.add_argument("--meta-batch-size", type=_positive_int, default=None, help="clean mini-batch (default: full)")
-    dyn.add_argument("--steps", type=_positive_int, default=2000, help="number of steps")
-    dyn.add_argument("--record-every", type=_positive_int, default=1, help="record every k-th step")
-    dyn.add_argument("--perturb-draws", type=_bounded(int, 0, strict=False), default=4, help="C7 perturbation draws per recorded step (0: skip)")
+    dyn.add_argument("--batch-size", type=positive_int, default=None, help="training mini-batch (default: full)")
+    dyn.add_argument("--meta-batch-size", type=positive_int, default=None, help="clean mini-batch (default: full)")
+    dyn.add_argument("--steps", type=positive_int, default=2000, help="number of steps")
+    dyn.add_argument("--record-every", type=positive_int, default=1, help="record every k-th step")
+    dyn.add_argument("--perturb-draws", type=bounded(int, 0, strict=False), default=4, help="C7 perturbation draws per recorded step (0: skip)")
     dyn.add_argument("--seed", type=int, default=0, help="seed of the problem, the batches and the perturbations")
     ph = parser.add_argument_group("phase detection (THEORY.md section 5)")
     defaults = PhaseParams()
@@ -103,45 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     out.add_argument("--save-kernels", action="store_true", help="also write kernels.npz (K_XX, K_VX, K_VV, K_TX, K_TV)")
     return parser
-
-
-def _versions() -> dict:
-    packages = ("numpy", "scipy", "jax", "jaxlib", "neural-tangents", "torch", "matplotlib")
-    versions = {"python": sys.version.split()[0]}
-    for name in packages:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[name] = metadata.version(name)
-    return versions
-
-
-def _prepare_output(out: str | None, overwrite: bool) -> tuple[str, str]:
-    """Check the output path before any work; return ``(final path, temporary directory beside it)``."""
-    out = out or os.path.join("runs", time.strftime("simulate-%Y%m%d-%H%M%S"))
-    if os.path.isfile(out):
-        raise UserError(f"--out {out} is a file; give a directory path")
-    if os.path.isdir(out) and not overwrite:
-        raise UserError(f"--out {out} already exists; choose another path or pass --overwrite")
-    parent = os.path.dirname(os.path.abspath(out))
-    try:
-        os.makedirs(parent, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out))}.", dir=parent)
-    except OSError as error:
-        raise UserError(f"--out {out} cannot be written: {error.strerror}") from None
-    return out, staging
-
-
-def _publish(staging: str, out: str) -> None:
-    """Move the finished directory into place; the old one (``--overwrite``) goes only once the new one is whole."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)  # mkdtemp made it private; the result is an ordinary directory
-    if os.path.isdir(out):
-        trash = staging + ".old"
-        os.replace(out, trash)
-        os.replace(staging, out)
-        shutil.rmtree(trash)
-    else:
-        os.replace(staging, out)
 
 
 def _stage(index: int, text: str) -> None:
@@ -173,7 +109,8 @@ def run(args: argparse.Namespace) -> dict:
                 raise ValueError(f"{name} must be at most {limit}, got {size}")
     except ValueError as error:
         raise UserError(str(error)) from None
-    out, staging = _prepare_output(args.out, args.overwrite)
+    out = args.out or os.path.join("runs", time.strftime("simulate-%Y%m%d-%H%M%S"))
+    output = OutputDirectory(out, args.overwrite)
     import matplotlib.pyplot as plt
     from tqdm import tqdm
 
@@ -186,58 +123,52 @@ def run(args: argparse.Namespace) -> dict:
 
     spec = KernelSpec(args.depth, args.activation, args.w_std, args.b_std, args.kernel)
     try:
-        _stage(1, f"problem: {problem.name}, n={n}, m={m}, p={p}, realised noise {problem.noise_rate:.3f}")
-        started = time.perf_counter()
-        blocks = KernelBlocks.from_problem(problem, lambda a, b: kernel(spec, a, b))
-        initial_outputs = None
-        if args.init == "gp":
-            inputs = np.concatenate([problem.X, problem.X_meta, problem.X_test])
-            nngp = kernel(dataclasses.replace(spec, kind="nngp"), inputs)
-            initial_outputs = gp_prior_outputs(nngp, problem.num_classes, np.random.default_rng([args.seed, 1]))
-        _stage(2, f"kernel blocks ({spec.kind}, depth {spec.depth}, {spec.activation}): "
-                  f"{time.perf_counter() - started:.1f} s")
-        _stage(3, f"simulating {config.steps} steps of {config.variant} reweighting ({config.loss})")
-        with tqdm(total=config.steps, unit="step", file=sys.stderr, leave=False, disable=None) as bar:
-            trajectory = simulate(problem, blocks, config, seed=args.seed, initial_outputs=initial_outputs,
-                                  progress=lambda t: bar.update(int(t) - bar.n))
-            bar.update(config.steps - bar.n)
-        trajectory = dataclasses.replace(trajectory, config=trajectory.config | {"init": args.init})
-        _stage(4, "phases, claims and figure")
-        phases = detect_phases(trajectory, phase_params)
-        _, eigenvectors = eigh_kernel(blocks.K_XX)
-        claims = check_claims(trajectory, phases, problem=problem, eigenvectors=eigenvectors)
-        result = summary(trajectory, phases, claims)
+        with output as staging:
+            _stage(1, f"problem: {problem.name}, n={n}, m={m}, p={p}, realised noise {problem.noise_rate:.3f}")
+            started = time.perf_counter()
+            blocks = KernelBlocks.from_problem(problem, lambda a, b: kernel(spec, a, b))
+            initial_outputs = None
+            if args.init == "gp":
+                inputs = np.concatenate([problem.X, problem.X_meta, problem.X_test])
+                nngp = kernel(dataclasses.replace(spec, kind="nngp"), inputs)
+                initial_outputs = gp_prior_outputs(nngp, problem.num_classes, np.random.default_rng([args.seed, 1]))
+            _stage(2, f"kernel blocks ({spec.kind}, depth {spec.depth}, {spec.activation}): "
+                      f"{time.perf_counter() - started:.1f} s")
+            _stage(3, f"simulating {config.steps} steps of {config.variant} reweighting ({config.loss})")
+            with tqdm(total=config.steps, unit="step", file=sys.stderr, leave=False, disable=None) as bar:
+                trajectory = simulate(problem, blocks, config, seed=args.seed, initial_outputs=initial_outputs,
+                                      progress=lambda t: bar.update(int(t) - bar.n))
+                bar.update(config.steps - bar.n)
+            trajectory = dataclasses.replace(trajectory, config=trajectory.config | {"init": args.init})
+            _stage(4, "phases, claims and figure")
+            phases = detect_phases(trajectory, phase_params)
+            _, eigenvectors = eigh_kernel(blocks.K_XX)
+            claims = check_claims(trajectory, phases, problem=problem, eigenvectors=eigenvectors)
+            result = summary(trajectory, phases, claims)
 
-        resolved = {
-            "command": "python -m phases.simulate " + " ".join(sys.argv[1:]),
-            **trajectory.config,
-            "dataset": args.dataset, "noise": args.noise, "noise_type": args.noise_type,
-            "realised_noise_rate": problem.noise_rate, "problem_name": problem.name,
-            "problem": {"n": n, "m": m, "p": p, "num_classes": problem.num_classes, "dim": problem.X.shape[1],
-                        "separation": args.separation, "spread": args.spread},
-            "kernel": dataclasses.asdict(spec),
-            "phase_parameters": dataclasses.asdict(phase_params),
-            "out": out, "versions": _versions(),
-        }
-        with open(os.path.join(staging, "config.json"), "w") as handle:
-            json.dump(resolved, handle, indent=2, sort_keys=True)
-        np.savez(os.path.join(staging, "problem.npz"), **problem.arrays())
-        trajectory.save(os.path.join(staging, "trajectory.npz"))
-        if args.save_kernels:
-            np.savez(os.path.join(staging, "kernels.npz"), **blocks.arrays())
-        with open(os.path.join(staging, "summary.json"), "w") as handle:
-            json.dump(result, handle, indent=2, sort_keys=True)
-        figure = plot_trajectory(trajectory, phases, title=f"{problem.name}: {config.variant} reweighting, "
-                                                           f"{config.loss}, gamma={config.gamma:g}")
-        figure.savefig(os.path.join(staging, "trajectory.png"), dpi=110)
-        plt.close(figure)
-        _publish(staging, out)
+            resolved = {
+                "command": "python -m phases.simulate " + " ".join(sys.argv[1:]),
+                **trajectory.config,
+                "dataset": args.dataset, "noise": args.noise, "noise_type": args.noise_type,
+                "realised_noise_rate": problem.noise_rate, "problem_name": problem.name,
+                "problem": {"n": n, "m": m, "p": p, "num_classes": problem.num_classes, "dim": problem.X.shape[1],
+                            "separation": args.separation, "spread": args.spread},
+                "kernel": dataclasses.asdict(spec),
+                "phase_parameters": dataclasses.asdict(phase_params),
+                "out": out, "versions": versions(),
+            }
+            write_json(os.path.join(staging, "config.json"), resolved)
+            np.savez(os.path.join(staging, "problem.npz"), **problem.arrays())
+            trajectory.save(os.path.join(staging, "trajectory.npz"))
+            if args.save_kernels:
+                np.savez(os.path.join(staging, "kernels.npz"), **blocks.arrays())
+            write_json(os.path.join(staging, "summary.json"), result)
+            figure = plot_trajectory(trajectory, phases, title=f"{problem.name}: {config.variant} reweighting, "
+                                                               f"{config.loss}, gamma={config.gamma:g}")
+            figure.savefig(os.path.join(staging, "trajectory.png"), dpi=110)
+            plt.close(figure)
     except DivergenceError as error:
-        shutil.rmtree(staging, ignore_errors=True)
         raise UserError(str(error)) from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
     print()
     print(f"Phases (THEORY.md section 5) of {problem.name}, {config.steps} steps, eta={trajectory.config['eta']:.4g}:")
@@ -253,12 +184,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        run(build_parser().parse_args(argv))
-    except UserError as error:
-        print(f"python -m phases.simulate: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main("python -m phases.simulate", lambda: run(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":
