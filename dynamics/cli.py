@@ -90,6 +90,7 @@ def jsonable(value):
 def write_json(path, value) -> None:
     """Write ``value`` as JSON (sorted keys, no NaN) under a temporary name, then rename it to ``path``."""
     directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, suffix=".json.tmp")
     try:
         with os.fdopen(fd, "w") as handle:

@@ -262,7 +262,7 @@ def _diagnostics(static: _Static, arrays, state, t):
     K_X, K_V, Y_all = arrays["K_X"], arrays["K_V"], arrays["Y"]
     noisy, y_test, perturb_key = arrays["noisy"], arrays["y_test"], arrays["perturb_key"]
     F, w = state[0], state[1]
-    n, m = static.n, static.m
+    n = static.n
     K_VX, K_VV = K_X[n:], K_V[n:]
     Y, Y_meta = Y_all[:n], Y_all[n:]
     F_test = _test_outputs(static, arrays, state)

@@ -29,35 +29,17 @@ import sys
 import tempfile
 import time
 import traceback
-from importlib import metadata
+
+from dynamics.cli import ArgumentParser, UserError, positive_int, versions
 
 PROG = "python -m figures"
-
-
-class UserError(Exception):
-    """Bad input: reported as one line on stderr, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UserError(message)
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
     from figures import FIGURES
 
     names = ", ".join(f"{module.NUMBER}={module.NAME}" for module in FIGURES)
-    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
+    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("names", nargs="*", metavar="NAME",
                         help=f"figures to make, by name or number (default: all): {names}")
@@ -69,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fresh runs at small sizes (n=300, 600 steps; sweep n=200, 400 steps, 3 rates x 2 seeds)")
     parser.add_argument("--save-results", default=None, metavar="DIR",
                         help="keep the fresh runs in DIR (reusable with --from DIR; default: a temporary folder)")
-    parser.add_argument("--workers", type=_positive_int, default=None,
+    parser.add_argument("--workers", type=positive_int, default=None,
                         help="processes for the noise-rate sweep and python -m dynamics.compare "
                              "(default: the number of local cores)")
     return parser
@@ -112,14 +94,6 @@ def _check_args(args) -> None:
             raise UserError(f"{flag} {path} cannot be created: {error.strerror}") from None
         if not os.access(path, os.W_OK):
             raise UserError(f"{flag} {path} is not writable")
-
-
-def _versions() -> dict:
-    versions = {"python": sys.version.split()[0]}
-    for name in ("numpy", "jax", "matplotlib", "seaborn", "pandas"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[name] = metadata.version(name)
-    return versions
 
 
 def _write_atomic(path: str, text: str) -> None:
@@ -198,7 +172,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         "results": os.path.abspath(root) if temporary is None else None,
         "sizes": dataclasses.asdict(results.sizes) if fresh else None,
         "seconds": round(elapsed, 1),
-        "versions": _versions(),
+        "versions": versions(),
         "figures": entries,
     }
     _write_atomic(os.path.join(args.out, "figures.json"), json.dumps(manifest, indent=2) + "\n")

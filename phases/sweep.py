@@ -15,20 +15,18 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import contextlib
 import dataclasses
 import json
 import math
 import multiprocessing
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
-from importlib import metadata
 
 import numpy as np
 
+from dynamics.cli import ArgumentParser, UserError, positive_int, versions, write_json
 from phases.detect import PhaseParams
 
 #: What every record holds (``None`` where a quantity does not exist, e.g. ``T_filter`` without noise).
@@ -190,21 +188,6 @@ def settings_from_dict(values: dict) -> SweepSettings:
     return SweepSettings(**values)
 
 
-def write_json(path: str, payload: dict) -> None:
-    """Write ``payload`` to ``path`` atomically (temporary name in the same folder, then rename)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".sweep.", suffix=".json.tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
-
-
 def load(path: str) -> dict:
     """Read a ``sweep.json`` (a file, or the folder holding it): ``{"config": ..., "records": [...]}``."""
     if os.path.isdir(path):
@@ -214,14 +197,6 @@ def load(path: str) -> dict:
     if not isinstance(payload, dict) or not isinstance(payload.get("records"), list):
         raise ValueError(f"{path} is not a sweep result (no 'records' list)")
     return payload
-
-
-def _versions() -> dict:
-    versions = {"python": sys.version.split()[0]}
-    for name in ("numpy", "scipy", "jax", "jaxlib", "neural-tangents"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[name] = metadata.version(name)
-    return versions
 
 
 def summary_table(records: list[dict]) -> str:
@@ -250,15 +225,6 @@ def summary_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-class UserError(Exception):
-    """Bad input: reported as one line on stderr, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UserError(message)
-
-
 def _rates(text: str) -> list[float]:
     try:
         return [float(part) for part in text.split(",") if part.strip()]
@@ -266,29 +232,22 @@ def _rates(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     defaults = SweepSettings()
-    parser = _Parser(prog="python -m phases.sweep", description=__doc__.split("\n\n")[0],
+    parser = ArgumentParser(prog="python -m phases.sweep", description=__doc__.split("\n\n")[0],
                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", required=True, help="output directory (sweep.json is written into it)")
     parser.add_argument("--noise-rates", type=_rates, default=None,
                         help="comma-separated noise rates (default: 0, 0.05, ... below (C-1)/C)")
-    parser.add_argument("--seeds", type=_positive_int, default=4, help="number of seeds per rate (seeds 0..k-1)")
-    parser.add_argument("--workers", type=_positive_int, default=None, help="processes (default: the core count)")
-    parser.add_argument("--classes", type=_positive_int, default=defaults.num_classes, help="number of classes C")
-    parser.add_argument("--dim", type=_positive_int, default=defaults.dim, help="input dimension d")
-    parser.add_argument("--n", type=_positive_int, default=defaults.n, help="training examples")
-    parser.add_argument("--m", type=_positive_int, default=defaults.m, help="clean-subset examples")
-    parser.add_argument("--p", type=_positive_int, default=defaults.p, help="test examples")
-    parser.add_argument("--steps", type=_positive_int, default=defaults.steps, help="steps per run")
-    parser.add_argument("--record-every", type=_positive_int, default=defaults.record_every,
+    parser.add_argument("--seeds", type=positive_int, default=4, help="number of seeds per rate (seeds 0..k-1)")
+    parser.add_argument("--workers", type=positive_int, default=None, help="processes (default: the core count)")
+    parser.add_argument("--classes", type=positive_int, default=defaults.num_classes, help="number of classes C")
+    parser.add_argument("--dim", type=positive_int, default=defaults.dim, help="input dimension d")
+    parser.add_argument("--n", type=positive_int, default=defaults.n, help="training examples")
+    parser.add_argument("--m", type=positive_int, default=defaults.m, help="clean-subset examples")
+    parser.add_argument("--p", type=positive_int, default=defaults.p, help="test examples")
+    parser.add_argument("--steps", type=positive_int, default=defaults.steps, help="steps per run")
+    parser.add_argument("--record-every", type=positive_int, default=defaults.record_every,
                         help="record every k-th step (phase boundaries are read at this resolution, in steps)")
     parser.add_argument("--gamma", type=float, default=defaults.gamma, help="weight of the clean-subset loss")
     return parser
@@ -321,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         payload = {
             "command": "python -m phases.sweep " + " ".join(sys.argv[1:] if argv is None else argv),
             "config": {"noise_rates": rates, "seeds": list(range(args.seeds)), "workers": args.workers,
-                       "settings": settings_dict(settings), "versions": _versions(),
+                       "settings": settings_dict(settings), "versions": versions(),
                        "wall_s": time.perf_counter() - started},
             "records": records,
         }
