@@ -21,7 +21,8 @@ from importlib import metadata
 
 import numpy as np
 
-_PACKAGES = ("numpy", "scipy", "jax", "jaxlib", "neural-tangents", "torch", "matplotlib", "scikit-learn")
+_PACKAGES = ("numpy", "scipy", "jax", "jaxlib", "neural-tangents", "torch", "matplotlib", "seaborn", "pandas",
+             "scikit-learn", "cleanlab")
 
 
 class UserError(Exception):

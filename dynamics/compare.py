@@ -26,17 +26,16 @@ import datetime
 import json
 import math
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+
+from dynamics.cli import ArgumentParser, OutputDirectory, UserError, positive_int, run_main, versions, write_json
 
 DATASETS = ("gmm", "digits", "cifar10n-worse", "cifar10n-aggre", "cifar10n-random1")
 PROFILES = ("cpu", "gpu")
@@ -56,10 +55,6 @@ _CIFAR_GPU = {"n_train": None, "n_meta": 1000, "n_test": None, "epochs": 100, "b
               "meta_batch_size": 128, "lr": 0.1, "warmup_epochs": 10, "eval_every": 5}
 _VECTOR = {"n_train": 1000, "n_meta": 100, "n_test": 1000, "hidden": (256, 256), "epochs": 20, "batch_size": 64,
            "meta_batch_size": 64, "lr": 0.05, "warmup_epochs": 2, "eval_every": 1}
-
-
-class UserError(Exception):
-    """Bad input: reported as one line on stderr, exit status 2."""
 
 
 # ----------------------------------------------------------------------------- setup
@@ -271,14 +266,6 @@ def _summary(runs: list[dict], methods: Sequence[str]) -> dict:
     return summary
 
 
-def _versions() -> dict:
-    versions = {"python": sys.version.split()[0]}
-    for name in ("numpy", "scipy", "scikit-learn", "torch", "cleanlab"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[name] = metadata.version(name)
-    return versions
-
-
 def compare(data: str, methods: Sequence[str] | None = None, seeds: Sequence[int] | int = 3, *,
             profile: str = "cpu", epochs: int | None = None, noise_rate: float | None = None,
             noise_type: str = "symmetric", n_train: int | None = None, data_dir=None,
@@ -422,7 +409,7 @@ def compare(data: str, methods: Sequence[str] | None = None, seeds: Sequence[int
         "schema": SCHEMA, "data": data, "profile": profile, "description": setup.description,
         "methods": methods, "seeds": seeds, "setup": setup.to_json(), "problems": problem_info,
         "runs": [run for run in runs if "skipped" not in run], "skipped": skipped,
-        "summary": _summary(runs, methods), "weights": weights, "versions": _versions(),
+        "summary": _summary(runs, methods), "weights": weights, "versions": versions(),
         "started": started_at, "wall_time_total": time.perf_counter() - started, "jobs": jobs, "threads": threads,
     }
 
@@ -493,27 +480,11 @@ def format_markdown(results: dict, command: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def _json_ready(value):
-    if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        value = float(value)
-        return value if math.isfinite(value) else None  # strict JSON has no NaN
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.ndarray):
-        return _json_ready(value.tolist())
-    return value
-
-
 def write_results(results: dict, staging: str, command: str | None = None) -> None:
     """Write ``results.json`` (NaN as null), ``results.md`` and ``weights.npz`` into ``staging``."""
     payload = {key: value for key, value in results.items() if key != "weights"}
     payload["command"] = command
-    with open(os.path.join(staging, "results.json"), "w") as handle:
-        json.dump(_json_ready(payload), handle, indent=1, sort_keys=True, allow_nan=False)
+    write_json(os.path.join(staging, "results.json"), payload)
     with open(os.path.join(staging, "results.md"), "w") as handle:
         handle.write(format_markdown(results, command))
     arrays = {f"{method}/seed{seed}": w for method, per_seed in results["weights"].items()
@@ -524,27 +495,12 @@ def write_results(results: dict, staging: str, command: str | None = None) -> No
 # ----------------------------------------------------------------------------- command line
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UserError(message)
-
-
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
     # Options whose default depends on the profile say so in their help; "(default: None)" would mislead.
     def _get_help_string(self, action):
         if action.default is None or action.required:
             return action.help
         return super()._get_help_string(action)
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 def _seeds(text):
@@ -581,7 +537,7 @@ def _methods(text):
 def build_parser() -> argparse.ArgumentParser:
     from dynamics.baselines import METHODS
 
-    parser = _Parser(prog="python -m dynamics.compare", description=__doc__.split("\n\n")[0],
+    parser = ArgumentParser(prog="python -m dynamics.compare", description=__doc__.split("\n\n")[0],
                      formatter_class=_Formatter)
     parser.add_argument("--data", required=True, choices=DATASETS,
                         help="problem: Gaussian mixture, scikit-learn digits, or CIFAR-10 with a CIFAR-10N label set")
@@ -592,18 +548,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", choices=PROFILES, default="cpu",
                         help="cpu: subset + SmallCNN, under an hour for all methods x 3 seeds on 2 cores; "
                              "gpu: ResNet-34 on the whole training split (CIFAR only)")
-    parser.add_argument("--epochs", type=_positive_int, default=None,
+    parser.add_argument("--epochs", type=positive_int, default=None,
                         help="training epochs (default: the profile's; cifar cpu 8, cifar gpu 100, gmm/digits 20)")
-    parser.add_argument("--n-train", type=_positive_int, default=None,
+    parser.add_argument("--n-train", type=positive_int, default=None,
                         help="training examples n (default: the profile's; cifar cpu 6000, gmm/digits 1000)")
     parser.add_argument("--noise", type=float, default=None,
                         help="label noise rate for gmm/digits, in [0, 1) (default 0.4); CIFAR-10N noise is real")
     parser.add_argument("--noise-type", choices=("symmetric", "pair", "instance"), default="symmetric",
                         help="synthetic noise model for gmm/digits")
     train = parser.add_argument_group("shared training budget (SGD, momentum 0.9, weight decay 5e-4)")
-    train.add_argument("--batch-size", type=_positive_int, default=None,
+    train.add_argument("--batch-size", type=positive_int, default=None,
                        help=f"training examples per step (default: the profile's; cifar cpu {_CIFAR_CPU['batch_size']}, cifar gpu {_CIFAR_GPU['batch_size']}, gmm/digits {_VECTOR['batch_size']})")
-    train.add_argument("--meta-batch-size", type=_positive_int, default=None,
+    train.add_argument("--meta-batch-size", type=positive_int, default=None,
                        help=f"clean examples per step (default: the profile's; cifar cpu {_CIFAR_CPU['meta_batch_size']}, cifar gpu {_CIFAR_GPU['meta_batch_size']}, gmm/digits {_VECTOR['meta_batch_size']})")
     train.add_argument("--lr", type=float, default=None,
                        help=f"initial SGD learning rate, annealed to 0 by a per-step cosine (default: the profile's; cifar cpu {_CIFAR_CPU['lr']}, cifar gpu {_CIFAR_GPU['lr']}, gmm/digits {_VECTOR['lr']})")
@@ -628,40 +584,14 @@ def build_parser() -> argparse.ArgumentParser:
     runtime.add_argument("--data-dir", default=None,
                          help="CIFAR data folder (default: ../shared/data beside the repository)")
     runtime.add_argument("--device", default=None, help="torch device (default: cpu; cuda for --profile gpu)")
-    runtime.add_argument("--jobs", type=_positive_int, default=None,
+    runtime.add_argument("--jobs", type=positive_int, default=None,
                          help="runs trained in parallel processes (default: 2 on the CPU, one per core of a "
                               "2-core machine; 1 on CUDA)")
-    runtime.add_argument("--threads", type=_positive_int, default=1,
+    runtime.add_argument("--threads", type=positive_int, default=1,
                          help="torch/BLAS threads per run (1 is fastest on a shared 2-core machine)")
     runtime.add_argument("--out", default=None, help="output directory (default: runs/compare-<data>-<date>-<time>)")
     runtime.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     return parser
-
-
-def _prepare_output(out: str | None, overwrite: bool, data: str) -> tuple[str, str]:
-    """Check the output path before any work; return ``(final path, temporary directory beside it)``."""
-    out = out or os.path.join("runs", time.strftime(f"compare-{data}-%Y%m%d-%H%M%S"))
-    if os.path.isfile(out):
-        raise UserError(f"--out {out} is a file; give a directory path")
-    if os.path.isdir(out) and not overwrite:
-        raise UserError(f"--out {out} already exists; choose another path or pass --overwrite")
-    parent = os.path.dirname(os.path.abspath(out))
-    try:
-        os.makedirs(parent, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out))}.", dir=parent)
-    except OSError as error:
-        raise UserError(f"--out {out} cannot be written: {error.strerror}") from None
-    return out, staging
-
-
-def _publish(staging: str, out: str) -> None:
-    if os.path.isdir(out):
-        trash = staging + ".old"
-        os.replace(out, trash)
-        os.replace(staging, out)
-        shutil.rmtree(trash)
-    else:
-        os.replace(staging, out)
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> dict:
@@ -706,9 +636,10 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict:
     if jobs is None:
         on_cuda = (args.device or ("cuda" if args.profile == "gpu" else "cpu")).startswith("cuda")
         jobs = 1 if on_cuda else max(1, min(2, os.cpu_count() or 1))
-    out, staging = _prepare_output(args.out, args.overwrite, args.data)
+    out = args.out or os.path.join("runs", time.strftime(f"compare-{args.data}-%Y%m%d-%H%M%S"))
+    output = OutputDirectory(out, args.overwrite)
     command = "python -m dynamics.compare " + " ".join(argv)
-    try:
+    with output as staging:
         try:
             results = compare(args.data, args.methods, args.seeds, profile=args.profile, epochs=args.epochs,
                               noise_rate=args.noise, noise_type=args.noise_type, n_train=args.n_train,
@@ -718,10 +649,6 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict:
         except (ValueError, DataError) as error:
             raise UserError(str(error)) from None
         write_results(results, staging, command)
-        _publish(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     print()
     print(f"{results['description']}; realised noise rate "
           f"{np.mean([info['realised_noise_rate'] for info in results['problems']]):.3f}; "
@@ -742,12 +669,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
-    try:
-        run(build_parser().parse_args(argv), argv)
-    except UserError as error:
-        print(f"python -m dynamics.compare: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main("python -m dynamics.compare", lambda: run(build_parser().parse_args(argv), argv))
 
 
 if __name__ == "__main__":
