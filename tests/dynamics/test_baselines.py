@@ -34,7 +34,7 @@ from dynamics.baselines import (
 from dynamics.surrogate import reweight
 from dynamics.problem import gaussian_mixture
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 _BUDGET = TrainBudget(epochs=2, batch_size=32, meta_batch_size=16, warmup_epochs=1)
 

@@ -35,13 +35,7 @@ from kernels.infinite import KernelSpec, kernel
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # The networks here are small: a second intra-op thread only contends on a shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _problem(seed, n, m, p, C, d):

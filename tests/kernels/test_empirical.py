@@ -31,14 +31,7 @@ wide_specs = st.builds(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # The matrices here are tiny: extra intra-op threads only spin, and on a
-    # loaded 2-core machine they made this module 3-7x slower (measured).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _inputs(seed, n, d=3):
