@@ -146,10 +146,10 @@ def bench_similarities(repeats: int, seed: int) -> list[dict]:
         meta_labels = np.arange(m) % C
 
         def fast():
-            return class_similarities(features, meta_features, meta_labels, C)
+            return class_similarities(features, meta_labels, meta_features, C)
 
         def explicit():
-            return class_similarities(features, meta_features, meta_labels, C, kernel=lambda a, b: a @ b.T)
+            return class_similarities(features, meta_labels, meta_features, C, kernel=lambda a, b: a @ b.T)
 
         S_fast, S_explicit = fast(), explicit()
         error = float(np.max(np.abs(S_fast - S_explicit)) / np.max(np.abs(S_explicit)))

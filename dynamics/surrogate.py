@@ -1,4 +1,4 @@
-"""The surrogate reweighter: weights without bi-level optimisation (THEORY.md section 6).
+"""The surrogate reweighter: weights without bi-level optimisation (docs/theory.md section 6).
 
 Each training example is compared with the clean subset through a kernel,
 class by class; the label-signed comparison ``d`` is a score (higher = more
@@ -22,7 +22,7 @@ Kernel = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 @dataclasses.dataclass(frozen=True)
 class ReweightResult:
-    """What :func:`reweight` found (THEORY.md section 6).
+    """What :func:`reweight` found (docs/theory.md section 6).
 
     Attributes
     ----------
@@ -112,14 +112,14 @@ def _class_similarities(Phi, Psi, y_meta, C, kernel, block_rows):
 
 def class_similarities(
     features,
-    meta_features,
     meta_labels,
-    num_classes: int | None,
+    meta_features,
+    num_classes: int | None = None,
     kernel: Kernel | None = None,
     *,
     block_rows: int = _BLOCK_ROWS,
 ) -> np.ndarray:
-    """Centred class-mean similarities ``S`` (THEORY.md section 6, steps 1-2).
+    """Centred class-mean similarities ``S`` (docs/theory.md section 6, steps 1-2).
 
     With ``mu_k`` the mean of the clean features of class ``k`` and
     ``mu = mean_k mu_k``, both sets are centred by ``mu`` and
@@ -131,8 +131,8 @@ def class_similarities(
     Parameters
     ----------
     features : (n, D) training features ``Phi``.
-    meta_features : (m, D) clean features ``Psi``.
     meta_labels : (m,) int clean labels in ``[0, C)``; every class present.
+    meta_features : (m, D) clean features ``Psi``.
     num_classes : C, or None for ``max(meta_labels) + 1``.
     kernel : None for the linear kernel, else a callable ``kernel(a, b)``
         returning the ``(len(a), len(b))`` kernel matrix, e.g.
@@ -149,7 +149,7 @@ def class_similarities(
 
 
 def modulated_scores(similarities: np.ndarray, labels: np.ndarray, alpha0: float) -> np.ndarray:
-    """Label-signed modulated scores ``d`` (THEORY.md section 6, steps 3-4).
+    """Label-signed modulated scores ``d`` (docs/theory.md section 6, steps 3-4).
 
     Row shifting subtracts each row's second-largest entry, ``S'[i] = S[i] -
     top2(S[i])``; then ``d_i = S'[i, y_i] - alpha0 * sum_{k != y_i} S'[i, k]``.
@@ -173,18 +173,20 @@ def modulated_scores(similarities: np.ndarray, labels: np.ndarray, alpha0: float
 
 
 def weights_from_scores(d: np.ndarray, rule: str = "reference") -> np.ndarray:
-    """Weights in ``[0, 1]`` from modulated scores (THEORY.md section 6, step 5).
+    """Weights in ``[0, 1]`` from modulated scores (docs/theory.md section 6, step 5).
 
-    ``reference``: start every weight at 1/2 and take the step ``c * d`` that
-    brings the most negative score to 0, ``c = 1 / (2 max_{d_j < 0} |d_j|)``;
-    clip to ``[0, 1]`` and zero every weight ``<= 1/2``. Closed form: ``w_i = 0``
-    if ``d_i <= 0``, else ``min(1, 1/2 + d_i / (2 max_{d_j < 0} |d_j|))``; with
-    no negative score every ``d_i > 0`` gets 1. (THEORY.md's closed form writes
-    ``min |d_j|``, which contradicts its own procedure: it saturates 99.7-100%
-    of the positive scores at 1 on the default mixture, the sign rule in
-    disguise, and leaves "zero any weight <= 1/2" with nothing to do.)
+    ``reference``, the rule of the paper's public code: start every weight at
+    1/2 and take the smallest common step ``c * d`` that sends every
+    negative-score example to 0, ``c = 1 / (2 min_{d_j < 0} |d_j|)`` (the
+    least negative score reaches 0 exactly, the others are clipped there);
+    clip to ``[0, 1]`` and zero every weight ``<= 1/2``. Closed form: ``w_i =
+    0`` if ``d_i <= 0``, else ``min(1, 1/2 + d_i / (2 min_{d_j < 0}
+    |d_j|))``; with no negative score every ``d_i > 0`` gets 1. In words: an
+    example is kept iff ``d_i > 0``, and almost every kept weight saturates at
+    1 (only positive scores smaller than the least negative score's magnitude
+    stay fractional), so the rule is close to ``sign``.
     ``sign``: ``w_i = 1[d_i > 0]``. Both are unchanged by scaling ``d`` by a
-    positive factor.
+    positive factor, and both keep the same set ``{d > 0}``.
 
     Parameters
     ----------
@@ -200,13 +202,15 @@ def weights_from_scores(d: np.ndarray, rule: str = "reference") -> np.ndarray:
         return (d > 0).astype(np.float64)
     if rule != "reference":
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
-    if not (d < 0).any():
+    negative = d < 0
+    if not negative.any():
         return (d > 0).astype(np.float64)
-    return np.where(d > 0, np.minimum(1.0, 0.5 + d / (2 * -d.min())), 0.0)
+    least_negative = -d[negative].max()
+    return np.where(d > 0, np.minimum(1.0, 0.5 + d / (2 * least_negative)), 0.0)
 
 
 def alpha0_schedule(epoch: int, num_classes: int, warmup_epochs: int) -> float:
-    """``1/(C-1)`` during the first ``warmup_epochs`` epochs, then 0 (THEORY.md 6.6).
+    """``1/(C-1)`` during the first ``warmup_epochs`` epochs, then 0 (docs/theory.md 6.6).
 
     ``1/(C-1)`` is the magnitude of the cross-entropy residual ratio at uniform
     outputs (claim C3), so early scores mimic the first meta-gradient step.
@@ -241,7 +245,7 @@ def reweight(
 ) -> ReweightResult:
     """Weight noisy training examples by their agreement with a clean subset.
 
-    The surrogate reweighter of THEORY.md section 6: centred class-mean
+    The surrogate reweighter of docs/theory.md section 6: centred class-mean
     similarities (:func:`class_similarities`), row shifting and label-signed
     modulation (:func:`modulated_scores`), then a weight rule
     (:func:`weights_from_scores`). No model is trained.
@@ -255,7 +259,10 @@ def reweight(
     num_classes : C; default ``max(labels, meta_labels) + 1``.
     kernel : None (linear) or a callable ``kernel(a, b) -> (len(a), len(b))``.
     alpha0 : modulation ``>= 0``; default ``1/(C-1)``, see :func:`alpha0_schedule`.
-    rule : ``"reference"`` (graded weights) or ``"sign"`` (0/1).
+    rule : ``"reference"`` (the paper's code: kept weights mostly 1, see :func:`weights_from_scores`) or
+        ``"sign"`` (0/1). Under both an example is kept (``w > 0``) iff ``d > 0``: with ``alpha0 = 1/(C-1)``
+        iff its centred feature projects positively on its label's centred clean class mean, with
+        ``alpha0 = 0`` iff its label's centred clean class mean has the largest inner product with it.
 
     Returns
     -------

@@ -1,4 +1,4 @@
-"""The surrogate reweighter and the C11 identities (THEORY.md section 6), in float64.
+"""The surrogate reweighter and the C11 identities (docs/theory.md section 6), in float64.
 
 Every identity is checked against an oracle written independently of
 ``dynamics.surrogate``: the explicit ``(n, m)`` kernel matrix averaged per
@@ -54,11 +54,13 @@ def _modulated_by_loops(S, labels, alpha0):
 
 
 def _reference_by_procedure(d):
-    """Start at 1/2, take the step that brings the most negative score to 0, clip, zero ``<= 1/2``."""
+    """The paper's code, step by step: every weight starts at 1/2; over the negative scores the step that brings
+    score j to 0 is ``t_j = 0.5 / |d_j|``; sorted, the LARGEST is taken (every negative example reaches 0);
+    weights move by ``t * d``, are clipped to [0, 1], and those ``<= 1/2`` are zeroed."""
     negative = [x for x in d if x < 0]
     if not negative:
         return np.array([1.0 if x > 0 else 0.0 for x in d])
-    step = 1 / (2 * max(-x for x in negative))
+    step = sorted(0.5 / abs(x) for x in negative)[-1]
     clipped = [min(max(0.5 + step * x, 0.0), 1.0) for x in d]
     return np.array([0.0 if w <= 0.5 else w for w in clipped])
 
@@ -66,7 +68,7 @@ def _reference_by_procedure(d):
 @given(problems())
 def test_class_similarities_equal_explicit_kernel_matrix_and_rows_sum_to_zero(problem):
     labels, features, meta_labels, meta_features, C = problem
-    S = class_similarities(features, meta_features, meta_labels, C)
+    S = class_similarities(features, meta_labels, meta_features, C)
     assert S.shape == (len(features), C)
     assert_close(S, _similarities_by_loops(features, meta_features, meta_labels, C))
     assert_close(S.sum(axis=1), np.zeros(len(S)))
@@ -75,22 +77,22 @@ def test_class_similarities_equal_explicit_kernel_matrix_and_rows_sum_to_zero(pr
 @given(problems(), st.integers(1, 7))
 def test_linear_path_equals_generic_kernel_path(problem, block_rows):
     labels, features, meta_labels, meta_features, C = problem
-    linear = class_similarities(features, meta_features, meta_labels, C)
-    generic = class_similarities(features, meta_features, meta_labels, C, lambda a, b: a @ b.T, block_rows=block_rows)
+    linear = class_similarities(features, meta_labels, meta_features, C)
+    generic = class_similarities(features, meta_labels, meta_features, C, lambda a, b: a @ b.T, block_rows=block_rows)
     assert_close(generic, linear)
 
 
 @given(problems(), st.floats(0.0, 2.0))
 def test_modulated_scores_equal_brute_force_row_shift(problem, alpha0):
     labels, features, meta_labels, meta_features, C = problem
-    S = class_similarities(features, meta_features, meta_labels, C)
+    S = class_similarities(features, meta_labels, meta_features, C)
     assert_close(modulated_scores(S, labels, alpha0), _modulated_by_loops(S, labels, alpha0))
 
 
 @given(problems())
 def test_alpha0_one_over_c_minus_one_makes_shift_void_and_d_proportional_to_own_similarity(problem):
     labels, features, meta_labels, meta_features, C = problem
-    S = class_similarities(features, meta_features, meta_labels, C)
+    S = class_similarities(features, meta_labels, meta_features, C)
     alpha0 = 1 / (C - 1)
     d = modulated_scores(S, labels, alpha0)
     own = S[np.arange(len(S)), labels]
@@ -102,7 +104,7 @@ def test_alpha0_one_over_c_minus_one_makes_shift_void_and_d_proportional_to_own_
 @given(problems())
 def test_alpha0_zero_gives_top1_minus_top2_margin(problem):
     labels, features, meta_labels, meta_features, C = problem
-    S = class_similarities(features, meta_features, meta_labels, C)
+    S = class_similarities(features, meta_labels, meta_features, C)
     d = modulated_scores(S, labels, 0.0)
     strict_argmax = np.array([all(row[y] > row[k] for k in range(C) if k != y) for row, y in zip(S, labels)])
     np.testing.assert_array_equal(d > 0, strict_argmax)
