@@ -20,9 +20,7 @@ captions) and ``gallery.md`` (the images with one-line captions).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import json
 import os
 import shutil
 import sys
@@ -30,7 +28,7 @@ import tempfile
 import time
 import traceback
 
-from dynamics.cli import ArgumentParser, UserError, positive_int, versions
+from phases.cli import ArgumentParser, UserError, positive_int, versions, write_json, write_text
 
 PROG = "python -m figures"
 
@@ -52,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save-results", default=None, metavar="DIR",
                         help="keep the fresh runs in DIR (reusable with --from DIR; default: a temporary folder)")
     parser.add_argument("--workers", type=positive_int, default=None,
-                        help="processes for the noise-rate sweep and python -m dynamics.compare "
+                        help="processes for the noise-rate sweep and python -m phases.compare "
                              "(default: the number of local cores)")
     return parser
 
@@ -96,19 +94,6 @@ def _check_args(args) -> None:
             raise UserError(f"{flag} {path} is not writable")
 
 
-def _write_atomic(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
-
-
 def _gallery(entries: list[dict]) -> str:
     lines = ["# Figures", ""]
     for entry in entries:
@@ -121,6 +106,9 @@ def _gallery(entries: list[dict]) -> str:
 
 def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     """Make the selected figures; return the exit status (0 unless a figure failed with an error)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # a command line draws to files only
     from tqdm import tqdm
 
     from figures import style
@@ -175,8 +163,8 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         "versions": versions(),
         "figures": entries,
     }
-    _write_atomic(os.path.join(args.out, "figures.json"), json.dumps(manifest, indent=2) + "\n")
-    _write_atomic(os.path.join(args.out, "gallery.md"), _gallery(entries))
+    write_json(os.path.join(args.out, "figures.json"), manifest)
+    write_text(os.path.join(args.out, "gallery.md"), _gallery(entries))
     counts = {status: sum(e["status"] == status for e in entries) for status in ("written", "skipped", "failed")}
     print(f"{counts['written']} figure(s) written to {args.out}/, {counts['skipped']} skipped, "
           f"{counts['failed']} failed, in {elapsed:.0f} s")

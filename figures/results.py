@@ -7,7 +7,7 @@ Layout of a results folder (what ``--from DIR`` reads and ``--save-results DIR``
                         (default problem, gamma = 1; figures 1-5)
 ``gamma0/``             ``python -m phases.simulate --gamma 0 --out DIR/gamma0`` (figure 2)
 ``sweep/sweep.json``    ``python -m phases.sweep --out DIR/sweep`` (figure 6)
-``finite/``             ``python -m dynamics.finite --out DIR/finite`` (figure 7)
+``finite/``             ``python -m phases.finite --out DIR/finite`` (figure 7)
 ``compare/*/``          ``python -m dynamics.compare --data D [--noise R] --out DIR/compare/NAME``,
                         one folder per data set and noise rate, CIFAR-10N label sets
                         included (figure 8)
@@ -34,6 +34,7 @@ import numpy as np
 from dynamics.problem import Problem
 from dynamics.trajectory import Trajectory
 from phases.detect import PhaseParams, Phases, detect_phases
+from phases.experiments import FiniteWidthConfig, SimulationConfig
 
 
 class MissingResults(Exception):
@@ -86,30 +87,31 @@ def load_run(path: str) -> Run:
 class Sizes:
     """Sizes of a fresh regeneration (``quick``: small enough for the whole set in a few minutes on 2 cores)."""
 
-    run_args: tuple[str, ...]  # extra arguments of python -m phases.simulate
+    simulation: SimulationConfig  # the default problem's runs (gamma and C7 draws set per run)
     gamma1_draws: int  # C7 perturbation draws of the gamma = 1 run
     sweep_rates: tuple[float, ...]
     sweep_seeds: int
     sweep_settings: dict  # fields of phases.sweep.SweepSettings
-    finite_args: tuple[str, ...]  # extra arguments of python -m dynamics.finite
-    compare_runs: tuple[tuple[str, float], ...]  # (data set, noise rate) of python -m dynamics.compare
+    finite: FiniteWidthConfig
+    compare_runs: tuple[tuple[str, float], ...]  # (data set, noise rate) of the method comparison
     compare_args: tuple[str, ...]
-    compare_jobs: int | None  # processes of python -m dynamics.compare (None: the sweep's workers)
+    compare_jobs: int | None  # processes of the comparison (None: the sweep's workers)
 
     @classmethod
     def for_mode(cls, quick: bool) -> Sizes:
         if quick:
-            return cls(run_args=("--n", "300", "--m", "40", "--p", "300", "--steps", "600"), gamma1_draws=2,
+            return cls(simulation=SimulationConfig(n=300, m=40, p=300, steps=600), gamma1_draws=2,
                        sweep_rates=(0.0, 0.35, 0.7), sweep_seeds=2,
                        sweep_settings={"n": 200, "m": 40, "p": 200, "steps": 400},
-                       finite_args=("--widths", "64,512", "--seeds", "0", "--steps", "120"),
+                       finite=FiniteWidthConfig(widths=(64, 512), seeds=(0,), steps=120),
                        compare_runs=(("gmm", 0.2), ("gmm", 0.6), ("digits", 0.2), ("digits", 0.6)),
                        # one process: spawning workers that import torch costs more than these tiny runs
                        compare_args=("--seeds", "1", "--epochs", "2", "--n-train", "300"), compare_jobs=1)
-        # THEORY.md section 5 defaults for the runs; the sweep at the same sizes, every 0.1 up to 0.7;
-        # dynamics.finite and dynamics.compare at their own defaults (3 seeds each).
-        return cls(run_args=(), gamma1_draws=4, sweep_rates=tuple(round(0.1 * k, 10) for k in range(8)),
-                   sweep_seeds=4, sweep_settings={}, finite_args=(),
+        # docs/theory.md section 5 defaults for the runs; the sweep at the same sizes, every 0.1 up to 0.7;
+        # the finite-width check and the comparison at their own defaults (3 seeds each).
+        return cls(simulation=SimulationConfig(), gamma1_draws=4,
+                   sweep_rates=tuple(round(0.1 * k, 10) for k in range(8)), sweep_seeds=4, sweep_settings={},
+                   finite=FiniteWidthConfig(),
                    compare_runs=tuple((data, rate) for data in ("gmm", "digits") for rate in (0.0, 0.2, 0.4, 0.6)),
                    compare_args=(), compare_jobs=None)
 
@@ -155,19 +157,14 @@ class Results:
     def _run(self, gamma: int) -> Run:
         path = os.path.join(self.root, f"gamma{gamma}")
         if self.fresh and not os.path.isfile(os.path.join(path, "trajectory.npz")):
-            from phases.simulate import main as simulate_main
+            from phases.cli import OutputDirectory
+            from phases.experiments import run_simulation
 
-            argv = [*self.sizes.run_args, "--noise", "0.4", "--gamma", str(gamma), "--out", path, "--overwrite"]
-            argv += ["--save-kernels", "--perturb-draws", str(self.sizes.gamma1_draws)] if gamma == 1 else \
-                ["--perturb-draws", "0"]
+            config = dataclasses.replace(self.sizes.simulation, gamma=float(gamma),
+                                         perturb_draws=self.sizes.gamma1_draws if gamma == 1 else 0)
             self._status(f"simulating the default problem, gamma={gamma}")
-            log = io.StringIO()
-            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-                status = simulate_main(argv)
-            with open(os.path.join(self.root, f"gamma{gamma}.log"), "w") as handle:
-                handle.write("python -m phases.simulate " + " ".join(argv) + "\n" + log.getvalue())
-            if status != 0:
-                raise RuntimeError(f"python -m phases.simulate {' '.join(argv)} failed: {log.getvalue().strip()}")
+            with OutputDirectory(path, overwrite=True) as staging:
+                run_simulation(config).save(staging, kernels=gamma == 1)
         if not os.path.isdir(path):
             flags = "--save-kernels" if gamma == 1 else "--gamma 0"
             raise MissingResults(f"needs results of python -m phases.simulate {flags} --out {path}")
@@ -207,24 +204,8 @@ class Results:
 
     # ------------------------------------------------------------------ finite widths and methods (figures 7, 8)
 
-    def _call(self, module_name: str, argv: list[str], log_name: str) -> None:
-        """Run ``python -m module_name ARGV`` in this process (its ``main``), its output into ``root/log_name``."""
-        if importlib.util.find_spec(module_name) is None:
-            raise MissingResults(f"needs results of python -m {module_name} ({module_name.replace('.', '/')}.py is "
-                                 "not in this checkout); pass --from DIR")
-        module = importlib.import_module(module_name)
-        self._status(f"python -m {module_name} {' '.join(argv)}")
-        log = io.StringIO()
-        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            status = module.main(argv)
-        with open(os.path.join(self.root, log_name), "a") as handle:
-            handle.write(f"python -m {module_name} {' '.join(argv)}\n{log.getvalue()}\n")
-        if status != 0:
-            last = (log.getvalue().strip().splitlines() or ["(no message)"])[-1]
-            raise MissingResults(f"python -m {module_name} {' '.join(argv)} exited {status}: {last}")
-
     def finite(self) -> dict:
-        """Figure 7's inputs from ``DIR/finite`` (``python -m dynamics.finite --out DIR/finite``).
+        """Figure 7's inputs from ``DIR/finite`` (``python -m phases.finite --out DIR/finite``).
 
         Returns ``{"summary": summary.json, "linearized": Trajectory or None,
         "finite": {(width, seed): Trajectory}}`` from ``linearized.npz`` and
@@ -236,9 +217,14 @@ class Results:
         path = os.path.join(self.root, "finite")
         summary_path = os.path.join(path, "summary.json")
         if self.fresh and not os.path.isfile(summary_path):
-            self._call("dynamics.finite", [*self.sizes.finite_args, "--out", path, "--overwrite"], "finite.log")
+            from phases.cli import OutputDirectory
+            from phases.experiments import run_finite_width
+
+            self._status("finite widths against the linearized model")
+            with OutputDirectory(path, overwrite=True) as staging:
+                run_finite_width(self.sizes.finite).save(staging)
         if not os.path.isfile(summary_path):
-            raise MissingResults(f"needs results of python -m dynamics.finite; pass --from DIR with "
+            raise MissingResults(f"needs results of python -m phases.finite; pass --from DIR with "
                                  f"DIR/finite/summary.json (none at {summary_path})")
         with open(summary_path) as handle:
             summary = json.load(handle)

@@ -13,21 +13,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
-import tempfile
 
 import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+from matplotlib.patches import Patch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-
-from phases.detect import PHASE_NAMES, Phases  # noqa: E402
-from phases.plot import CLEAN_COLOR, NOISY_COLOR, PHASE_COLORS, shade_phases  # noqa: E402
+from phases.cli import atomic_write
+from phases.detect import PHASE_NAMES, Phases
+from phases.plot import CLEAN_COLOR, NOISY_COLOR, PHASE_COLORS, shade_phases
 
 DPI = 110
 #: Darker tones of the phase hues, for lines and points (the pale ones are for shading).
@@ -138,19 +135,6 @@ def empty_panel(ax, text: str) -> None:
     ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=11, color="0.3", wrap=True)
 
 
-def _atomic(path: str, write) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
-
-
 def save(fig, table, out_dir: str, name: str) -> tuple[str, str]:
     """Write ``out_dir/name.png`` and ``out_dir/name.csv`` (``table``: a pandas DataFrame) atomically; close ``fig``.
 
@@ -160,9 +144,9 @@ def save(fig, table, out_dir: str, name: str) -> tuple[str, str]:
     png, csv = os.path.join(out_dir, f"{name}.png"), os.path.join(out_dir, f"{name}.csv")
     try:
         with matplotlib.rc_context(theme_rc()):
-            _atomic(png, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight",
+            atomic_write(png, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight",
                                                  metadata={"Software": "python -m figures"}))
-        _atomic(csv, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
+        atomic_write(csv, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
     finally:
         plt.close(fig)
     return png, csv

@@ -1,18 +1,23 @@
-"""What every command line of the toolkit shares (ARCHITECTURE.md convention 10).
+"""What every command line and bench script of the toolkit shares (docs/architecture.md, "Plumbing").
 
 A user error is one line on stderr and exit status 2, never a traceback;
 argument types reject out-of-range values with a message naming the bound;
-results go into a staging directory beside ``--out`` that replaces it only
-once it is whole; JSON never holds NaN; every result records package versions.
+files are written under a temporary name and renamed into place; a run's
+output directory is staged beside ``--out``, carries a marker file, and is
+published only once it is whole; ``--overwrite`` replaces only a directory
+that carries the marker; JSON never holds NaN; every result records package
+versions.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -23,6 +28,11 @@ import numpy as np
 
 _PACKAGES = ("numpy", "scipy", "jax", "jaxlib", "neural-tangents", "torch", "matplotlib", "seaborn", "pandas",
              "scikit-learn", "cleanlab")
+
+#: The file that marks a directory as an output of this toolkit (and so safe to replace with ``--overwrite``).
+MARKER = ".metareweight-output"
+_STAGING = re.compile(r"^\.(?P<base>.+)\.staging-(?P<pid>\d+)-[A-Za-z0-9_]+$")
+_MAX_NAME = 200  # bytes; leaves room for the staging prefix and suffix under the usual 255-byte limit
 
 
 class UserError(Exception):
@@ -36,12 +46,22 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(message)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each default once: not for ``None`` (the help says what happens then), flags, or help that names it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "(default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def bounded(kind: type, low: float, strict: bool = False) -> Callable[[str], float]:
-    """An argument type: ``kind(text)`` that must be ``> low`` (``strict``) or ``>= low``."""
+    """An argument type: a finite ``kind(text)`` that must be ``> low`` (``strict``) or ``>= low``."""
 
     def parse(text):
         value = kind(text)
-        if value != value or value < low or (strict and value == low):
+        if not math.isfinite(value) or value < low or (strict and value == low):
             raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low}, got {text}")
         return value
 
@@ -88,14 +108,14 @@ def jsonable(value):
     return value
 
 
-def write_json(path, value) -> None:
-    """Write ``value`` as JSON (sorted keys, no NaN) under a temporary name, then rename it to ``path``."""
+def atomic_write(path, write: Callable[[str], object]) -> None:
+    """Call ``write(temporary_path)``, then rename the temporary file to ``path``; on any error nothing is left."""
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".json.tmp")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(jsonable(value), handle, indent=2, sort_keys=True, allow_nan=False)
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -103,46 +123,168 @@ def write_json(path, value) -> None:
         raise
 
 
-class OutputDirectory:
-    """``--out DIR`` that appears whole or not at all.
+def write_text(path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
 
-    Checked on construction, before any work: a file in the way, an existing
-    directory without ``overwrite`` and an unwritable parent are user errors.
-    Use as a context manager that yields the staging directory beside ``DIR``;
-    on success it replaces ``DIR`` (an old one goes only once the new one is
-    in place), on any error it is removed and ``DIR`` is left as it was.
+    def write(tmp):
+        with open(tmp, "w") as handle:
+            handle.write(text)
+
+    atomic_write(path, write)
+
+
+def write_json(path, value) -> None:
+    """Write ``value`` as JSON (sorted keys, no NaN) atomically."""
+    write_text(path, json.dumps(jsonable(value), indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def is_output(path) -> bool:
+    """Whether ``path`` is a directory this toolkit wrote (it carries the marker file)."""
+    return os.path.isfile(os.path.join(path, MARKER))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_staging(parent: str, base: str) -> None:
+    """Remove staging directories of ``base`` left by runs whose process is gone (killed, crashed)."""
+    with contextlib.suppress(OSError):
+        for name in os.listdir(parent):
+            match = _STAGING.match(name)
+            if match and match["base"] == base and not _pid_alive(int(match["pid"])):
+                shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+
+def check_output_path(out: str, overwrite: bool = False, option: str = "--out") -> str:
+    """Refuse, before any work, an output path that could not be published or whose replacement would lose data.
+
+    Returns the absolute path. Refused: an empty path, a name too long, a
+    symbolic link, a file, the current directory or one of its ancestors, a
+    directory inside a data folder (one holding ``SHA256SUMS``), an existing
+    directory without ``overwrite``, and with ``overwrite`` an existing
+    directory that this toolkit did not write (no marker file).
+    """
+    if not out or not out.strip():
+        raise UserError(f"{option} is empty; give a directory path")
+    path = os.path.abspath(out)
+    base = os.path.basename(path)
+    if not base or len(os.fsencode(base)) > _MAX_NAME:
+        raise UserError(f"{option} {out!r}: the last path component must be 1-{_MAX_NAME} bytes long")
+    if os.path.islink(out):
+        raise UserError(f"{option} {out} is a symbolic link; give the real directory path")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"{option} {out} is a file; give a directory path")
+    cwd = os.path.abspath(os.getcwd())
+    if cwd == path or cwd.startswith(path.rstrip(os.sep) + os.sep):
+        raise UserError(f"{option} {out} is the current directory or contains it; give a new directory path")
+    parent = os.path.dirname(path)
+    ancestor = parent
+    while True:
+        if os.path.isfile(os.path.join(ancestor, "SHA256SUMS")):
+            raise UserError(f"{option} {out} lies inside the data folder {ancestor}; write results elsewhere")
+        if os.path.dirname(ancestor) == ancestor:
+            break
+        ancestor = os.path.dirname(ancestor)
+    if os.path.isdir(path):
+        if not overwrite:
+            raise UserError(f"{option} {out} already exists; choose another path or pass --overwrite")
+        if not is_output(path):
+            raise UserError(f"{option} {out} exists and was not written by this toolkit (no {MARKER} file); "
+                            "--overwrite replaces only earlier outputs, so nothing was touched")
+    existing = parent
+    while not os.path.isdir(existing):
+        existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{option} {out} cannot be written: {existing} is not writable")
+    return path
+
+
+class OutputDirectory:
+    """``--out DIR`` that appears whole or not at all, and never replaces what it should not.
+
+    Checked on construction, before any work (:func:`check_output_path`). Use
+    as a context manager that yields a staging directory beside ``DIR``; on
+    success the staging directory, marked as a toolkit output, is renamed to
+    ``DIR``. Publishing re-checks the destination atomically: a rename onto a
+    non-empty directory fails, so when a concurrent run published ``DIR``
+    first, this run fails with one line and the first result stays. With
+    ``overwrite`` the old directory is moved aside, the new one renamed in,
+    and only then the old one deleted. On any error the staging directory is
+    removed and so are the parent directories this run created. Staging
+    directories of dead runs are removed on the next run to the same place.
     """
 
-    def __init__(self, out: str, overwrite: bool = False):
-        if os.path.exists(out) and not os.path.isdir(out):
-            raise UserError(f"--out {out} is a file; give a directory path")
-        if os.path.isdir(out) and not overwrite:
-            raise UserError(f"--out {out} already exists; choose another path or pass --overwrite")
-        parent = os.path.dirname(os.path.abspath(out))
-        try:
-            os.makedirs(parent, exist_ok=True)
-            self.staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out))}.", dir=parent)
-        except OSError as error:
-            raise UserError(f"--out {out} cannot be written: {error.strerror}") from None
-        self.out = out
+    def __init__(self, out: str, overwrite: bool = False, *, command: str = "", option: str = "--out"):
+        self.path = check_output_path(out, overwrite, option)
+        self.out, self.overwrite, self.option, self.command = out, overwrite, option, command
+        self.staging = None
+        self._created: list[str] = []
 
     def __enter__(self) -> str:
+        parent = os.path.dirname(self.path)
+        missing = []
+        ancestor = parent
+        while not os.path.isdir(ancestor):
+            missing.append(ancestor)
+            ancestor = os.path.dirname(ancestor)
+        try:
+            for directory in reversed(missing):
+                os.mkdir(directory)
+                self._created.append(directory)
+            base = os.path.basename(self.path)
+            _remove_stale_staging(parent, base)
+            self.staging = tempfile.mkdtemp(prefix=f".{base}.staging-{os.getpid()}-", dir=parent)
+        except OSError as error:
+            self._remove_created()
+            raise UserError(f"{self.option} {self.out} cannot be written: {error.strerror}") from None
+        write_json(os.path.join(self.staging, MARKER), {"tool": "metareweight", "command": self.command})
         return self.staging
+
+    def _remove_created(self) -> None:
+        for directory in reversed(self._created):
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
 
     def __exit__(self, kind, error, traceback) -> None:
         if kind is not None:
             shutil.rmtree(self.staging, ignore_errors=True)
+            self._remove_created()
             return
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.staging, 0o777 & ~umask)  # mkdtemp made it private; the result is an ordinary directory
-        if os.path.isdir(self.out):
+        os.chmod(self.staging, 0o777 & ~_umask())  # mkdtemp made it private; the result is an ordinary directory
+        trash = None
+        if self.overwrite and os.path.isdir(self.path):
+            if not is_output(self.path):
+                shutil.rmtree(self.staging, ignore_errors=True)
+                raise UserError(f"{self.option} {self.out} was replaced by something this toolkit did not write "
+                                "while the run was going; nothing was touched")
             trash = self.staging + ".old"
-            os.replace(self.out, trash)
-            os.replace(self.staging, self.out)
-            shutil.rmtree(trash)
-        else:
-            os.replace(self.staging, self.out)
+            os.rename(self.path, trash)
+        try:
+            os.rename(self.staging, self.path)
+        except OSError as problem:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            if trash is not None:
+                with contextlib.suppress(OSError):
+                    os.rename(trash, self.path)
+            if problem.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise UserError(f"{self.option} {self.out} was written by another run while this one was going; "
+                                "its result was kept and this run's was discarded") from None
+            raise UserError(f"{self.option} {self.out} cannot be written: {problem.strerror}") from None
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
 
 
 def run_main(prog: str, run: Callable[[], object]) -> int:

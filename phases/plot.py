@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from phases.detect import Phases  # noqa: E402
+from phases.detect import Phases
 
 PHASE_COLORS = {"alignment": "#fde0c5", "filtering": "#d6e9f8", "post-filtering": "#e3f1dc"}
 CLEAN_COLOR, NOISY_COLOR = "#1f77b4", "#d62728"
@@ -75,5 +72,51 @@ def plot_trajectory(trajectory, phases: Phases, title: str = "") -> plt.Figure:
     if symlog_x:
         axes[-1].set_xscale("symlog", linthresh=20)
     axes[-1].set_xlim(0, last)
+    fig.tight_layout()
+    return fig
+
+
+def plot_finite_width(summary: dict, linear, examples: dict, linear_phases: Phases) -> plt.Figure:
+    """``finite.png`` of the C8 cross-check: gaps against width (log-log, with a -1/2 reference), and the weights
+    of six examples over time for the widths in ``examples`` (width -> finite ``Trajectory``), beside the
+    linearized run ``linear``."""
+    rows = summary["per_width"]
+    widths = np.array([row["width"] for row in rows], dtype=np.float64)
+    fig, axes = plt.subplots(1, 1 + len(examples), figsize=(5.2 * (1 + len(examples)), 4.4))
+    ax = axes[0]
+    for key, color, label in (("weight_gap", "#1f77b4", "weight gap max_t |w^N - w^lin|_inf"),
+                              ("output_gap", "#ff7f0e", "relative test-output gap (final)")):
+        per_seed = np.array([row[key]["per_seed"] for row in rows])
+        ax.plot(np.repeat(widths, per_seed.shape[1]), per_seed.ravel(), "o", color=color, alpha=0.35, ms=4)
+        ax.plot(widths, per_seed.mean(axis=1), "-", color=color, lw=2, label=label)
+    anchor = np.mean(rows[0]["weight_gap"]["per_seed"])
+    ax.plot(widths, anchor * (widths / widths[0]) ** -0.5, "k--", lw=1, label="reference slope -1/2")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("hidden-layer width N")
+    ax.set_ylabel("gap to the linearized model")
+    ax.set_title(f"fitted weight-gap slope {summary['slope']:.3f} +/- {summary['slope_stderr']:.3f}", fontsize=10)
+    ax.legend(fontsize=8)
+
+    rng = np.random.default_rng(0)
+    clean, noisy = np.flatnonzero(~linear.noisy), np.flatnonzero(linear.noisy)
+    chosen = [(rng.choice(clean, min(3, len(clean)), replace=False), "#1f77b4"),
+              (rng.choice(noisy, min(3, len(noisy)), replace=False), "#d62728")]
+    for ax, (width, finite) in zip(axes[1:], examples.items()):
+        for indices, color in chosen:
+            ax.plot(linear.step, linear.w[:, indices], "-", color=color, lw=1.4)
+            ax.plot(finite.step, finite.w[:, indices], "--", color=color, lw=1.4)
+        for boundary, name in ((linear_phases.T_align, "T_align"), (linear_phases.T_filter, "T_filter")):
+            if boundary is not None:
+                ax.axvline(boundary, color="0.4", lw=0.8, ls=":")
+                ax.annotate(f" {name}", (boundary, 0.98), fontsize=8, va="top", xycoords=("data", "axes fraction"))
+        ax.plot([], [], "k-", label="linearized (analytic NTK)")
+        ax.plot([], [], "k--", label=f"finite, N={width}, seed {finite.config['seed']}")
+        ax.set_xlabel("step")
+        ax.set_ylabel("weight w (blue: clean, red: noisy examples)")
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_title(f"weights of 6 examples, width {width}", fontsize=10)
+        ax.legend(fontsize=8, loc="center right")
+    fig.suptitle(summary["title"], fontsize=10)
     fig.tight_layout()
     return fig

@@ -2,7 +2,7 @@
 
     python -m phases.sweep --out runs/sweep
 
-Each run draws the default Gaussian mixture (THEORY.md section 5) at one noise
+Each run draws the default Gaussian mixture (docs/theory.md section 5) at one noise
 rate and seed, evaluates the kernel blocks, simulates exact meta-reweighting of
 the linearized network without the C7 perturbations, and detects the phases
 (section 5). Runs are independent, so they go to a pool of local processes
@@ -26,7 +26,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from dynamics.cli import ArgumentParser, UserError, positive_int, versions, write_json
+from phases.cli import ArgumentParser, HelpFormatter, OutputDirectory, UserError, positive_int, run_main, versions, \
+    write_json
 from phases.detect import PhaseParams
 
 #: What every record holds (``None`` where a quantity does not exist, e.g. ``T_filter`` without noise).
@@ -39,7 +40,7 @@ RECORD_FIELDS = (
 
 @dataclasses.dataclass(frozen=True)
 class SweepSettings:
-    """What is shared by every run of a sweep (defaults: THEORY.md section 5).
+    """What is shared by every run of a sweep (defaults: docs/theory.md section 5).
 
     Problem: ``n, m, p`` training / clean / test examples, ``num_classes`` C,
     ``dim`` d, ``separation`` (norm of the class means), ``spread``, symmetric
@@ -85,21 +86,18 @@ def run_one(noise: float, seed: int, settings: SweepSettings) -> dict:
     inputs are the same at every noise rate and only the label flips differ,
     so curves against the noise rate are not blurred by a new data set per rate.
     """
-    from dynamics.problem import gaussian_mixture
-    from dynamics.simulate import KernelBlocks, MetaConfig, simulate
-    from kernels import KernelSpec, kernel
-    from phases.detect import detect_phases
+    from phases.experiments import SimulationConfig, run_simulation
 
     started = time.perf_counter()
-    problem = gaussian_mixture(np.random.default_rng(seed), n=settings.n, m=settings.m, p=settings.p,
-                               num_classes=settings.num_classes, dim=settings.dim, separation=settings.separation,
-                               spread=settings.spread, noise_rate=noise)
-    spec = KernelSpec(depth=settings.depth)
-    blocks = KernelBlocks.from_problem(problem, lambda a, b: kernel(spec, a, b))
-    config = MetaConfig(gamma=settings.gamma, steps=settings.steps, record_every=settings.record_every,
-                        perturb_draws=0)
-    trajectory = simulate(problem, blocks, config, seed=seed)
-    phases = detect_phases(trajectory, settings.phase_params)
+    params = settings.phase_params
+    config = SimulationConfig(noise=float(noise), seed=int(seed), n=settings.n, m=settings.m, p=settings.p,
+                              classes=settings.num_classes, dim=settings.dim, separation=settings.separation,
+                              spread=settings.spread, depth=settings.depth, gamma=settings.gamma,
+                              steps=settings.steps, record_every=settings.record_every, perturb_draws=0,
+                              align_fraction=params.align_fraction, window=params.window_fraction,
+                              min_window=params.min_window, tau=params.tau)
+    result = run_simulation(config, claims=False)
+    problem, trajectory, phases = result.problem, result.trajectory, result.phases
     stats = trajectory.weight_stats()
 
     def at_filter(series):
@@ -235,8 +233,10 @@ def _rates(text: str) -> list[float]:
 def build_parser() -> argparse.ArgumentParser:
     defaults = SweepSettings()
     parser = ArgumentParser(prog="python -m phases.sweep", description=__doc__.split("\n\n")[0],
-                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                     formatter_class=HelpFormatter)
     parser.add_argument("--out", required=True, help="output directory (sweep.json is written into it)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing output directory (only one this toolkit wrote)")
     parser.add_argument("--noise-rates", type=_rates, default=None,
                         help="comma-separated noise rates (default: 0, 0.05, ... below (C-1)/C)")
     parser.add_argument("--seeds", type=positive_int, default=4, help="number of seeds per rate (seeds 0..k-1)")
@@ -253,44 +253,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None) -> list[dict]:
+    """Run the sweep of command-line arguments; print its table; return the records."""
+    args = build_parser().parse_args(argv)
+    settings = SweepSettings(n=args.n, m=args.m, p=args.p, num_classes=args.classes, dim=args.dim,
+                             steps=args.steps, record_every=args.record_every, gamma=args.gamma)
+    rates = args.noise_rates if args.noise_rates is not None else default_noise_rates(args.classes)
+    limit = (args.classes - 1) / args.classes
+    if any(not 0 <= rate < limit for rate in rates) or not rates:
+        raise UserError(f"--noise-rates must lie in [0, {limit:.4g}) for {args.classes} classes, got {rates}")
+    if args.m < args.classes:
+        raise UserError(f"--m must be at least the class count {args.classes}, got {args.m}")
+    if args.record_every > args.steps:
+        raise UserError(f"--record-every must be at most --steps = {args.steps}, got {args.record_every}")
+    command = "python -m phases.sweep " + " ".join(sys.argv[1:] if argv is None else argv)
+    output = OutputDirectory(args.out, args.overwrite, command=command)
     from tqdm import tqdm
 
-    try:
-        args = build_parser().parse_args(argv)
-        settings = SweepSettings(n=args.n, m=args.m, p=args.p, num_classes=args.classes, dim=args.dim,
-                                 steps=args.steps, record_every=args.record_every, gamma=args.gamma)
-        rates = args.noise_rates if args.noise_rates is not None else default_noise_rates(args.classes)
-        if os.path.isfile(args.out):
-            raise UserError(f"--out {args.out} is a file; give a directory path")
-        try:
-            os.makedirs(args.out, exist_ok=True)
-        except OSError as error:
-            raise UserError(f"--out {args.out} cannot be written: {error.strerror}") from None
-        limit = (args.classes - 1) / args.classes
-        if any(not 0 <= rate < limit for rate in rates) or not rates:
-            raise UserError(f"--noise-rates must lie in [0, {limit:.4g}) for {args.classes} classes, got {rates}")
-        if args.m < args.classes:
-            raise UserError(f"--m must be at least the class count {args.classes}, got {args.m}")
-        started = time.perf_counter()
-        total = len(rates) * args.seeds
+    started = time.perf_counter()
+    total = len(rates) * args.seeds
+    with output as staging:
         with tqdm(total=total, unit="run", file=sys.stderr, disable=None) as bar:
             records = sweep(rates, range(args.seeds), settings, workers=args.workers,
                             progress=lambda record: bar.update())
-        payload = {
-            "command": "python -m phases.sweep " + " ".join(sys.argv[1:] if argv is None else argv),
+        write_json(os.path.join(staging, "sweep.json"), {
+            "command": command,
             "config": {"noise_rates": rates, "seeds": list(range(args.seeds)), "workers": args.workers,
                        "settings": settings_dict(settings), "versions": versions(),
                        "wall_s": time.perf_counter() - started},
             "records": records,
-        }
-        write_json(os.path.join(args.out, "sweep.json"), payload)
-    except UserError as error:
-        print(f"python -m phases.sweep: error: {error}", file=sys.stderr)
-        return 2
+        })
     print(summary_table(records))
     print(f"Wrote {os.path.join(args.out, 'sweep.json')} ({total} runs, {time.perf_counter() - started:.0f} s)")
-    return 0
+    return records
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main("python -m phases.sweep", lambda: run(argv))
 
 
 if __name__ == "__main__":

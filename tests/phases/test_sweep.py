@@ -60,3 +60,16 @@ def test_command_line_bad_input_exit_2(argv, tmp_path, capsys):
     assert main([*argv, "--out", str(tmp_path / "sweep")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("python -m phases.sweep: error: ") and err.count("\n") == 1
+
+
+def test_command_line_refuses_an_existing_output_and_leaves_nothing_on_bad_input(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    argv = ["--out", str(out), "--noise-rates", "0.2", "--seeds", "1", "--n", "40", "--m", "8", "--p", "20",
+            "--dim", "8", "--steps", "60", "--workers", "1"]
+    assert main(argv) == 0
+    first = (out / "sweep.json").read_bytes()
+    assert main(argv) == 2 and "--overwrite" in capsys.readouterr().err
+    assert (out / "sweep.json").read_bytes() == first
+    assert main([*argv, "--overwrite"]) == 0
+    assert main(["--out", str(tmp_path / "a" / "b"), "--noise-rates", "0.9"]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]

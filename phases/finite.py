@@ -1,0 +1,147 @@
+"""Claim C8: finite-width networks trained with exact bi-level meta-reweighting, against the linearized model.
+
+    python -m phases.finite --out DIR
+
+Trains finite-width MLPs (NTK parametrisation, centred outputs) with exact
+bi-level meta-reweighting (docs/theory.md section 2) beside the linearized
+model with the analytic NTK of the same architecture (same eta, beta, gamma
+and steps, full batch), and writes summary.json (log-log slope of the weight
+gap against width, with its standard error), width_<N>.json, problem.npz,
+linearized.npz, finite_w<N>_s<seed>.npz and finite.png into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from phases.cli import ArgumentParser, HelpFormatter, OutputDirectory, UserError, bounded, int_list, positive_int, \
+    run_main
+from phases.experiments import FiniteWidthConfig, read_config
+
+PROG = "python -m phases.finite"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = FiniteWidthConfig()
+    parser = ArgumentParser(prog=PROG, formatter_class=HelpFormatter, description=__doc__.split("\n\n")[0])
+    data = parser.add_argument_group("problem (Gaussian mixture of docs/theory.md section 5, smaller)")
+    data.add_argument("--n", type=positive_int, default=d.n, help="training examples")
+    data.add_argument("--m", type=positive_int, default=d.m, help="clean-subset examples (class-balanced)")
+    data.add_argument("--p", type=positive_int, default=d.p, help="test examples")
+    data.add_argument("--classes", type=positive_int, default=d.classes, help="number of classes C")
+    data.add_argument("--dim", type=positive_int, default=d.dim, help="input dimension d")
+    data.add_argument("--noise", type=float, default=d.noise, help="symmetric label-noise rate, in [0, (C-1)/C)")
+    data.add_argument("--problem-seed", type=int, default=d.problem_seed, help="seed of the problem draw (numpy)")
+    net = parser.add_argument_group("network (fully connected, NTK parametrisation)")
+    net.add_argument("--widths", type=int_list(1), default=list(d.widths),
+                     help="hidden-layer widths N, comma-separated (at least two)")
+    net.add_argument("--seeds", type=int_list(0), default=list(d.seeds),
+                     help="initialisation seeds (torch.Generator), comma-separated")
+    net.add_argument("--depth", type=positive_int, default=d.depth,
+                     help="hidden layers (2 is the default problem's network; its width^2 weights make N=4096 slow "
+                          "on a CPU)")
+    net.add_argument("--activation", choices=("relu", "erf"), default=d.activation, help="activation")
+    net.add_argument("--w-std", type=bounded(float, 0.0, strict=True), default=d.w_std,
+                     help="weight standard deviation (x 1/sqrt(fan_in))")
+    net.add_argument("--b-std", type=bounded(float, 0.0), default=d.b_std, help="bias standard deviation")
+    net.add_argument("--device", default=d.device,
+                     help="torch device of the finite networks (float64 on cpu, float32 on cuda)")
+    net.add_argument("--threads", type=positive_int, default=d.threads,
+                     help="torch intra-op threads (one was fastest on a shared 2-core machine)")
+    dyn = parser.add_argument_group("meta-reweighting (docs/theory.md section 2, full batch, persistent clipped "
+                                    "weights)")
+    dyn.add_argument("--loss", choices=("mse", "ce"), default=d.loss, help="mean squared error or cross-entropy")
+    dyn.add_argument("--steps", type=positive_int, default=d.steps, help="number of steps")
+    dyn.add_argument("--eta", type=bounded(float, 0.0, strict=True), default=d.eta,
+                     help="model step size, the same for both models (default: 1/lambda_max of the analytic K_XX, "
+                          "the simulator's default)")
+    dyn.add_argument("--beta", type=bounded(float, 0.0), default=d.beta,
+                     help="meta step size (weights move by beta/m * score)")
+    dyn.add_argument("--gamma", type=bounded(float, 0.0), default=d.gamma,
+                     help="weight of the clean-subset loss in training")
+    dyn.add_argument("--w0", type=float, default=d.w0, help="initial weight of every example, in [0, 1]")
+    out = parser.add_argument_group("output")
+    out.add_argument("--config", default=None, metavar="FILE",
+                     help="repeat the run saved in FILE (a summary.json, or its directory); flags override it")
+    out.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
+    out.add_argument("--overwrite", action="store_true",
+                     help="replace an existing output directory (only one this toolkit wrote)")
+    return parser
+
+
+def parse_config(argv: list[str] | None) -> tuple[FiniteWidthConfig, argparse.Namespace]:
+    """The configuration the command line asks for: ``--config`` settings, overridden by explicit flags."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.config is not None:
+        path = args.config
+        try:
+            settings = read_config(path if path.endswith(".json") else f"{path}/summary.json").get("settings")
+            if not isinstance(settings, dict):
+                raise ValueError(f"{path} holds no 'settings' (not written by {PROG})")
+            FiniteWidthConfig(**settings)
+        except (TypeError, ValueError) as error:
+            raise UserError(str(error)) from None
+        parser.set_defaults(**settings)
+        args = parser.parse_args(argv)
+    fields = {field.name for field in dataclasses.fields(FiniteWidthConfig)}
+    try:
+        config = FiniteWidthConfig(**{name: value for name, value in vars(args).items() if name in fields})
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    return config, args
+
+
+def run(argv: list[str] | None = None) -> dict:
+    """Run the C8 comparison from command-line arguments; print its table; return the summary."""
+    config, args = parse_config(argv)
+    try:
+        config.validate()
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    command = " ".join([PROG, *(sys.argv[1:] if argv is None else argv)])
+    output = OutputDirectory(args.out, args.overwrite, command=command)
+
+    import matplotlib
+
+    matplotlib.use("Agg")  # a command line draws to files only
+    from tqdm import tqdm
+
+    from dynamics.simulate import DivergenceError
+    from phases.experiments import run_finite_width
+
+    stages = iter(range(1, 4))
+    try:
+        with output as staging:
+            total = len(config.widths) * len(config.seeds) * config.steps
+            with tqdm(total=total, unit="step", file=sys.stderr, leave=False, disable=None) as bar:
+                def progress(width, seed, done):
+                    bar.set_description(f"N={width} seed {seed}", refresh=False)
+                    bar.update(1)
+
+                result = run_finite_width(config, progress=progress, stage=lambda text: print(
+                    f"[{next(stages)}/3] {text}", file=sys.stderr, flush=True))
+            result.save(staging, command=command)
+    except DivergenceError as error:
+        raise UserError(str(error)) from None
+
+    summary, linear_phases = result.summary, result.linear_phases
+    print(f"{'width':>6} {'weight gap':>11} {'output gap':>11} {'T_align':>12} {'T_filter':>14} {'boundary gap':>13}")
+    for row in summary["per_width"]:
+        print(f"{row['width']:>6} {row['weight_gap']['mean']:>11.4g} {row['output_gap']['mean']:>11.4g} "
+              f"{str(row['T_align']['per_seed']):>12} {str(row['T_filter']['per_seed']):>14} "
+              f"{row['boundary_rel_gap_max']:>13.3g}")
+    print(f"linearized: T_align={linear_phases.T_align}, T_filter={linear_phases.T_filter}")
+    print(f"slope of the weight gap vs width: {summary['slope']:.3f} +/- {summary['slope_stderr']:.3f} "
+          f"({summary['points']} points); wrote {args.out}/ in {summary['runtime_s']:.0f} s")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(PROG, lambda: run(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""The plumbing every command shares: marker-guarded, whole-or-nothing output directories and atomic files."""
+
+import json
+import multiprocessing
+import os
+
+import pytest
+
+from phases.cli import MARKER, OutputDirectory, UserError, bounded, check_output_path, write_json
+
+
+def _publish(out, overwrite=False, content="new"):
+    with OutputDirectory(str(out), overwrite) as staging:
+        (open(os.path.join(staging, "result.txt"), "w")).write(content)
+
+
+def test_output_is_published_whole_with_its_marker_and_ordinary_permissions(tmp_path):
+    out = tmp_path / "run"
+    _publish(out)
+    assert (out / "result.txt").read_text() == "new" and (out / MARKER).is_file()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (os.stat(out).st_mode & 0o777) == 0o777 & ~umask
+    assert (os.stat(out / "result.txt").st_mode & 0o777) == 0o666 & ~umask
+    assert sorted(os.listdir(tmp_path)) == ["run"]
+
+
+def test_overwrite_replaces_only_a_toolkit_output(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "precious.bin").write_bytes(b"x")
+    with pytest.raises(UserError, match="not written by this toolkit"):
+        OutputDirectory(str(data), overwrite=True)
+    assert (data / "precious.bin").read_bytes() == b"x"
+    out = tmp_path / "run"
+    _publish(out, content="first")
+    with pytest.raises(UserError, match="--overwrite"):
+        OutputDirectory(str(out))
+    _publish(out, overwrite=True, content="second")
+    assert (out / "result.txt").read_text() == "second"
+    assert sorted(os.listdir(tmp_path)) == ["data", "run"]
+
+
+@pytest.mark.parametrize("make", ["cwd", "ancestor_of_cwd", "symlink", "file", "empty", "long", "data_folder"])
+def test_dangerous_paths_are_refused_before_any_work(tmp_path, monkeypatch, make):
+    work = tmp_path / "work"
+    (work / "inner").mkdir(parents=True)
+    monkeypatch.chdir(work / "inner")
+    (work / "inner" / MARKER).write_text("{}")  # even a marked directory is refused when it holds the cwd
+    target = {
+        "cwd": ".",
+        "ancestor_of_cwd": str(work),
+        "symlink": str(tmp_path / "link"),
+        "file": str(tmp_path / "file"),
+        "empty": "",
+        "long": str(tmp_path / ("x" * 240)),
+        "data_folder": str(tmp_path / "shared" / "data" / "out"),
+    }[make]
+    if make == "symlink":
+        (tmp_path / "real").mkdir()
+        os.symlink(tmp_path / "real", tmp_path / "link")
+    if make == "file":
+        (tmp_path / "file").write_text("keep")
+    if make == "data_folder":
+        (tmp_path / "shared" / "data").mkdir(parents=True)
+        (tmp_path / "shared" / "SHA256SUMS").write_text("")
+    before = sorted(os.walk(tmp_path))
+    with pytest.raises(UserError):
+        check_output_path(target, overwrite=True)
+    assert sorted(os.walk(tmp_path)) == before
+
+
+def test_a_failed_run_leaves_nothing_not_even_new_parents(tmp_path):
+    out = tmp_path / "a" / "b" / "run"
+    with pytest.raises(RuntimeError):
+        with OutputDirectory(str(out)):
+            raise RuntimeError("the run broke")
+    assert os.listdir(tmp_path) == []
+
+
+def _race(out, content, start, done):
+    start.wait()
+    try:
+        _publish(out, content=content)
+        done.put(("ok", content))
+    except UserError as error:
+        done.put(("refused", str(error)))
+
+
+def test_two_runs_to_one_output_never_replace_a_finished_result(tmp_path):
+    out = tmp_path / "run"
+    # Both runs pass the up-front check; the one that publishes second must fail, not replace the first.
+    first, second = OutputDirectory(str(out)), OutputDirectory(str(out))
+    with first as staging:
+        open(os.path.join(staging, "result.txt"), "w").write("first")
+    with pytest.raises(UserError, match="another run"):
+        with second as staging:
+            open(os.path.join(staging, "result.txt"), "w").write("second")
+    assert (out / "result.txt").read_text() == "first"
+    assert sorted(os.listdir(tmp_path)) == ["run"]
+
+
+def test_two_processes_racing_keep_exactly_one_result(tmp_path):
+    context = multiprocessing.get_context("fork")
+    start, done = context.Event(), context.Queue()
+    workers = [context.Process(target=_race, args=(tmp_path / "run", name, start, done)) for name in ("a", "b")]
+    for worker in workers:
+        worker.start()
+    start.set()
+    for worker in workers:
+        worker.join(30)
+    outcomes = sorted(done.get(timeout=5) for _ in workers)
+    assert [kind for kind, _ in outcomes].count("ok") >= 1
+    winner = (tmp_path / "run" / "result.txt").read_text()
+    assert ("ok", winner) in outcomes
+    assert sorted(os.listdir(tmp_path)) == ["run"]
+
+
+def test_staging_left_by_a_killed_run_is_removed_by_the_next(tmp_path):
+    dead = tmp_path / ".run.staging-999999999-abc"  # no such process
+    dead.mkdir()
+    alive = tmp_path / f".run.staging-{os.getpid()}-abc"
+    alive.mkdir()
+    _publish(tmp_path / "run")
+    assert sorted(os.listdir(tmp_path)) == [alive.name, "run"]
+
+
+def test_json_has_no_nan_and_bounded_refuses_non_finite(tmp_path):
+    path = tmp_path / "x.json"
+    write_json(path, {"a": float("nan"), "b": [1.5, float("inf")]})
+    assert json.loads(path.read_text()) == {"a": None, "b": [1.5, None]}
+    parse = bounded(float, 0.0)
+    for text in ("nan", "inf", "-1"):
+        with pytest.raises(Exception, match="must be"):
+            parse(text)
+    assert parse("0") == 0.0
