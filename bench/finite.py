@@ -73,7 +73,7 @@ def main() -> None:
     parser = _Parser(prog="bench/finite.py", description=__doc__.split("\n\n")[0],
                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--widths", type=_widths, default=[256, 1024], help="hidden-layer widths, comma-separated")
-    parser.add_argument("--depth", type=int, default=2, help="hidden layers (2: THEORY.md's network)")
+    parser.add_argument("--depth", type=int, default=2, help="hidden layers (2: docs/theory.md's network)")
     parser.add_argument("--repeats", type=_positive_int, default=5, help="timed steps per measurement (median)")
     parser.add_argument("--threads", type=_positive_int, default=1,
                         help="torch intra-op CPU threads (on a loaded 2-core machine two threads were 50x slower "

@@ -445,7 +445,7 @@ def load_cifar10_images(data_dir=DEFAULT_DATA_DIR, *, clean_label: np.ndarray | 
 
 @dataclasses.dataclass(frozen=True)
 class ImageProblem:
-    """A noisy-label problem on images (THEORY.md section 0), before featurisation.
+    """A noisy-label problem on images (docs/theory.md section 0), before featurisation.
 
     Mirrors :class:`~dynamics.problem.Problem` with uint8 images in place of
     float64 inputs; :meth:`to_problem` applies a feature map to get one.

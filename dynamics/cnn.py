@@ -5,7 +5,7 @@ three convolution blocks (32, 64, 128 channels times ``width``), global
 average pooling and a linear head. The ResNet-34 of the CIFAR-10N paper is
 not provided; full-scale runs are out of this module's scope.
 
-Randomness enters only through a ``torch.Generator`` argument (ARCHITECTURE
+Randomness enters only through a ``torch.Generator`` argument (docs/architecture.md
 convention 4): the weights are drawn from it explicitly, and building a
 network or augmenting a batch leaves torch's global random state untouched.
 """

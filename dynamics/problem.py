@@ -1,6 +1,6 @@
 """Noisy-label problems: a validated container, noise models, and generators.
 
-A :class:`Problem` holds what THEORY.md section 0 names: training inputs with
+A :class:`Problem` holds what docs/theory.md section 0 names: training inputs with
 observed (noisy) and true labels, a small clean ("meta") subset and a test
 set. The noise mask ``y_noisy != y_true`` is for scoring only; no method reads
 it.
@@ -17,7 +17,7 @@ NOISE_TYPES = ("symmetric", "pair", "instance")
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
-    """A noisy-label classification problem (THEORY.md section 0).
+    """A noisy-label classification problem (docs/theory.md section 0).
 
     Attributes
     ----------
@@ -208,7 +208,7 @@ def gaussian_mixture(
     noise_rate: float = 0.4,
     noise_type: str = "symmetric",
 ) -> Problem:
-    """The default synthetic problem of THEORY.md section 5.
+    """The default synthetic problem of docs/theory.md section 5.
 
     ``C`` class means of norm ``separation`` in random directions, isotropic
     Gaussian spread ``spread``, inputs rescaled to norm ``sqrt(dim)``. Training

@@ -1,11 +1,9 @@
-"""The record every run returns (THEORY.md section 3), saved and loaded without loss."""
+"""The record every run returns (docs/theory.md section 3), saved and loaded without loss."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 
 import numpy as np
 
@@ -20,7 +18,7 @@ _STATIC = ("noisy", "label_similarity", "k_meta_norm", "outputs", "meta_outputs"
 
 @dataclasses.dataclass(frozen=True)
 class Trajectory:
-    """What one meta-reweighting run recorded, at steps ``step`` (THEORY.md section 3).
+    """What one meta-reweighting run recorded, at steps ``step`` (docs/theory.md section 3).
 
     Row ``t`` describes the state *entering* step ``step[t]``: ``w[t]`` is the
     weight vector before that step's meta update (``w[0] = w0``), ``score[t]``
@@ -79,7 +77,7 @@ class Trajectory:
         return np.abs(self.velocity).max(axis=1)
 
     def weight_stats(self) -> dict[str, np.ndarray]:
-        """Per-record scores of ``w`` as a clean-vs-noisy detector (THEORY.md section 3).
+        """Per-record scores of ``w`` as a clean-vs-noisy detector (docs/theory.md section 3).
 
         Returns arrays of shape (T,): ``mean_w_clean``, ``mean_w_noisy``,
         ``frac_noisy_zero`` (noisy examples at ``w = 0``), ``frac_clean_zero``,
@@ -92,19 +90,11 @@ class Trajectory:
         return self.__dict__["_weight_stats"]
 
     def save(self, path) -> None:
-        """Write ``path`` (npz) atomically: a temporary name, then a rename."""
+        """Write ``path`` (npz). Not atomic on its own: the commands write into a staging directory that
+        :class:`phases.cli.OutputDirectory` publishes whole."""
         arrays = {name: getattr(self, name) for name in _SERIES + _STATIC}
         arrays["config"] = np.array(json.dumps(self.config, sort_keys=True))
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz.tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez(handle, **arrays)  # float64 series barely compress; zlib would cost seconds
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        np.savez(path, **arrays)  # float64 series barely compress; zlib would cost seconds
 
     @classmethod
     def load(cls, path) -> Trajectory:

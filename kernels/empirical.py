@@ -1,4 +1,4 @@
-"""Finite-width networks and their empirical NTK (THEORY.md section 1).
+"""Finite-width networks and their empirical NTK (docs/theory.md section 1).
 
 ``MLP`` is the torch twin of ``kernels.infinite.stax_network``: the same
 layers in the same NTK parametrisation, so that its empirical NTK converges to

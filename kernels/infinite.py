@@ -1,4 +1,4 @@
-"""Infinite-width NTK and NNGP of fully connected networks (THEORY.md section 1).
+"""Infinite-width NTK and NNGP of fully connected networks (docs/theory.md section 1).
 
 The kernels come from neural-tangents' ``stax`` layer recursion in the NTK
 parametrisation, in float64, evaluated in row blocks so that the memory of
@@ -25,7 +25,7 @@ class KernelSpec:
     """A fully connected network ``Dense -> (act -> Dense) * depth``.
 
     ``depth`` is the number of hidden layers (the default two hidden ReLU
-    layers is THEORY.md section 5's network), ``W_std`` and ``b_std`` the
+    layers is docs/theory.md section 5's network), ``W_std`` and ``b_std`` the
     standard deviations of weights (times ``1/sqrt(fan_in)``) and biases in
     the NTK parametrisation; ``kind`` selects the NTK or the NNGP.
     """

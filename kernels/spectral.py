@@ -1,7 +1,7 @@
-"""Spectral tools for kernel matrices (THEORY.md claim C9).
+"""Spectral tools for kernel matrices (docs/theory.md claim C9).
 
 The eigendecomposition is the expensive part; ``eigh_kernel`` does it once
-and the share functions take its eigenvectors (ARCHITECTURE convention 2).
+and the share functions take its eigenvectors (docs/architecture.md, convention 2).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Reading trajectories: phase boundaries, the claims of THEORY.md, reports and command lines."""
+"""Reading trajectories: phase boundaries, the claims of docs/theory.md, reports and command lines."""
 
 from phases.claims import Claim, Thresholds, check_claims
 from phases.detect import Phase, PhaseParams, Phases, detect, detect_phases

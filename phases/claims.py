@@ -1,4 +1,4 @@
-"""The claims of THEORY.md section 4, measured on one trajectory.
+"""The claims of docs/theory.md section 4, measured on one trajectory.
 
 Each check returns a :class:`Claim`: what was measured, the bound or threshold
 it is held to, the verdict (``holds``, ``fails`` or ``n/a`` with the reason)

@@ -1,4 +1,4 @@
-"""The three phases of meta-reweighting, found on a trajectory (THEORY.md section 5).
+"""The three phases of meta-reweighting, found on a trajectory (docs/theory.md section 5).
 
 - ``T_align``: the first step at which the mean weight of the clean examples
   reaches ``align_fraction`` (99%) of its maximum over the run.
@@ -27,7 +27,7 @@ PHASE_NAMES = ("alignment", "filtering", "post-filtering")
 
 @dataclasses.dataclass(frozen=True)
 class PhaseParams:
-    """The documented, configurable parameters of the boundaries (THEORY.md section 5)."""
+    """The documented, configurable parameters of the boundaries (docs/theory.md section 5)."""
 
     align_fraction: float = 0.99
     window_fraction: float = 0.05

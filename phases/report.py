@@ -102,10 +102,15 @@ def _measured_text(claim: dict) -> str:
     return ", ".join(f"{key}={show(value)}" for key, value in claim["measured"].items())
 
 
-def claims_table(claims: list[dict]) -> str:
-    """The claims table: what was measured, the threshold, the verdict and its margin."""
+def claims_table(claims: list) -> str:
+    """The claims table: what was measured, the threshold, the verdict and its margin.
+
+    ``claims`` : what :func:`phases.claims.check_claims` returns (``Claim`` objects), or their dicts as saved
+    in ``summary.json``.
+    """
     lines = [f"{'claim':<6}{'verdict':<9}{'margin':>9}  what / threshold / measured", "-" * 100]
     for claim in claims:
+        claim = claim if isinstance(claim, dict) else dataclasses.asdict(claim)
         margin = "-" if claim["margin"] is None else f"{claim['margin']:+.3g}"
         lines.append(f"{claim['id']:<6}{claim['verdict']:<9}{margin:>9}  {claim['name']}")
         if claim["threshold"]:

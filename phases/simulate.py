@@ -105,8 +105,15 @@ def parse_config(argv: list[str] | None) -> tuple[SimulationConfig, argparse.Nam
     try:
         config = SimulationConfig(**{name: value for name, value in vars(args).items() if name in fields})
     except ValueError as error:
-        raise UserError(str(error)) from None
+        raise UserError(_as_flags(str(error))) from None
     return config, args
+
+
+def _as_flags(message: str) -> str:
+    """Name a setting in an error message as its flag (``batch_size must ...`` -> ``--batch-size must ...``)."""
+    fields = {field.name for field in dataclasses.fields(SimulationConfig)}
+    name = message.split(" ", 1)[0]
+    return f"--{name.replace('_', '-')}{message[len(name):]}" if name in fields else message
 
 
 def _stage(counter: list[int], text: str) -> None:
@@ -121,7 +128,7 @@ def run(argv: list[str] | None = None) -> dict:
     try:
         config.validate()
     except ValueError as error:
-        raise UserError(str(error)) from None
+        raise UserError(_as_flags(str(error))) from None
     out = args.out or os.path.join("runs", time.strftime("simulate-%Y%m%d-%H%M%S"))
     command = " ".join([PROG, *(sys.argv[1:] if argv is None else argv)])
     output = OutputDirectory(out, args.overwrite, command=command)

@@ -1,4 +1,4 @@
-"""The one tolerance helper of the test suite (ARCHITECTURE convention 5).
+"""The one tolerance helper of the test suite (docs/architecture.md, convention 5).
 
 Tolerances are keyed by dtype. A test that needs a looser tolerance passes
 ``rtol``/``atol`` explicitly, with a comment saying why.

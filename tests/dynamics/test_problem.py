@@ -1,4 +1,4 @@
-"""Problems, noise models and generators (THEORY.md section 0, ``dynamics/problem.py``).
+"""Problems, noise models and generators (docs/theory.md section 0, ``dynamics/problem.py``).
 
 Statistical assertions use exact binomial tails at the probability of a
 4.5-standard-deviation normal excursion, ``q = 3.4e-6`` per side (see

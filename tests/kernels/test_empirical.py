@@ -1,4 +1,4 @@
-"""Finite-width MLP and its empirical NTK (THEORY.md section 1)."""
+"""Finite-width MLP and its empirical NTK (docs/theory.md section 1)."""
 
 import dataclasses
 import math

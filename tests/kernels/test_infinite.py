@@ -1,4 +1,4 @@
-"""Analytic NTK / NNGP of kernels.infinite (THEORY.md section 1)."""
+"""Analytic NTK / NNGP of kernels.infinite (docs/theory.md section 1)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Spectral tools (THEORY.md claim C9)."""
+"""Spectral tools (docs/theory.md claim C9)."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Phase detection on constructed signals whose boundaries are known (THEORY.md section 5)."""
+"""Phase detection on constructed signals whose boundaries are known (docs/theory.md section 5)."""
 
 import numpy as np
 import pytest
