@@ -6,20 +6,17 @@ Times one full-batch step of :func:`dynamics.finite.step` (look-ahead,
 autodiff meta-gradient through it, clipped weight update, model update)
 and one step of :func:`dynamics.finite.sgd_step` (the model update alone, fixed
 weights), side by side on the same network and problem (the Gaussian mixture
-of ``python -m dynamics.finite``: n=200, m=40, p=200, C=4, d=16), at each
+of ``python -m phases.finite``: n=200, m=40, p=200, C=4, d=16), at each
 width, on the CPU (float64) and, when torch sees one, on the GPU (float32).
 Prints a table and writes the numbers and the configuration as JSON.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -29,29 +26,9 @@ from dynamics.finite import NetworkConfig, init, sgd_step, step
 from dynamics.problem import gaussian_mixture
 from dynamics.simulate import MetaConfig
 from kernels.infinite import KernelSpec
+from phases.cli import ArgumentParser, HelpFormatter, bounded, int_list, positive_int, run_main, versions, write_json
 
-
-def _widths(text: str) -> list[int]:
-    try:
-        values = [int(item) for item in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"must be comma-separated positive integers, got {text!r}")
-    return values
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        print(f"bench/finite.py: error: {message}", file=sys.stderr)
-        sys.exit(2)
+PROG = "bench/finite.py"
 
 
 def _median_seconds(function, device: torch.device, repeats: int) -> float:
@@ -69,19 +46,16 @@ def _median_seconds(function, device: torch.device, repeats: int) -> float:
     return statistics.median(timed() for _ in range(repeats))
 
 
-def main() -> None:
-    parser = _Parser(prog="bench/finite.py", description=__doc__.split("\n\n")[0],
-                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--widths", type=_widths, default=[256, 1024], help="hidden-layer widths, comma-separated")
-    parser.add_argument("--depth", type=int, default=2, help="hidden layers (2: docs/theory.md's network)")
-    parser.add_argument("--repeats", type=_positive_int, default=5, help="timed steps per measurement (median)")
-    parser.add_argument("--threads", type=_positive_int, default=1,
+def run(argv: list[str] | None = None) -> None:
+    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    parser.add_argument("--widths", type=int_list(1), default=[256, 1024], help="hidden-layer widths, comma-separated")
+    parser.add_argument("--depth", type=bounded(int, 0), default=2, help="hidden layers (2: docs/theory.md's network)")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="timed steps per measurement (median)")
+    parser.add_argument("--threads", type=positive_int, default=1,
                         help="torch intra-op CPU threads (on a loaded 2-core machine two threads were 50x slower "
                              "than one, measured)")
     parser.add_argument("--out", default=os.path.join("bench", "finite.json"), help="JSON file written")
-    args = parser.parse_args()
-    if args.depth < 0:
-        parser.error(f"--depth must be >= 0, got {args.depth}")
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     problem = gaussian_mixture(np.random.default_rng(0), n=200, m=40, p=200, num_classes=4, dim=16)
@@ -108,17 +82,12 @@ def main() -> None:
                      "(dynamics.finite.sgd_step), median seconds per step",
         "problem": {"name": problem.name, "n": 200, "m": 40, "p": 200, "num_classes": 4, "dim": 16},
         "depth": args.depth, "repeats": args.repeats, "threads": args.threads, "results": results,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
+        "versions": versions(),
         "machine": platform.platform(),
     }
-    directory = os.path.dirname(os.path.abspath(args.out))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".json.tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(record, handle, indent=2)
-    os.replace(tmp, args.out)
+    write_json(args.out, record)
     print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(PROG, run))
