@@ -8,7 +8,7 @@ import importlib
 
 _EXPORTS = {
     "kernels.infinite": ("KernelSpec", "kernel", "stax_network"),
-    "kernels.empirical": ("MLP", "empirical_ntk", "empirical_ntk_autodiff"),
+    "kernels.empirical": ("MLP", "empirical_ntk", "empirical_ntk_autodiff", "per_example_jacobians"),
     "kernels.spectral": ("class_mean_kernel", "eigh_kernel", "energy_profile", "top_energy_share"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}

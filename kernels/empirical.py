@@ -182,25 +182,38 @@ def empirical_ntk_autodiff(model: torch.nn.Module, x1, x2=None, *, block_rows: i
     -------
     (n1, n2) float64 array.
     """
-    params = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
-
-    def single_output(p, x):
-        return functional_call(model, p, (x[None],))[0]
-
-    per_example_jacobian = vmap(jacrev(single_output), in_dims=(None, 0))
-
-    def jacobian(x):
-        blocks = []
-        for start in range(0, x.shape[0], block_rows):
-            jac = per_example_jacobian(params, x[start:start + block_rows])
-            blocks.append(torch.cat([j.reshape(j.shape[0], j.shape[1], -1) for j in jac.values()], dim=2))
-        return torch.cat(blocks)  # (N, C, #params)
-
     x1 = _as_model_tensor(model, x1)
-    j1 = jacobian(x1)
-    j2 = j1 if x2 is None else jacobian(_as_model_tensor(model, x2))
+    j1 = per_example_jacobians(model, x1, block_rows=block_rows)
+    j2 = j1 if x2 is None else per_example_jacobians(model, _as_model_tensor(model, x2), block_rows=block_rows)
     k = torch.einsum("acp,bcp->ab", j1, j2) / j1.shape[1]
     return k.detach().to(torch.float64).cpu().numpy()
 
 
-__all__ = ["MLP", "empirical_ntk", "empirical_ntk_autodiff"]
+def per_example_jacobians(model: torch.nn.Module, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None, *,
+                          block_rows: int = 64) -> torch.Tensor:
+    """Jacobians ``J_c(x_a)`` of every output with respect to every parameter, ``(N, C, #params)``.
+
+    By ``torch.func`` (``vmap(jacrev)``) at ``params`` (default: the module's
+    own parameters that require gradients), ``block_rows`` examples at a time.
+
+    Parameters
+    ----------
+    model : maps ``(N, d)`` to ``(N, C)``.
+    x : (N, d) inputs, on the model's device and dtype.
+    params : name -> tensor, the point at which to differentiate.
+    """
+    if params is None:
+        params = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+
+    def single_output(p, example):
+        return functional_call(model, p, (example[None],))[0]
+
+    per_example = vmap(jacrev(single_output), in_dims=(None, 0))
+    blocks = []
+    for start in range(0, x.shape[0], block_rows):
+        jac = per_example(params, x[start:start + block_rows])
+        blocks.append(torch.cat([j.reshape(j.shape[0], j.shape[1], -1) for j in jac.values()], dim=2))
+    return torch.cat(blocks)
+
+
+__all__ = ["MLP", "empirical_ntk", "empirical_ntk_autodiff", "per_example_jacobians"]
