@@ -38,7 +38,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from dynamics.problem import Problem
+from dynamics.problem import Problem, class_labels
 
 # The repository root is the parent of this package; the data folder sits beside it.
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
@@ -492,15 +492,13 @@ class ImageProblem:
             if shape not in (None, value.shape[1:]):
                 raise ValueError(f"{images} has image shape {value.shape[1:]}, images {shape}")
             shape = value.shape[1:]
-            for field in (*labels, index):
-                array = np.asarray(getattr(self, field))
-                if array.shape != (value.shape[0],) or not np.issubdtype(array.dtype, np.integer):
-                    raise ValueError(f"{field} must be {value.shape[0]} integers to match {images}")
-                object.__setattr__(self, field, array.astype(np.int64))
             for field in labels:
-                array = getattr(self, field)
-                if array.size and (array.min() < 0 or array.max() >= self.num_classes):
-                    raise ValueError(f"{field} must lie in [0, {self.num_classes})")
+                object.__setattr__(self, field, class_labels(field, getattr(self, field), value.shape[0],
+                                                             self.num_classes))
+            positions = np.asarray(getattr(self, index))
+            if positions.shape != (value.shape[0],) or not np.issubdtype(positions.dtype, np.integer):
+                raise ValueError(f"{index} must be {value.shape[0]} integers to match {images}")
+            object.__setattr__(self, index, positions.astype(np.int64))
 
     @property
     def noisy(self) -> np.ndarray:

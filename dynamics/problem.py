@@ -15,6 +15,23 @@ import numpy as np
 NOISE_TYPES = ("symmetric", "pair", "instance")
 
 
+def class_labels(name: str, labels, size: int, num_classes: int | None = None) -> np.ndarray:
+    """``labels`` as ``(size,)`` int64 class indices in ``[0, num_classes)`` (``None``: only ``>= 0``).
+
+    The one label check of the package: a wrong shape, a non-integer dtype or an index out of range is a
+    ``ValueError`` naming ``name``, with the offending range, never the array itself.
+    """
+    labels = np.asarray(labels)
+    if labels.shape != (size,):
+        raise ValueError(f"{name} must have shape ({size},), one label per example, got {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{name} must hold integer class indices, got dtype {labels.dtype}")
+    if size and (labels.min() < 0 or (num_classes is not None and labels.max() >= num_classes)):
+        bound = "non-negative" if num_classes is None else f"in [0, {num_classes})"
+        raise ValueError(f"{name} must be class indices {bound}, got range [{labels.min()}, {labels.max()}]")
+    return labels.astype(np.int64)
+
+
 @dataclasses.dataclass(frozen=True)
 class Problem:
     """A noisy-label classification problem (docs/theory.md section 0).
@@ -62,14 +79,7 @@ class Problem:
             raise ValueError(f"num_classes must be at least 2, got {C}")
         object.__setattr__(self, "num_classes", C)
         for field, inputs in (("y_noisy", "X"), ("y_true", "X"), ("y_meta", "X_meta"), ("y_test", "X_test")):
-            labels = np.asarray(getattr(self, field))
-            if labels.shape != (getattr(self, inputs).shape[0],):
-                raise ValueError(f"{field} must have shape ({getattr(self, inputs).shape[0]},), got {labels.shape}")
-            if not np.issubdtype(labels.dtype, np.integer):
-                raise ValueError(f"{field} must hold integer class indices, got dtype {labels.dtype}")
-            if labels.min() < 0 or labels.max() >= C:
-                raise ValueError(f"{field} must lie in [0, {C}), got range [{labels.min()}, {labels.max()}]")
-            object.__setattr__(self, field, labels.astype(np.int64))
+            object.__setattr__(self, field, class_labels(field, getattr(self, field), getattr(self, inputs).shape[0], C))
         missing = sorted(set(range(C)) - set(self.y_meta.tolist()))
         if missing:
             raise ValueError(f"y_meta (the clean subset) has no example of classes {missing}; it needs every class")
@@ -164,10 +174,8 @@ def corrupt_labels(
     ``a`` keeps its label with probability ``1 - mean_{i: y_i = a} p_i``.
     """
     _check_rate(noise_rate, num_classes, noise_type)
-    y_true = np.asarray(y_true, dtype=np.int64)
-    n = y_true.shape[0]
-    if n and (y_true.min() < 0 or y_true.max() >= num_classes):
-        raise ValueError(f"y_true must lie in [0, {num_classes}), got range [{y_true.min()}, {y_true.max()}]")
+    n = np.shape(y_true)[0]
+    y_true = class_labels("y_true", y_true, n, num_classes)
     if noise_type == "instance":
         if X is None or np.shape(X)[0] != n:
             raise ValueError(f"instance-dependent noise needs the inputs X with one row per label ({n})")

@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from dynamics.problem import class_labels
+
 RULES = ("reference", "sign")
 _BLOCK_ROWS = 1024
 
@@ -55,25 +57,14 @@ def _as_features(name: str, x) -> np.ndarray:
     return x
 
 
-def _as_labels(name: str, y, size: int) -> np.ndarray:
-    y = np.asarray(y)
-    if y.shape != (size,):
-        raise ValueError(f"{name} must have shape ({size},), one label per example, got {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"{name} must hold integer class indices, got dtype {y.dtype}")
-    if y.min() < 0:
-        raise ValueError(f"{name} must be non-negative class indices, got minimum {y.min()}")
-    return y.astype(np.int64)
-
-
 def _validated(features, meta_features, meta_labels, num_classes, labels=None):
     """Checked float64 / int64 arrays and ``C``; every clean class must be present."""
     Phi = _as_features("features", features)
     Psi = _as_features("meta_features", meta_features)
     if Phi.shape[1] != Psi.shape[1]:
         raise ValueError(f"meta_features has {Psi.shape[1]} features per example, features has {Phi.shape[1]}")
-    y_meta = _as_labels("meta_labels", meta_labels, len(Psi))
-    y = None if labels is None else _as_labels("labels", labels, len(Phi))
+    y_meta = class_labels("meta_labels", meta_labels, len(Psi))
+    y = None if labels is None else class_labels("labels", labels, len(Phi))
     if num_classes is None:
         num_classes = 1 + max(y_meta.max(), -1 if y is None else y.max())
     if not isinstance(num_classes, (int, np.integer)) or num_classes < 2:

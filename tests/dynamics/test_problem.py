@@ -350,7 +350,7 @@ def test_labels_of_the_wrong_length_are_refused(arrays, field, change):
     labels = arrays[field]
     labels = np.concatenate([labels, labels[:1]]) if change > 0 else labels[:-1]
     expected = len(arrays[_LABEL_FIELDS[field]])
-    with pytest.raises(ValueError, match=re.escape(f"{field} must have shape ({expected},), got ({len(labels)},)")):
+    with pytest.raises(ValueError, match=re.escape(f"{field} must have shape ({expected},), one label per example, got ({len(labels)},)")):
         Problem(**dict(arrays, **{field: labels}))
 
 
@@ -384,7 +384,7 @@ def test_labels_out_of_range_are_refused(arrays, field, above, seed):
     labels = arrays[field].copy()
     C = arrays["num_classes"]
     labels[np.random.default_rng(seed).integers(len(labels))] = C if above else -1
-    with pytest.raises(ValueError, match=rf"{field} must lie in \[0, {C}\), got range"):
+    with pytest.raises(ValueError, match=rf"{field} must be class indices in \[0, {C}\), got range"):
         Problem(**dict(arrays, **{field: labels}))
 
 
