@@ -1,40 +1,61 @@
-"""The claims of docs/theory.md section 4, measured on one trajectory.
+"""The claims of docs/theory.md sections 4 and 4.1, measured on one trajectory.
 
-Each check returns a :class:`Claim`: what was measured, the bound or threshold
-it is held to, the verdict (``holds``, ``fails`` or ``n/a`` with the reason)
-and the margin (positive when the claim holds, in the units of the
-measurement). Thresholds are the documented defaults of :class:`Thresholds`.
+Each check returns a :class:`Claim`: what was measured, the threshold it is
+held to, the verdict (``holds``, ``fails`` or ``n/a`` with the reason), the
+margin (positive when the claim holds, in the units of the measurement; a
+claim with several parts reports its smallest margin) and its ``kind``:
+
+- ``identity``: holds by construction (C2 by clipping, C4's inequality by
+  Cauchy-Schwarz, C5's stability condition by the default step size); a
+  failure means a bug, a success is no evidence for the theory;
+- ``problem``: a property of the data and the kernel alone (C9);
+- ``theory``: a prediction that a wrong theory would miss (C3, C4', C5',
+  C6 at ``T_filter`` and at the end, C7, C12). Only these carry evidence.
+
+Thresholds are the documented defaults of :class:`Thresholds`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
-from scipy.stats import spearmanr
 
 from kernels.spectral import top_energy_share
-from phases.detect import Phases
+from phases.detect import NO_PHASES, Phases
 
 HOLDS, FAILS, NOT_APPLICABLE = "holds", "fails", "n/a"
+IDENTITY, PROBLEM, THEORY = "identity", "problem", "theory"
 
 
 @dataclasses.dataclass(frozen=True)
 class Thresholds:
-    """What each measured claim is held to.
+    """What each claim under test is held to (docs/theory.md section 4.1), each chosen so that a wrong theory misses.
 
-    c3_rank_correlation : least Spearman correlation between the first weight
-        step and the label-signed similarity ``a`` (at ``eta -> 0`` they are
-        equal; at the default ``eta`` the step is ``a`` plus an ``O(eta)`` term).
+    c3_first_step_auc : least AUC of the first weight step as a clean-vs-noisy
+        score (a step blind to the labels scores 1/2).
+    c4_velocity_fall : least factor by which the largest weight velocity falls
+        over the run when ``gamma > 0`` (and most, when ``gamma = 0``).
+    c4_ratio_spread : largest max/min over post-filtering of ``velocity /
+        sqrt(L_meta)`` (proportionality; 1 is exact).
+    c5_rate_error : largest relative error of the predicted ``1 - rho`` in
+        post-filtering (the eigenvalues a wrong choice would pick differ by
+        orders of magnitude).
     c6_noisy_zero, c6_clean_zero : least share of noisy and largest share of
-        clean examples at ``w = 0`` at the end of filtering.
+        clean examples at ``w = 0``, at ``T_filter`` and at the end.
     c7_alignment_flip : largest mean C7 flip rate in alignment.
+    c12_auc_drop : least fall of the AUC of ``w`` from its peak to the end.
     """
 
-    c3_rank_correlation: float = 0.9
+    c3_first_step_auc: float = 0.75
+    c4_velocity_fall: float = 10.0
+    c4_ratio_spread: float = 2.0
+    c5_rate_error: float = 0.5
     c6_noisy_zero: float = 0.5
     c6_clean_zero: float = 0.1
     c7_alignment_flip: float = 0.01
+    c12_auc_drop: float = 0.02
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,39 +67,38 @@ class Claim:
     verdict: str
     margin: float | None
     detail: str = ""
+    kind: str = THEORY
 
 
-def _claim(id, name, measured, threshold, margin, detail=""):
-    return Claim(id, name, measured, threshold, HOLDS if margin >= 0 else FAILS, float(margin), detail)
+def _claim(id, name, measured, threshold, margin, detail="", kind=THEORY):
+    return Claim(id, name, measured, threshold, HOLDS if margin >= 0 else FAILS, float(margin), detail, kind)
 
 
-def _not_applicable(id, name, reason):
-    return Claim(id, name, {}, "", NOT_APPLICABLE, None, reason)
+def _not_applicable(id, name, reason, kind=THEORY):
+    return Claim(id, name, {}, "", NOT_APPLICABLE, None, reason, kind)
 
 
 def _at(trajectory, step):
     return int(np.searchsorted(trajectory.step, step))
 
 
+def _variant(trajectory) -> str:
+    return trajectory.config.get("variant", "meta")
+
+
+def _auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    from dynamics.trajectory import weight_stats
+
+    return float(weight_stats(scores[None, :], ~positive)["auc"][0])
+
+
+# ----------------------------------------------------------------------------- identities and the problem
+
+
 def c2_box(trajectory) -> Claim:
     low, high = float(trajectory.w.min()), float(trajectory.w.max())
     return _claim("C2", "weights stay in [0, 1]", {"min_w": low, "max_w": high}, "0 <= w <= 1 at every recorded step",
-                  min(low, 1.0 - high))
-
-
-def c3_alignment(trajectory, thresholds: Thresholds) -> Claim:
-    name = "first weight step follows the label-signed similarity a"
-    config = trajectory.config
-    if config["loss"] != "mse" or config.get("init", "zero") != "zero" or trajectory.step[0] != 0:
-        return _not_applicable("C3", name, "stated for MSE with zero initial outputs")
-    first, a = trajectory.score[0], trajectory.label_similarity
-    correlation = float(spearmanr(first, a)[0])
-    deviation = float(np.linalg.norm(first - a) / np.linalg.norm(a))
-    agrees = float(np.mean(np.sign(first) == np.sign(a)))
-    return _claim("C3", name, {"rank_correlation": correlation, "relative_deviation": deviation, "sign_agreement": agrees},
-                  f"Spearman correlation >= {thresholds.c3_rank_correlation:g}",
-                  correlation - thresholds.c3_rank_correlation,
-                  f"the step equals a only as eta -> 0; at eta={config['eta']:.3g} it deviates by {deviation:.2f} (relative)")
+                  min(low, 1.0 - high), "holds by clipping", IDENTITY)
 
 
 def c4_bound(trajectory) -> np.ndarray:
@@ -89,7 +109,7 @@ def c4_bound(trajectory) -> np.ndarray:
     return trajectory.residual_norm * trajectory.k_meta_norm[None, :] * trajectory.coupling_norm[:, None]
 
 
-def c4_vanishing_coupling(trajectory, phases: Phases) -> Claim:
+def c4_inequality(trajectory, phases: Phases) -> Claim:
     bound = c4_bound(trajectory)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(bound > 0, np.abs(trajectory.score) / bound, np.where(trajectory.score == 0, 0.0, np.inf))
@@ -98,53 +118,202 @@ def c4_vanishing_coupling(trajectory, phases: Phases) -> Claim:
                  if mask.any()}
     scale = trajectory.config["beta"] / trajectory.config["m"]
     largest_bound = scale * bound.max(axis=1)
-    measured = {
-        "max_ratio_per_phase": per_phase,
-        "bound_start": float(largest_bound[0]),
-        "bound_end": float(largest_bound[-1]),
-        "max_velocity_start": float(trajectory.max_velocity[0]),
-        "max_velocity_end": float(trajectory.max_velocity[-1]),
-        "clean_loss_start": float(trajectory.clean_loss[0]),
-        "clean_loss_end": float(trajectory.clean_loss[-1]),
-    }
-    return _claim("C4", "|velocity_i| <= (beta/m) ||r_i|| ||k(x_i, X_meta)|| ||R_meta_hat||_F", measured,
+    return _claim("C4", "|velocity_i| <= (beta/m) ||r_i|| ||k(x_i, X_meta)|| ||R_meta_hat||_F",
+                  {"max_ratio_per_phase": per_phase, "bound_start": float(largest_bound[0]),
+                   "bound_end": float(largest_bound[-1])},
                   "observed / bound <= 1 at every step and example", 1.0 - float(step_ratio.max()),
-                  f"the bound's largest value falls from {largest_bound[0]:.3g} to {largest_bound[-1]:.3g} "
-                  "as the clean-subset loss contracts")
+                  "Cauchy-Schwarz; the bound is loosest, not tightest, late in the run", IDENTITY)
 
 
-def c5_contraction(trajectory, phases: Phases) -> Claim:
-    config = trajectory.config
-    loss = trajectory.clean_loss
-    stable = config["eta"] * config["lambda_joint"]
-    # gamma > 0: L_meta contracts towards 0; gamma = 0: towards its plateau (the run's smallest value).
-    floor = 0.0 if config["gamma"] > 0 else float(loss.min())
-    end = phases.plateau if phases.plateau is not None else int(trajectory.step[-1])
-    keep = (trajectory.step <= end) & (loss - floor > 0)
+def c5_stability(trajectory) -> Claim:
+    stable = trajectory.config["eta"] * trajectory.config["lambda_joint"]
+    return _claim("C5", "the step size is stable on the weighted joint kernel", {"eta_times_lambda_max": stable},
+                  "eta * lambda_max < 2", 2.0 - stable, "enforced by the default step size", IDENTITY)
+
+
+def c9_spectral(problem, eigenvectors: np.ndarray | None) -> Claim:
+    name = "label noise sits lower in the kernel spectrum than the clean signal"
+    if problem is None or eigenvectors is None:
+        return _not_applicable("C9", name, "needs the problem and the eigenvectors of K_XX", PROBLEM)
+    if not problem.noisy.any():
+        return _not_applicable("C9", name, "no label noise", PROBLEM)
+    C = problem.num_classes
+    Y_true = np.eye(C)[problem.y_true]
+    noise = np.eye(C)[problem.y_noisy] - Y_true
+    clean_share, noise_share = top_energy_share(eigenvectors, Y_true, C), top_energy_share(eigenvectors, noise, C)
+    return _claim("C9", name, {"k": C, "clean_top_k_share": clean_share, "noise_top_k_share": noise_share},
+                  f"noise share < clean share in the top k = C = {C} eigen-directions", clean_share - noise_share,
+                  "depends on the data and the kernel only", PROBLEM)
+
+
+# ----------------------------------------------------------------------------- the theory under test
+
+
+def c3_alignment(trajectory, thresholds: Thresholds) -> Claim:
+    name = "the first weight step separates clean from noisy examples"
+    if _variant(trajectory) == "fixed":
+        return _not_applicable("C3", name, NO_PHASES["fixed"])
+    if trajectory.config.get("init", "zero") != "zero" or trajectory.step[0] != 0:
+        return _not_applicable("C3", name, "stated at initialisation with zero initial outputs")
+    noisy = trajectory.noisy
+    if noisy.all() or not noisy.any():
+        return _not_applicable("C3", name, "needs both clean and noisy examples")
+    first, a = trajectory.score[0], trajectory.label_similarity
+    auc = _auc(first, ~noisy)
+    measured = {"first_step_auc": auc,
+                "noisy_first_step_negative": float(np.mean(first[noisy] < 0)),
+                "clean_first_step_negative": float(np.mean(first[~noisy] < 0)),
+                "a_positive": float(np.mean(a > 0))}
+    detail = ("every a_i > 0 here, so under MSE every weight rises at the first step; only relatively do "
+              "conflicting examples go down" if measured["a_positive"] == 1.0 else "")
+    return _claim("C3", name, measured, f"AUC of the first step as a clean score >= {thresholds.c3_first_step_auc:g}",
+                  auc - thresholds.c3_first_step_auc, detail)
+
+
+def _post_filtering(trajectory, phases: Phases) -> np.ndarray:
+    return phases.masks(trajectory.step)["post-filtering"]
+
+
+def c4_scaling(trajectory, phases: Phases, thresholds: Thresholds) -> Claim:
+    name = "the weight velocity scales like sqrt(L_meta) and vanishes with it"
+    variant = _variant(trajectory)
+    if variant in NO_PHASES:
+        return _not_applicable("C4'", name, NO_PHASES[variant])
+    post = _post_filtering(trajectory, phases) & (trajectory.clean_loss > 0)
+    if post.sum() < 2:
+        return _not_applicable("C4'", name, phases["post-filtering"].reason or "post-filtering too short")
+    ratio = trajectory.max_velocity[post] / np.sqrt(trajectory.clean_loss[post])
+    spread = float(ratio.max() / ratio.min()) if ratio.min() > 0 else math.inf
+    fall = float(trajectory.max_velocity[0] / trajectory.max_velocity[-1]) if trajectory.max_velocity[-1] > 0 \
+        else math.inf
+    gamma = trajectory.config["gamma"]
+    # gamma > 0: the clean loss contracts to 0, so the velocity must fall; gamma = 0: the loss plateaus, so it must not.
+    fall_margin = math.log10(fall / thresholds.c4_velocity_fall) if gamma > 0 else \
+        math.log10(thresholds.c4_velocity_fall / fall)
+    measured = {"ratio_min": float(ratio.min()), "ratio_max": float(ratio.max()), "ratio_spread": spread,
+                "velocity_start": float(trajectory.max_velocity[0]), "velocity_end": float(trajectory.max_velocity[-1]),
+                "velocity_fall": fall}
+    side = "at least" if gamma > 0 else "less than"
+    return _claim("C4'", name, measured,
+                  f"post-filtering max/min of velocity/sqrt(L_meta) <= {thresholds.c4_ratio_spread:g}; velocity "
+                  f"falls {side} {thresholds.c4_velocity_fall:g}x over the run (gamma = {gamma:g})",
+                  min(math.log10(thresholds.c4_ratio_spread / spread), fall_margin),
+                  "margin in decades (log10 of the factor to each threshold)")
+
+
+def _fitted_rate(step: np.ndarray, loss: np.ndarray) -> float:
+    """Per-step geometric rate ``rho`` of ``loss`` over ``step`` (least squares of ``log loss``)."""
+    keep = loss > 0
     if keep.sum() < 2:
-        return _not_applicable("C5", "clean-subset loss contracts geometrically", "fewer than two points above the floor")
-    slope = np.polyfit(trajectory.step[keep], np.log(loss[keep] - floor), 1)[0]
-    rho = float(np.exp(slope))
-    return _claim("C5", "clean-subset loss contracts geometrically",
-                  {"rho": rho, "eta_times_lambda_max": stable, "floor": floor, "fitted_until_step": end},
-                  "eta * lambda_max < 2 and rho < 1", min(2.0 - stable, 1.0 - rho),
-                  "towards 0 (gamma > 0)" if config["gamma"] > 0 else "towards a plateau (gamma = 0)")
+        return math.nan
+    return float(np.exp(np.polyfit(step[keep], np.log(loss[keep]), 1)[0]))
 
 
-def c6_filtering(trajectory, phases: Phases, thresholds: Thresholds) -> Claim:
-    name = "noisy examples at w = 0, clean ones not, at the end of filtering"
+@dataclasses.dataclass(frozen=True)
+class RatePrediction:
+    """The C5' spectral prediction of the post-filtering contraction rate (docs/theory.md section 4.1).
+
+    With the weights frozen at ``T_filter`` and ``D = diag(w, gamma)``, MSE residuals ``E = F - Y`` of
+    the training and clean sets evolve as ``D^1/2 E <- (I - eta M) D^1/2 E`` with ``M = D^1/2 K_joint
+    D^1/2``. ``lambda_star`` is the eigenvalue of ``M`` whose direction carries most of the clean
+    residual's energy at ``T_filter`` (``||V[meta, k]||^2 ||c_k||^2``, ``c = V^T D^1/2 E``), and
+    ``rho_spectral = (1 - eta lambda_star)^2``. ``frozen_loss (W,)`` is the clean-subset loss the frozen
+    dynamics give over the next ``W`` recorded steps ``frozen_step``, exactly.
+    """
+
+    lambda_star: float
+    rho_spectral: float
+    frozen_step: np.ndarray
+    frozen_loss: np.ndarray
+
+
+def predict_post_filtering_rate(problem, blocks, trajectory, phases: Phases, outputs_at_filter: np.ndarray
+                                ) -> RatePrediction | None:
+    """The C5' prediction from the kernel blocks and the outputs ``(n + m, C)`` of the run at ``T_filter``.
+
+    ``None`` where C5' says nothing (:func:`_no_rate_reason`).
+    """
+    if _no_rate_reason(trajectory, phases):
+        return None
+    config = trajectory.config
+    n, m, _ = problem.sizes
+    C = problem.num_classes
+    eta, gamma = config["eta"], config["gamma"]
+    w = trajectory.w[_at(trajectory, phases.T_filter)]
+    root = np.sqrt(np.concatenate([w, np.full(m, gamma)]))
+    K = np.block([[blocks.K_XX, blocks.K_VX.T], [blocks.K_VX, blocks.K_VV]])
+    eigenvalues, V = np.linalg.eigh(root[:, None] * K * root[None, :])
+    Y = np.eye(C)[np.concatenate([problem.y_noisy, problem.y_meta])]
+    coefficients = V.T @ (root[:, None] * (outputs_at_filter - Y))  # (n + m, C)
+    energy = np.sum(V[n:] ** 2, axis=0) * np.sum(coefficients ** 2, axis=1)
+    lambda_star = float(eigenvalues[np.argmax(energy)])
+    post = _post_filtering(trajectory, phases)
+    steps = trajectory.step[post] - phases.T_filter
+    decay = (1.0 - eta * eigenvalues)[None, :] ** steps[:, None]  # (W, n + m)
+    meta_residual = np.einsum("mk,tk,kc->tmc", V[n:], decay, coefficients) / np.sqrt(gamma)
+    frozen_loss = 0.5 * np.sum(meta_residual ** 2, axis=(1, 2)) / m
+    return RatePrediction(lambda_star, (1.0 - eta * lambda_star) ** 2, trajectory.step[post], frozen_loss)
+
+
+def _no_rate_reason(trajectory, phases: Phases) -> str:
+    """Why C5' does not apply to a run ("" when it does)."""
+    config = trajectory.config
+    if _variant(trajectory) in NO_PHASES:
+        return NO_PHASES[_variant(trajectory)]
+    if config["loss"] != "mse":
+        return "stated for MSE, whose residuals evolve linearly"
+    if config["gamma"] <= 0:
+        return "with gamma = 0 the clean-subset loss plateaus: there is no contraction rate to predict"
+    if config.get("batch_size") is not None or config.get("meta_batch_size") is not None:
+        return "the prediction is for full-batch steps"
+    if phases.T_filter is None or phases.masks(trajectory.step)["post-filtering"].sum() < 2:
+        return phases["post-filtering"].reason or "no post-filtering phase"
+    return ""
+
+
+def c5_rate(trajectory, phases: Phases, prediction: RatePrediction | None, thresholds: Thresholds) -> Claim:
+    name = "the post-filtering contraction rate of L_meta matches the spectral prediction"
+    masks = phases.masks(trajectory.step)
+    per_phase = {phase: _fitted_rate(trajectory.step[mask], trajectory.clean_loss[mask])
+                 for phase, mask in masks.items() if mask.sum() >= 2}
+    if prediction is None:
+        return _not_applicable("C5'", name, _no_rate_reason(trajectory, phases) or "no prediction was computed")
+    post = masks["post-filtering"]
+    measured_rho = _fitted_rate(trajectory.step[post], trajectory.clean_loss[post])
+    frozen_rho = _fitted_rate(prediction.frozen_step, prediction.frozen_loss)
+    error = abs((1 - prediction.rho_spectral) - (1 - measured_rho)) / (1 - measured_rho)
+    return _claim("C5'", name,
+                  {"rho_measured": measured_rho, "rho_spectral": prediction.rho_spectral,
+                   "rho_frozen_weights": frozen_rho, "lambda_star": prediction.lambda_star,
+                   "relative_error_of_1_minus_rho": error, "rho_per_phase": per_phase},
+                  f"|1 - rho_spectral - (1 - rho_measured)| <= {thresholds.c5_rate_error:g} (1 - rho_measured)",
+                  thresholds.c5_rate_error - error,
+                  "rho_spectral = (1 - eta lambda*)^2 from the kernel with the weights frozen at T_filter")
+
+
+def c6_filtering(trajectory, phases: Phases, thresholds: Thresholds, at_end: bool = False) -> Claim:
+    where = "at the end of the run" if at_end else "at the end of filtering"
+    id = "C6-end" if at_end else "C6"
+    name = f"noisy examples at w = 0, clean ones not, {where}"
+    variant = _variant(trajectory)
+    if variant in NO_PHASES:
+        return _not_applicable(id, name, NO_PHASES[variant])
     if phases.T_filter is None:
-        return _not_applicable("C6", name, phases["filtering"].reason or "filtering has not ended")
+        return _not_applicable(id, name, phases["filtering"].reason or "filtering has not ended")
     stats = trajectory.weight_stats()
-    at = _at(trajectory, phases.T_filter)
-    noisy_zero, clean_zero = float(stats["frac_noisy_zero"][at]), float(stats["frac_clean_zero"][at])
-    return _claim("C6", name, {"step": phases.T_filter, "frac_noisy_zero": noisy_zero, "frac_clean_zero": clean_zero},
+    row = -1 if at_end else _at(trajectory, phases.T_filter)
+    step = int(trajectory.step[row])
+    noisy_zero, clean_zero = float(stats["frac_noisy_zero"][row]), float(stats["frac_clean_zero"][row])
+    return _claim(id, name, {"step": step, "frac_noisy_zero": noisy_zero, "frac_clean_zero": clean_zero},
                   f"noisy at 0 >= {thresholds.c6_noisy_zero:g}, clean at 0 <= {thresholds.c6_clean_zero:g}",
                   min(noisy_zero - thresholds.c6_noisy_zero, thresholds.c6_clean_zero - clean_zero))
 
 
 def c7_sensitivity(trajectory, phases: Phases, thresholds: Thresholds) -> Claim:
     name = "weight steps grow perturbation-sensitive after filtering"
+    variant = _variant(trajectory)
+    if variant in NO_PHASES:
+        return _not_applicable("C7", name, NO_PHASES[variant])
     if np.all(np.isnan(trajectory.flip_rate)):
         return _not_applicable("C7", name, "the flip rate was not measured")
     rates = {phase: float(np.nanmean(trajectory.flip_rate[mask]))
@@ -152,36 +321,69 @@ def c7_sensitivity(trajectory, phases: Phases, thresholds: Thresholds) -> Claim:
     if len(rates) < 2:
         return _not_applicable("C7", name, "fewer than two non-empty phases")
     ordered = list(rates.values())
-    margin = min([thresholds.c7_alignment_flip - rates.get("alignment", 0.0)]
-                 + [later - earlier for earlier, later in zip(ordered, ordered[1:])])
+    margins = [later - earlier for earlier, later in zip(ordered, ordered[1:])]
+    threshold = "rising from phase to phase"
+    if "alignment" in rates:  # an empty alignment has no flip rate to bound
+        margins.append(thresholds.c7_alignment_flip - rates["alignment"])
+        threshold = f"alignment <= {thresholds.c7_alignment_flip:g}, and {threshold}"
     return _claim("C7", name, {"mean_flip_rate": rates, "eps": trajectory.config.get("perturb_eps"),
-                               "draws": trajectory.config.get("perturb_draws")},
-                  f"alignment <= {thresholds.c7_alignment_flip:g}, and rising from phase to phase", margin)
+                               "draws": trajectory.config.get("perturb_draws")}, threshold, min(margins))
 
 
-def c9_spectral(problem, eigenvectors: np.ndarray | None) -> Claim:
-    name = "label noise sits lower in the kernel spectrum than the clean signal"
-    if problem is None or eigenvectors is None:
-        return _not_applicable("C9", name, "needs the problem and the eigenvectors of K_XX")
-    if not problem.noisy.any():
-        return _not_applicable("C9", name, "no label noise")
-    C = problem.num_classes
-    Y_true = np.eye(C)[problem.y_true]
-    noise = np.eye(C)[problem.y_noisy] - Y_true
-    clean_share, noise_share = top_energy_share(eigenvectors, Y_true, C), top_energy_share(eigenvectors, noise, C)
-    return _claim("C9", name, {"k": C, "clean_top_k_share": clean_share, "noise_top_k_share": noise_share},
-                  f"noise share < clean share in the top k = C = {C} eigen-directions", clean_share - noise_share)
+def discrimination(trajectory, phases: Phases) -> dict:
+    """C12's measurements: the AUC of ``w`` (clean vs noisy) at each boundary, its peak, and the AUC of the
+    post-filtering weight change among the examples strictly inside ``(0, 1)`` at ``T_filter``."""
+    auc = trajectory.weight_stats()["auc"]
+    peak = int(np.nanargmax(auc))
+    measured = {"auc_peak": float(auc[peak]), "peak_step": int(trajectory.step[peak]), "auc_end": float(auc[-1])}
+    for name, boundary in (("T_align", phases.T_align), ("T_filter", phases.T_filter)):
+        measured[f"auc_at_{name}"] = None if boundary is None else float(auc[_at(trajectory, boundary)])
+    if phases.T_filter is not None:
+        w_filter, w_end = trajectory.w[_at(trajectory, phases.T_filter)], trajectory.w[-1]
+        free = (w_filter > 0) & (w_filter < 1)
+        measured["free_at_T_filter"] = int(free.sum())
+        clean = ~trajectory.noisy[free]
+        measured["post_filtering_change_auc"] = _auc(w_end[free] - w_filter[free], clean) \
+            if clean.any() and (~clean).any() else None
+    return measured
+
+
+def c12_discrimination(trajectory, phases: Phases, thresholds: Thresholds) -> Claim:
+    name = "discrimination peaks early: the AUC of w is highest by T_filter and post-filtering motion undoes it"
+    variant = _variant(trajectory)
+    if variant in NO_PHASES:
+        return _not_applicable("C12", name, NO_PHASES[variant])
+    if phases.T_filter is None or not trajectory.noisy.any():
+        return _not_applicable("C12", name, phases["filtering"].reason or "filtering has not ended")
+    measured = discrimination(trajectory, phases)
+    if measured["post_filtering_change_auc"] is None:
+        return _not_applicable("C12", name, "no clean and noisy examples strictly inside (0, 1) at T_filter")
+    margins = [(phases.T_filter - measured["peak_step"]) / phases.window,
+               measured["auc_peak"] - measured["auc_end"] - thresholds.c12_auc_drop,
+               0.5 - measured["post_filtering_change_auc"]]
+    return _claim("C12", name, measured,
+                  f"peak at or before T_filter; AUC falls by >= {thresholds.c12_auc_drop:g} from peak to end; "
+                  "AUC of the post-filtering change among free examples < 1/2",
+                  min(margins), "margin: the smallest of (T_filter - peak step) in windows and the two AUC margins")
 
 
 def check_claims(trajectory, phases: Phases, *, problem=None, eigenvectors: np.ndarray | None = None,
-                 thresholds: Thresholds = Thresholds()) -> list[Claim]:
-    """C2-C7 and C9 on one run. ``eigenvectors : (n, n)`` of ``K_XX``, descending (for C9)."""
+                 rate_prediction: RatePrediction | None = None, thresholds: Thresholds = Thresholds()) -> list[Claim]:
+    """Every claim of docs/theory.md section 4.1 on one run: identities, the problem's property, the theory.
+
+    ``eigenvectors : (n, n)`` of ``K_XX``, descending (for C9); ``rate_prediction`` from
+    :func:`predict_post_filtering_rate` (for C5').
+    """
     return [
         c2_box(trajectory),
-        c3_alignment(trajectory, thresholds),
-        c4_vanishing_coupling(trajectory, phases),
-        c5_contraction(trajectory, phases),
-        c6_filtering(trajectory, phases, thresholds),
-        c7_sensitivity(trajectory, phases, thresholds),
+        c4_inequality(trajectory, phases),
+        c5_stability(trajectory),
         c9_spectral(problem, eigenvectors),
+        c3_alignment(trajectory, thresholds),
+        c4_scaling(trajectory, phases, thresholds),
+        c5_rate(trajectory, phases, rate_prediction, thresholds),
+        c6_filtering(trajectory, phases, thresholds),
+        c6_filtering(trajectory, phases, thresholds, at_end=True),
+        c7_sensitivity(trajectory, phases, thresholds),
+        c12_discrimination(trajectory, phases, thresholds),
     ]

@@ -10,6 +10,15 @@
   ``None`` otherwise.
 - alignment is ``[0, T_align)``, filtering ``[T_align, T_filter)``,
   post-filtering every step from the plateau on.
+- ``T_freeze``, reported beside ``T_filter``: the first step at or after
+  ``T_align`` after which the share of noisy examples at ``w = 0`` never
+  again grows by ``tau_w`` (1% of the noisy examples) or more: a boundary
+  read off the weights rather than the loss, which with ``gamma > 0`` keeps
+  falling geometrically after ``T_filter``.
+
+Only persistent weights have phases: for the ``fixed`` variant (no weight
+update) and ``l2rw`` (weights recomputed from scratch every step) every phase
+is reported empty with that reason.
 
 An empty phase is reported as such, with the reason, never as an invented
 boundary.
@@ -33,6 +42,7 @@ class PhaseParams:
     window_fraction: float = 0.05
     min_window: int = 10
     tau: float = 0.01
+    tau_w: float = 0.01
 
     def __post_init__(self):
         if not 0 < self.align_fraction <= 1:
@@ -41,8 +51,9 @@ class PhaseParams:
             raise ValueError(f"window_fraction must lie in (0, 1), got {self.window_fraction}")
         if int(self.min_window) < 1:
             raise ValueError(f"min_window must be >= 1, got {self.min_window}")
-        if not self.tau > 0:
-            raise ValueError(f"tau must be positive, got {self.tau}")
+        for name in ("tau", "tau_w"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,14 +75,15 @@ class Phase:
 
 @dataclasses.dataclass(frozen=True)
 class Phases:
-    """Boundaries of one run; ``None`` where a boundary does not exist."""
+    """Boundaries of one run; ``None`` where a boundary does not exist (all of them for runs without phases)."""
 
-    T_align: int
+    T_align: int | None
     T_filter: int | None
     plateau: int | None
     window: int
     phases: tuple[Phase, Phase, Phase]
     params: PhaseParams
+    T_freeze: int | None = None
 
     def __getitem__(self, name: str) -> Phase:
         return {phase.name: phase for phase in self.phases}[name]
@@ -83,7 +95,7 @@ class Phases:
 
 
 def detect(step: np.ndarray, mean_w_clean: np.ndarray, clean_loss: np.ndarray, has_noise: bool,
-           params: PhaseParams = PhaseParams()) -> Phases:
+           params: PhaseParams = PhaseParams(), frac_noisy_zero: np.ndarray | None = None) -> Phases:
     """Find the phase boundaries from recorded series.
 
     Parameters
@@ -93,6 +105,7 @@ def detect(step: np.ndarray, mean_w_clean: np.ndarray, clean_loss: np.ndarray, h
     clean_loss : (T,) clean-subset loss ``L_meta``.
     has_noise : whether any training label is noisy (otherwise there is nothing to filter).
     params : the thresholds.
+    frac_noisy_zero : (T,) share of noisy examples at ``w = 0``, for ``T_freeze`` (``None``: not reported).
     """
     step = np.asarray(step)
     mean_w_clean = np.asarray(mean_w_clean, dtype=np.float64)
@@ -111,6 +124,13 @@ def detect(step: np.ndarray, mean_w_clean: np.ndarray, clean_loss: np.ndarray, h
     fell = clean_loss[np.maximum(earlier, 0)] - clean_loss
     plateaued = has_window & (step >= T_align) & (fell < params.tau * clean_loss[0])
     plateau = int(step[np.argmax(plateaued)]) if plateaued.any() else None
+    T_freeze = None
+    if has_noise and frac_noisy_zero is not None:
+        frac_noisy_zero = np.asarray(frac_noisy_zero, dtype=np.float64)
+        # How much the share still grows after each step: the largest later value minus the current one.
+        grows_later = np.maximum.accumulate(frac_noisy_zero[::-1])[::-1] - frac_noisy_zero
+        frozen = (step >= T_align) & (grows_later < params.tau_w)
+        T_freeze = int(step[np.argmax(frozen)]) if frozen.any() else None
     end = last + 1
 
     alignment = Phase("alignment", 0, T_align) if T_align > 0 else \
@@ -129,10 +149,25 @@ def detect(step: np.ndarray, mean_w_clean: np.ndarray, clean_loss: np.ndarray, h
         if has_noise and plateau == T_align:
             filtering = Phase("filtering", None, None, "the clean-subset loss had plateaued by the end of alignment")
         post = Phase("post-filtering", plateau, end)
-    return Phases(T_align, T_filter, plateau, window, (alignment, filtering, post), params)
+    return Phases(T_align, T_filter, plateau, window, (alignment, filtering, post), params, T_freeze)
+
+
+#: Why runs of these variants have no phases (docs/theory.md section 4.1).
+NO_PHASES = {
+    "fixed": "fixed weights (beta = 0): nothing is reweighted, so there is no alignment or filtering",
+    "l2rw": "L2RW recomputes its normalised weights from scratch every step: no persistent weight state to align "
+            "or filter",
+}
 
 
 def detect_phases(trajectory, params: PhaseParams = PhaseParams()) -> Phases:
-    """:func:`detect` on a :class:`dynamics.Trajectory`."""
+    """:func:`detect` on a :class:`dynamics.Trajectory`; every phase empty for the variants of :data:`NO_PHASES`."""
+    variant = trajectory.config.get("variant", "meta")
+    if variant in NO_PHASES:
+        last = int(trajectory.step[-1])
+        window = max(int(params.min_window), math.ceil(params.window_fraction * last))
+        empty = tuple(Phase(name, None, None, NO_PHASES[variant]) for name in PHASE_NAMES)
+        return Phases(None, None, None, window, empty, params)
     stats = trajectory.weight_stats()
-    return detect(trajectory.step, stats["mean_w_clean"], trajectory.clean_loss, bool(trajectory.noisy.any()), params)
+    return detect(trajectory.step, stats["mean_w_clean"], trajectory.clean_loss, bool(trajectory.noisy.any()), params,
+                  stats["frac_noisy_zero"])

@@ -220,7 +220,7 @@ def run_simulation(config: SimulationConfig = SimulationConfig(), *, progress: C
     """
     from dynamics.simulate import KernelBlocks, gp_prior_outputs, simulate
     from kernels import eigh_kernel, kernel
-    from phases.claims import check_claims
+    from phases.claims import check_claims, predict_post_filtering_rate
     from phases.report import summary
 
     announce = stage or (lambda text: None)
@@ -244,7 +244,16 @@ def run_simulation(config: SimulationConfig = SimulationConfig(), *, progress: C
     checked = []
     if claims:
         _, eigenvectors = eigh_kernel(blocks.K_XX)
-        checked = check_claims(trajectory, phases, problem=problem, eigenvectors=eigenvectors)
+        prediction = None
+        if phases.T_filter is not None and phases.T_filter > 0:
+            # The state at T_filter, for C5': the same run, stopped there (the dynamics are deterministic).
+            head = dataclasses.replace(meta, eta=trajectory.config["eta"], steps=phases.T_filter,
+                                       record_every=phases.T_filter, perturb_draws=0)
+            stopped = simulate(problem, blocks, head, seed=config.seed, initial_outputs=initial_outputs)
+            outputs = np.concatenate([stopped.outputs, stopped.meta_outputs])
+            prediction = predict_post_filtering_rate(problem, blocks, trajectory, phases, outputs)
+        checked = check_claims(trajectory, phases, problem=problem, eigenvectors=eigenvectors,
+                               rate_prediction=prediction)
     return SimulationResult(config, problem, blocks, trajectory, phases, summary(trajectory, phases, checked))
 
 

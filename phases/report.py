@@ -42,10 +42,19 @@ def phase_statistics(trajectory, phases: Phases) -> list[dict]:
 def summary(trajectory, phases: Phases, claims: list[Claim]) -> dict:
     """Everything ``summary.json`` holds (deterministic for fixed inputs)."""
     stats = trajectory.weight_stats()
+    config = trajectory.config
+    batch = config.get("batch_size")
+    steps_per_epoch = None if batch is None else config["n"] / batch
     return {
         "T_align": phases.T_align,
         "T_filter": phases.T_filter,
+        "T_freeze": phases.T_freeze,
         "plateau": phases.plateau,
+        "steps_per_epoch": steps_per_epoch,
+        "in_epochs": None if steps_per_epoch is None else {
+            name: None if value is None else value / steps_per_epoch
+            for name, value in (("T_align", phases.T_align), ("T_filter", phases.T_filter),
+                                ("T_freeze", phases.T_freeze), ("end", int(trajectory.step[-1])))},
         "phase_parameters": dataclasses.asdict(phases.params) | {"window_steps": phases.window},
         "phases": phase_statistics(trajectory, phases),
         "claims": [dataclasses.asdict(claim) for claim in claims],
@@ -108,19 +117,47 @@ def claims_table(claims: list) -> str:
     ``claims`` : what :func:`phases.claims.check_claims` returns (``Claim`` objects), or their dicts as saved
     in ``summary.json``.
     """
-    lines = [f"{'claim':<6}{'verdict':<9}{'margin':>9}  what / threshold / measured", "-" * 100]
-    for claim in claims:
-        claim = claim if isinstance(claim, dict) else dataclasses.asdict(claim)
-        margin = "-" if claim["margin"] is None else f"{claim['margin']:+.3g}"
-        lines.append(f"{claim['id']:<6}{claim['verdict']:<9}{margin:>9}  {claim['name']}")
-        if claim["threshold"]:
-            lines.append(f"{'':<26}threshold: {claim['threshold']}")
-        if claim["measured"]:
-            lines.append(f"{'':<26}measured: {_measured_text(claim)}")
-        if claim["detail"]:
-            lines.append(f"{'':<26}{claim['detail']}")
+    claims = [claim if isinstance(claim, dict) else dataclasses.asdict(claim) for claim in claims]
+    lines = [f"{'claim':<8}{'verdict':<9}{'margin':>9}  what / threshold / measured", "-" * 100]
+    for kind, title in _KINDS:
+        group = [claim for claim in claims if claim.get("kind", "theory") == kind]
+        if group:
+            lines.append(title)
+        for claim in group:
+            lines += _claim_lines(claim)
     lines.append("margin: distance to the threshold in the measurement's units (positive: the claim holds).")
     return "\n".join(lines)
+
+
+_KINDS = (("theory", "theory under test (a wrong theory would miss these thresholds):"),
+          ("identity", "identities and sanity checks (true by construction; no evidence for the theory):"),
+          ("problem", "properties of the problem (data and kernel alone):"))
+
+
+def _claim_lines(claim: dict) -> list[str]:
+    lines = []
+    margin = "-" if claim["margin"] is None else f"{claim['margin']:+.3g}"
+    lines.append(f"{claim['id']:<8}{claim['verdict']:<9}{margin:>9}  {claim['name']}")
+    if claim["threshold"]:
+        lines.append(f"{'':<28}threshold: {claim['threshold']}")
+    if claim["measured"]:
+        lines.append(f"{'':<28}measured: {_measured_text(claim)}")
+    if claim["detail"]:
+        lines.append(f"{'':<28}{claim['detail']}")
+    return lines
+
+
+def boundaries_line(summary: dict) -> str:
+    """The boundaries in one line: ``T_align``, ``T_filter``, ``T_freeze`` (and in epochs for mini-batch runs)."""
+    parts = [f"{name}={'-' if summary[name] is None else summary[name]}" for name in ("T_align", "T_filter", "T_freeze")]
+    text = "Boundaries (steps): " + ", ".join(parts)
+    if summary.get("in_epochs"):
+        epochs = summary["in_epochs"]
+        text += "; in epochs: " + ", ".join(f"{name}={'-' if value is None else format(value, '.2f')}"
+                                           for name, value in epochs.items())
+    if summary["T_filter"] is not None and summary["T_freeze"] is not None:
+        text += f"; T_freeze - T_filter = {summary['T_freeze'] - summary['T_filter']} steps"
+    return text + "."
 
 
 def final_line(final: dict) -> str:

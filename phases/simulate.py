@@ -140,7 +140,7 @@ def run(argv: list[str] | None = None) -> dict:
 
     from dynamics.simulate import DivergenceError
     from phases.experiments import run_simulation
-    from phases.report import claims_table, final_line, phase_table
+    from phases.report import boundaries_line, claims_table, final_line, phase_table
 
     counter = [0]
     try:
@@ -158,6 +158,7 @@ def run(argv: list[str] | None = None) -> dict:
     print(f"Phases (docs/theory.md section 5) of {result.problem.name}, {config.steps} steps, "
           f"eta={result.trajectory.config['eta']:.4g}:")
     print(phase_table(summary["phases"]))
+    print(boundaries_line(summary))
     print()
     print("Claims (docs/theory.md section 4) measured on this run:")
     print(claims_table(summary["claims"]))

@@ -68,7 +68,8 @@ def test_end_to_end(tmp_path_factory, noise, seed):
     for key in ("eta", "beta", "gamma", "w0", "loss", "steps", "seed", "versions"):
         assert key in config
     summary = json.loads((out / "summary.json").read_text())
-    assert {claim["id"] for claim in summary["claims"]} == {"C2", "C3", "C4", "C5", "C6", "C7", "C9"}
+    assert {claim["id"] for claim in summary["claims"]} == {"C2", "C3", "C4", "C4'", "C5", "C5'", "C6", "C6-end", "C7", "C9",
+                                                          "C12"}
     for claim in summary["claims"]:  # the verdict is the sign of the margin, never a free-standing label
         expected = "n/a" if claim["margin"] is None else ("holds" if claim["margin"] >= 0 else "fails")
         assert claim["verdict"] == expected, claim
