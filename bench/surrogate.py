@@ -2,7 +2,7 @@
 
     python bench/surrogate.py [--out FILE] [--repeats 7] [--threads 1]
 
-A script, not a timed test (ARCHITECTURE convention 11): it prints two tables
+A script, not a timed test (docs/architecture.md, convention 11): it prints two tables
 and writes a JSON file (atomically) with every number, the configuration, the
 load average and the package versions. Every ratio is measured side by side
 in one process, the contenders interleaved round by round; the reported ratio
@@ -12,17 +12,17 @@ rounds cancels.
 1. **Weighting cost at equal batch.** For one training batch of ``b`` examples
    and one clean batch of ``b_m``, on the same network:
 
-   - *surrogate pass*: :func:`dynamics.baselines.surrogate_weights`, what
+   - *surrogate pass*: :func:`dynamics.methods.surrogate.surrogate_weights`, what
      ``surrogate`` training runs (there once per epoch on all examples):
      penultimate features of both batches (one forward, no gradient,
      evaluation mode), then :func:`dynamics.surrogate.reweight` (centred class
      means, ``O(b D C)``);
-   - *exact meta step*: :func:`dynamics.baselines.meta_step`, the full step of
-     THEORY.md section 2 that ``meta`` training runs: forward and backward with
+   - *exact meta step*: :func:`dynamics.bilevel.meta_step`, the full step of
+     docs/theory.md section 2 that ``meta`` training runs: forward and backward with
      ``create_graph`` at ``theta``, the clean forward at ``theta_hat``, backward
      through the look-ahead to ``w``, the clipped weight update, and the model
      update with the new weights (training-mode BatchNorm); also its weight
-     part alone (:func:`dynamics.baselines.meta_weight_gradient` and the clip),
+     part alone (:func:`dynamics.bilevel.meta_weight_gradient` and the clip),
      since a surrogate-weighted step still pays for its own model update;
    - for scale, a plain ERM step (forward, backward and SGD update on both batches).
 
@@ -42,25 +42,24 @@ and the end; compare ratios, not seconds.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import os
 import statistics
 import sys
-import tempfile
 import time
-from importlib import metadata
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dynamics.baselines import FeatureMLP, meta_step, meta_weight_gradient, surrogate_weights  # noqa: E402
-from dynamics.cnn import SmallCNN  # noqa: E402
-from dynamics.surrogate import class_similarities  # noqa: E402
+from dynamics.bilevel import meta_step, meta_weight_gradient
+from dynamics.cnn import SmallCNN
+from dynamics.methods import FeatureMLP, surrogate_weights
+from dynamics.surrogate import class_similarities
+from phases.cli import ArgumentParser, HelpFormatter, positive_int, run_main, versions, write_json
+
+PROG = "bench/surrogate.py"
 
 BATCHES = ((128, 32), (128, 128), (256, 256))
 SIMILARITY_SIZES = ((10000, 1000, 64, 10), (49000, 1000, 128, 10), (20000, 4000, 256, 10))
@@ -167,50 +166,11 @@ def bench_similarities(repeats: int, seed: int) -> list[dict]:
     return rows
 
 
-def _versions() -> dict:
-    versions = {"python": sys.version.split()[0]}
-    for name in ("numpy", "torch", "scikit-learn"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[name] = metadata.version(name)
-    return versions
-
-
-def _write_json(path: str, payload: dict) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".surrogate.", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        print(f"bench/surrogate.py: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def main(argv=None) -> int:
-    parser = _Parser(prog="bench/surrogate.py", description=__doc__.split("\n\n")[0],
-                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def run(argv=None) -> None:
+    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     parser.add_argument("--out", default="bench/surrogate.json", help="JSON file for every number (written atomically)")
-    parser.add_argument("--repeats", type=_positive_int, default=7, help="timed rounds per contender (median reported)")
-    parser.add_argument("--threads", type=_positive_int, default=1,
+    parser.add_argument("--repeats", type=positive_int, default=7, help="timed rounds per contender (median reported)")
+    parser.add_argument("--threads", type=positive_int, default=1,
                         help="torch / BLAS threads (1 is fastest on a shared 2-core machine)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the networks and the random inputs")
     args = parser.parse_args(argv)
@@ -224,9 +184,9 @@ def main(argv=None) -> int:
     weighting = bench_weighting(args.repeats, args.seed)
     print("2. class similarities", file=sys.stderr)
     similarities = bench_similarities(args.repeats, args.seed)
-    payload = {"config": vars(args), "versions": _versions(), "load_average_start": load_start,
+    payload = {"config": vars(args), "versions": versions(), "load_average_start": load_start,
                "load_average_end": os.getloadavg(), "weighting": weighting, "similarities": similarities}
-    _write_json(args.out, payload)
+    write_json(args.out, payload)
 
     print()
     print("Weighting cost at equal batch (median seconds over rounds; ratios: median of per-round ratios):")
@@ -238,7 +198,7 @@ def main(argv=None) -> int:
               f"{row['meta_step_over_surrogate']:10.1f} {row['meta_weights_over_surrogate']:7.1f} "
               f"{row['meta_step_over_erm']:9.2f}")
     print("surrogate: one weighting pass (features of both batches + reweight); meta w: look-ahead + meta-gradient "
-          "+ clip; meta step: the full step of THEORY.md section 2 (that and the model update), as trained.")
+          "+ clip; meta step: the full step of docs/theory.md section 2 (that and the model update), as trained.")
     print()
     print("Class similarities S (n, C): O(n D C) linear path against the explicit (n, m) kernel matrix:")
     print(f"{'n':>6s} {'m':>5s} {'D':>4s} {'C':>3s} {'O(nDC) s':>10s} {'(n, m) s':>10s} {'ratio':>7s} "
@@ -248,8 +208,7 @@ def main(argv=None) -> int:
               f"{row['nm_over_ndc']:7.1f} {row['max_relative_difference']:10.1e}")
     print(f"\nload average {load_start[0]:.1f} at the start, {payload['load_average_end'][0]:.1f} at the end; "
           f"wrote {args.out}")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(PROG, run))

@@ -1,4 +1,4 @@
-"""Problems, the exact linearized simulator, finite-width training, the surrogate and baselines.
+"""Problems, the exact linearized simulator, finite-width training, the surrogate and the methods.
 
 Public names are re-exported here and imported on first use, so that ``import
 dynamics`` does not load JAX or torch until a name that needs them is touched.
@@ -17,6 +17,9 @@ _EXPORTS = {
                        "verify_checksums"),
     "dynamics.cnn": ("SmallCNN", "augment", "normalise"),
     "dynamics.finite": ("FiniteNetwork", "NetworkConfig", "bilevel_score", "closed_form_score", "train_finite"),
+    "dynamics.bilevel": ("meta_step", "meta_weight_gradient"),
+    "dynamics.methods": ("METHODS", "Method", "MethodResult", "MethodUnavailable", "TrainBudget", "TrainingData",
+                         "TrainingDiverged", "train"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)

@@ -1,6 +1,6 @@
-"""Exact bi-level meta-reweighting of a finite-width network (THEORY.md section 2, claims C1 and C8).
+"""Exact bi-level meta-reweighting of a finite-width network (docs/theory.md section 2, claims C1 and C8).
 
-The linearized simulator (:mod:`dynamics.simulate`) runs THEORY.md section 2 in
+The linearized simulator (:mod:`dynamics.simulate`) runs docs/theory.md section 2 in
 function space with a fixed kernel. Here the same four steps run literally on
 a finite-width torch ``MLP`` in the NTK parametrisation
 (:class:`kernels.empirical.MLP`): the look-ahead ``theta_hat(w)`` is a real
@@ -13,40 +13,35 @@ their weights, plus ``gamma`` times the summed clean-subset loss.
 By default the network is centred, ``f(x; theta) - f(x; theta_0)``, so its
 initial outputs are zero like the simulator's default; with the same ``eta``
 the two then differ only through the finite-width kernel and its drift, which
-is what claim C8 measures (``python -m dynamics.finite``).
+is what claim C8 measures (``python -m phases.finite``).
 
 Parameters travel as a dict of tensors in a frozen :class:`FiniteState`; the
 ``MLP`` module is used only as the architecture (through ``functional_call``)
 and keeps ``theta_0``. CPU runs are float64, GPU runs float32.
 
-    python -m dynamics.finite --out DIR
-
+``python -m phases.finite --out DIR`` (:func:`phases.experiments.run_finite_width`)
 runs claim C8: finite widths next to the linearized model, the gaps, their
-log-log slope against width, phase boundaries and a figure (``--help``).
+log-log slope against width, phase boundaries and a figure.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
-import math
-import os
-import sys
-import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
-from torch.func import functional_call, grad, jacrev, vmap
+from torch.func import functional_call, grad
 
-from dynamics.cli import ArgumentParser, OutputDirectory, UserError, int_list, positive_int, run_main, versions, \
-    write_json
-from dynamics.problem import Problem, gaussian_mixture
-from dynamics.simulate import LOSSES, DivergenceError, KernelBlocks, MetaConfig, default_eta, meta_score, simulate
+from dynamics.bilevel import lookahead_meta_gradient
+from dynamics.bilevel import lookahead_weights as _lookahead_weights
+from dynamics.bilevel import new_weights as _new_weights
+from dynamics.problem import Problem
+from dynamics.simulate import DivergenceError, KernelBlocks, MetaConfig, default_eta, meta_score
 from dynamics.trajectory import Trajectory
-from kernels.empirical import MLP, empirical_ntk
-from kernels.infinite import ACTIVATIONS, KernelSpec, kernel
+from kernels.empirical import MLP, empirical_ntk, per_example_jacobians
+from kernels.infinite import KernelSpec, kernel
 
 OUTPUT_KERNELS = ("full", "averaged")
 
@@ -194,12 +189,12 @@ def _train_objective(net: FiniteNetwork, loss: str, gamma: float, rows, b: int):
 def meta_gradient(net: FiniteNetwork, params: dict[str, torch.Tensor], w: torch.Tensor, *, loss: str, eta: float,
                   gamma: float, batch: torch.Tensor | None = None, meta_batch: torch.Tensor | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``dL_meta/dw`` by automatic differentiation through the look-ahead (THEORY.md section 2, steps 1-2).
+    """``dL_meta/dw`` by automatic differentiation through the look-ahead (docs/theory.md section 2, steps 1-2).
 
     ``theta_hat(w) = theta - eta * grad_theta [sum_{i in B} w_i l_i + gamma
     sum_{j in B_meta} l_meta_j](theta)`` and ``L_meta(w) = mean_{j in B_meta}
-    l_meta_j(theta_hat(w))``; ``torch.func.grad`` differentiates ``L_meta``
-    with respect to ``w`` through the inner gradient.
+    l_meta_j(theta_hat(w))``, differentiated with respect to ``w`` through the
+    inner gradient by :func:`dynamics.bilevel.lookahead_meta_gradient`.
 
     Parameters
     ----------
@@ -217,28 +212,14 @@ def meta_gradient(net: FiniteNetwork, params: dict[str, torch.Tensor], w: torch.
     meta_rows = rows[b:] if isinstance(rows, torch.Tensor) else net.meta_rows
     meta_targets = net.targets[meta_rows]
     train_objective = _train_objective(net, loss, gamma, rows, b)
+    # The state's tensors are plain values; the look-ahead differentiates with respect to fresh leaves.
+    theta = {name: value.detach().requires_grad_(True) for name, value in params.items()}
 
-    def meta_objective(w):
-        descent = grad(train_objective)(params, w)
-        params_hat = {name: value - eta * descent[name] for name, value in params.items()}
+    def meta_objective(params_hat):
         residual_hat, losses_hat = _residual_and_loss(loss, net.outputs(params_hat, meta_rows), meta_targets)
-        return losses_hat.mean(), residual_hat
+        return losses_hat.mean(), residual_hat.detach()
 
-    return grad(meta_objective, has_aux=True)(w)
-
-
-def _new_weights(variant: str, w_batch: torch.Tensor, dL_meta_dw: torch.Tensor, alpha: float) -> torch.Tensor:
-    """THEORY.md section 2 step 3 (``meta``), or Ren et al.'s normalised positive part (``l2rw``)."""
-    if variant == "meta":
-        return torch.clamp(w_batch - alpha * dL_meta_dw, 0.0, 1.0)
-    positive = torch.clamp(-dL_meta_dw, min=0.0)
-    total = positive.sum()
-    return positive / total if total > 0 else torch.zeros_like(positive)
-
-
-def _lookahead_weights(variant: str, w: torch.Tensor) -> torch.Tensor:
-    # L2RW takes the meta-gradient at w = 0 (Ren et al. 2018, eps = 0), as the simulator does.
-    return torch.zeros_like(w) if variant == "l2rw" else w
+    return lookahead_meta_gradient(lambda weights: train_objective(theta, weights), theta, meta_objective, w, eta)
 
 
 def _resolved_eta(config: MetaConfig) -> float:
@@ -249,7 +230,7 @@ def _resolved_eta(config: MetaConfig) -> float:
 
 def step(net: FiniteNetwork, state: FiniteState, config: MetaConfig, *, batch: torch.Tensor | None = None,
          meta_batch: torch.Tensor | None = None, dL_meta_dw: torch.Tensor | None = None) -> FiniteState:
-    """One exact bi-level meta-reweighting step (THEORY.md section 2, steps 1-4) on one batch.
+    """One exact bi-level meta-reweighting step (docs/theory.md section 2, steps 1-4) on one batch.
 
     Parameters
     ----------
@@ -323,20 +304,13 @@ def _output_ntk(net: FiniteNetwork, params: dict[str, torch.Tensor], rows1, rows
     Per-example Jacobians by ``vmap(jacrev)``: memory ``(k1 + k2) C #params``,
     meant for the small networks of the C1 check.
     """
-    def single_output(p, x):
-        return functional_call(net.model, p, (x[None],))[0]
-
-    per_example_jacobian = vmap(jacrev(single_output), in_dims=(None, 0))
-
-    def jacobian(rows):
-        jac = per_example_jacobian(params, net.inputs[rows])
-        return torch.cat([j.reshape(j.shape[0], j.shape[1], -1) for j in jac.values()], dim=2)
-
-    return torch.einsum("acp,bdp->acbd", jacobian(rows1), jacobian(rows2))
+    J1 = per_example_jacobians(net.model, net.inputs[rows1], params)
+    J2 = per_example_jacobians(net.model, net.inputs[rows2], params)
+    return torch.einsum("acp,bdp->acbd", J1, J2)
 
 
 def _matrix_meta_score(loss: str, eta: float, gamma: float, w, R, R_meta, F_meta, Y_meta, Theta_VX, Theta_VV):
-    """THEORY.md section 2's closed form with a matrix-valued kernel ``Theta``.
+    """docs/theory.md section 2's closed form with a matrix-valued kernel ``Theta``.
 
     ``Theta_VX : (m, C, n, C)``, ``Theta_VV : (m, C, m, C)``; with ``Theta =
     k (x) I_C`` it is :func:`dynamics.simulate.meta_score`. Returns ``score (n,)``
@@ -353,7 +327,7 @@ def closed_form_score(net: FiniteNetwork, state: FiniteState, *, loss: str, eta:
                       output_kernel: str = "full") -> tuple[np.ndarray, np.ndarray]:
     """The closed-form meta score with the empirical NTK at ``theta_t`` (claim C1 for finite networks).
 
-    THEORY.md section 2's function-space formula, evaluated with the kernel
+    docs/theory.md section 2's function-space formula, evaluated with the kernel
     of the network at ``theta_t`` instead of the infinite-width one. It differs
     from :func:`bilevel_score` only because the network's Jacobian at
     ``theta_hat`` is not the one at ``theta_t`` (and the look-ahead outputs are
@@ -417,7 +391,7 @@ def closed_form_weight_step(net: FiniteNetwork, state: FiniteState, config: Meta
 
 
 def _record(net: FiniteNetwork, state: FiniteState, config: MetaConfig, t: int) -> tuple[dict, torch.Tensor]:
-    """The full-batch quantities of THEORY.md section 3 at one state, and the meta-gradient they used.
+    """The full-batch quantities of docs/theory.md section 3 at one state, and the meta-gradient they used.
 
     The score is the autodiff one, ``-(m / eta) dL_meta/dw`` at the
     look-ahead weights; the coupling norm is ``||R_meta_hat||_F`` of the real
@@ -455,7 +429,7 @@ def _group_mean(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def train_finite(problem: Problem, config: MetaConfig = MetaConfig(), network: NetworkConfig = NetworkConfig(), *,
                  generator: torch.Generator, progress: Callable[[int], None] | None = None) -> Trajectory:
-    """Exact bi-level meta-reweighting of a finite-width ``MLP`` (THEORY.md sections 2-3).
+    """Exact bi-level meta-reweighting of a finite-width ``MLP`` (docs/theory.md sections 2-3).
 
     Every step is :func:`step`: look-ahead, autodiff meta-gradient, clipped
     persistent weights (or the ``l2rw`` / ``fixed`` variants of ``config``),
@@ -485,7 +459,7 @@ def train_finite(problem: Problem, config: MetaConfig = MetaConfig(), network: N
     state entering step ``step[t]``, the last row the final state).
     ``label_similarity`` and ``k_meta_norm`` come from the output-averaged
     empirical NTK at ``theta_0``. ``config`` holds every resolved parameter,
-    the network and the package versions.
+    and the network (the caller adds package versions).
 
     Raises
     ------
@@ -554,7 +528,6 @@ def train_finite(problem: Problem, config: MetaConfig = MetaConfig(), network: N
         "init": "zero" if network.centred else "network",
         "perturb_draws": 0, "flip_rate": "not measured (NaN) for finite networks",
         "label_similarity_kernel": "output-averaged empirical NTK at theta_0",
-        "versions": versions(),
     }
     return Trajectory(
         step=series["step"].astype(np.int64),
@@ -574,282 +547,3 @@ def train_finite(problem: Problem, config: MetaConfig = MetaConfig(), network: N
         outputs=F[:n], meta_outputs=F[n:n + m], test_outputs=F[n + m:],
         config=resolved,
     )
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# python -m dynamics.finite: claim C8, finite widths against the linearized model. A command line that prints,
-# plots and reads phase boundaries (through phases.detect, imported where used) sits in dynamics/ only because
-# it was asked for as `python -m dynamics.finite`; the library above does none of that.
-
-_DEFAULT_WIDTHS = (64, 128, 256, 512, 1024, 2048, 4096)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(
-        prog="python -m dynamics.finite", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Claim C8: exact bi-level meta-reweighting of finite-width MLPs (NTK parametrisation, centred "
-                    "outputs) against the linearized model with the analytic NTK of the same architecture, same eta, "
-                    "beta, gamma and steps, full batch. Writes summary.json (log-log slope of the weight gap vs "
-                    "width, with its standard error), width_<N>.json, problem.npz, linearized.npz, "
-                    "finite_w<N>_s<seed>.npz and finite.png into --out.")
-    data = parser.add_argument_group("problem (Gaussian mixture of THEORY.md section 5, smaller)")
-    data.add_argument("--n", type=positive_int, default=200, help="training examples")
-    data.add_argument("--m", type=positive_int, default=40, help="clean-subset examples (class-balanced)")
-    data.add_argument("--p", type=positive_int, default=200, help="test examples")
-    data.add_argument("--classes", type=positive_int, default=4, help="number of classes C")
-    data.add_argument("--dim", type=positive_int, default=16, help="input dimension d")
-    data.add_argument("--noise", type=float, default=0.4, help="symmetric label-noise rate, in [0, (C-1)/C)")
-    data.add_argument("--problem-seed", type=int, default=0, help="seed of the problem draw (numpy)")
-    net = parser.add_argument_group("network (fully connected, NTK parametrisation)")
-    net.add_argument("--widths", type=int_list(1), default=",".join(map(str, _DEFAULT_WIDTHS)),
-                     help="hidden-layer widths N, comma-separated (at least two)")
-    net.add_argument("--seeds", type=int_list(0), default="0,1,2",
-                     help="initialisation seeds (torch.Generator), comma-separated")
-    net.add_argument("--depth", type=int, default=1,
-                     help="hidden layers (2 is THEORY.md's network; its width^2 weights make N=4096 slow on a CPU)")
-    net.add_argument("--activation", choices=ACTIVATIONS, default="relu", help="activation")
-    net.add_argument("--w-std", type=float, default=math.sqrt(2.0), help="weight standard deviation (x 1/sqrt(fan_in))")
-    net.add_argument("--b-std", type=float, default=0.0, help="bias standard deviation")
-    net.add_argument("--device", default="cpu", help="torch device of the finite networks (float64 on cpu, float32 "
-                                                     "on cuda)")
-    net.add_argument("--threads", type=positive_int, default=1,
-                     help="torch intra-op threads (one was fastest on a shared 2-core machine)")
-    dyn = parser.add_argument_group("meta-reweighting (THEORY.md section 2, full batch, persistent clipped weights)")
-    dyn.add_argument("--loss", choices=LOSSES, default="mse", help="mean squared error or cross-entropy")
-    dyn.add_argument("--steps", type=positive_int, default=300, help="number of steps")
-    dyn.add_argument("--eta", type=float, default=None,
-                     help="model step size, the same for both models; None: 1/lambda_max of the analytic K_XX "
-                          "(the simulator's default)")
-    dyn.add_argument("--beta", type=float, default=1.0, help="meta step size (weights move by beta/m * score)")
-    dyn.add_argument("--gamma", type=float, default=1.0, help="weight of the clean-subset loss in training")
-    dyn.add_argument("--w0", type=float, default=0.5, help="initial weight of every example, in [0, 1]")
-    out = parser.add_argument_group("output")
-    out.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
-    out.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    return parser
-
-
-def fit_slope(widths: np.ndarray, gaps: np.ndarray) -> dict:
-    """Least-squares fit ``log gap = intercept + slope * log width`` over all points.
-
-    Parameters
-    ----------
-    widths, gaps : (k,) one point per (width, seed) pair.
-
-    Returns
-    -------
-    ``slope``, ``slope_stderr`` (the regression's standard error, NaN with
-    fewer than three points), ``intercept``, ``points``.
-    """
-    x, y = np.log(np.asarray(widths, dtype=np.float64)), np.log(np.asarray(gaps, dtype=np.float64))
-    x_centred = x - x.mean()
-    sxx = float(x_centred @ x_centred)
-    slope = float(x_centred @ (y - y.mean())) / sxx
-    intercept = float(y.mean() - slope * x.mean())
-    dof = len(x) - 2
-    residual = y - intercept - slope * x
-    stderr = math.sqrt(float(residual @ residual) / dof / sxx) if dof > 0 else math.nan
-    return {"slope": slope, "slope_stderr": stderr, "intercept": intercept, "points": int(len(x))}
-
-
-def _relative_gap(finite: int | None, linear: int | None) -> float:
-    """``|T^N - T^lin| / T^lin`` of one boundary; 0 when both are missing, infinite (JSON null) when one is."""
-    if finite is None and linear is None:
-        return 0.0
-    if finite is None or linear is None:
-        return math.inf
-    if linear == 0:
-        return 0.0 if finite == 0 else math.inf
-    return abs(finite - linear) / linear
-
-
-def _compare(finite: Trajectory, linear: Trajectory, finite_phases, linear_phases) -> dict:
-    """C8 gaps of one finite run: weights (max over steps of the sup norm), test outputs, phase boundaries."""
-    test_gap = np.linalg.norm(finite.test_outputs - linear.test_outputs) / np.linalg.norm(linear.test_outputs)
-    return {
-        "weight_gap": float(np.abs(finite.w - linear.w).max()),
-        "output_gap": float(test_gap),
-        "T_align": finite_phases.T_align,
-        "T_filter": finite_phases.T_filter,
-        "T_align_rel_gap": _relative_gap(finite_phases.T_align, linear_phases.T_align),
-        "T_filter_rel_gap": _relative_gap(finite_phases.T_filter, linear_phases.T_filter),
-        "final_test_accuracy": float(finite.test_accuracy[-1]),
-        "final_frac_noisy_zero": float(finite.weight_stats()["frac_noisy_zero"][-1]),
-    }
-
-
-def _plot(path: str, summary: dict, linear: Trajectory, examples: dict[int, Trajectory], linear_phases) -> None:
-    """``finite.png``: gaps against width (log-log, with a -1/2 reference), and weights of two widths over time."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = summary["per_width"]
-    widths = np.array([row["width"] for row in rows], dtype=np.float64)
-    fig, axes = plt.subplots(1, 1 + len(examples), figsize=(5.2 * (1 + len(examples)), 4.4))
-    ax = axes[0]
-    for key, color, label in (("weight_gap", "#1f77b4", "weight gap max_t |w^N - w^lin|_inf"),
-                              ("output_gap", "#ff7f0e", "relative test-output gap (final)")):
-        per_seed = np.array([row[key]["per_seed"] for row in rows])
-        ax.plot(np.repeat(widths, per_seed.shape[1]), per_seed.ravel(), "o", color=color, alpha=0.35, ms=4)
-        ax.plot(widths, per_seed.mean(axis=1), "-", color=color, lw=2, label=label)
-    anchor = np.mean(rows[0]["weight_gap"]["per_seed"])
-    ax.plot(widths, anchor * (widths / widths[0]) ** -0.5, "k--", lw=1, label="reference slope -1/2")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("hidden-layer width N")
-    ax.set_ylabel("gap to the linearized model")
-    ax.set_title(f"fitted weight-gap slope {summary['slope']:.3f} +/- {summary['slope_stderr']:.3f}", fontsize=10)
-    ax.legend(fontsize=8)
-
-    rng = np.random.default_rng(0)
-    clean, noisy = np.flatnonzero(~linear.noisy), np.flatnonzero(linear.noisy)
-    chosen = [(rng.choice(clean, min(3, len(clean)), replace=False), "#1f77b4"),
-              (rng.choice(noisy, min(3, len(noisy)), replace=False), "#d62728")]
-    for ax, (width, finite) in zip(axes[1:], examples.items()):
-        for indices, color in chosen:
-            ax.plot(linear.step, linear.w[:, indices], "-", color=color, lw=1.4)
-            ax.plot(finite.step, finite.w[:, indices], "--", color=color, lw=1.4)
-        for boundary, name in ((linear_phases.T_align, "T_align"), (linear_phases.T_filter, "T_filter")):
-            if boundary is not None:
-                ax.axvline(boundary, color="0.4", lw=0.8, ls=":")
-                ax.annotate(f" {name}", (boundary, 0.98), fontsize=8, va="top", xycoords=("data", "axes fraction"))
-        ax.plot([], [], "k-", label="linearized (analytic NTK)")
-        ax.plot([], [], "k--", label=f"finite, N={width}, seed {finite.config['seed']}")
-        ax.set_xlabel("step")
-        ax.set_ylabel("weight w (blue: clean, red: noisy examples)")
-        ax.set_ylim(-0.03, 1.03)
-        ax.set_title(f"weights of 6 examples, width {width}", fontsize=10)
-        ax.legend(fontsize=8, loc="center right")
-    fig.suptitle(summary["title"], fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def run(args: argparse.Namespace) -> dict:
-    """Run the C8 comparison from parsed arguments; return the summary."""
-    from tqdm import tqdm
-
-    # phases reads trajectories; the finite command needs its boundary detector for the comparison only.
-    from phases.detect import PhaseParams, detect_phases
-
-    try:
-        if len(args.widths) < 2:
-            raise ValueError(f"--widths needs at least two distinct widths to fit a slope, got {args.widths}")
-        spec = KernelSpec(depth=args.depth, activation=args.activation, W_std=args.w_std, b_std=args.b_std)
-        config = MetaConfig(loss=args.loss, eta=args.eta, beta=args.beta, gamma=args.gamma, w0=args.w0,
-                            steps=args.steps)
-        networks = [NetworkConfig(width=width, spec=spec, device=args.device) for width in args.widths]
-        if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"--device {args.device}: torch sees no CUDA device here")
-        problem = gaussian_mixture(np.random.default_rng(args.problem_seed), n=args.n, m=args.m, p=args.p,
-                                   num_classes=args.classes, dim=args.dim, noise_rate=args.noise)
-    except ValueError as error:
-        raise UserError(str(error)) from None
-    output = OutputDirectory(args.out, args.overwrite)
-    started = time.perf_counter()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
-        with output as staging:
-            print(f"[1/3] linearized model: analytic NTK of depth {spec.depth} {spec.activation}, {problem.name}, "
-                  f"n={args.n}, m={args.m}, p={args.p}", file=sys.stderr, flush=True)
-            blocks = KernelBlocks.from_problem(problem, lambda a, b: kernel(spec, a, b))
-            linear = simulate(problem, blocks, config)
-            eta = linear.config["eta"]
-            config = dataclasses.replace(config, eta=eta)
-            phase_params = PhaseParams()
-            linear_phases = detect_phases(linear, phase_params)
-            linear.save(os.path.join(staging, "linearized.npz"))
-            np.savez(os.path.join(staging, "problem.npz"), **problem.arrays())
-
-            print(f"[2/3] finite networks: widths {args.widths}, seeds {args.seeds}, {args.steps} steps, eta={eta:.4g}",
-                  file=sys.stderr, flush=True)
-            per_width, points, examples = [], [], {}
-            shown = {args.widths[0], args.widths[-1]}
-            total = len(args.widths) * len(args.seeds) * args.steps
-            with tqdm(total=total, unit="step", file=sys.stderr, leave=False, disable=None) as bar:
-                for network in networks:
-                    width_started = time.perf_counter()
-                    runs = []
-                    for seed in args.seeds:
-                        bar.set_description(f"N={network.width} seed {seed}")
-                        finite = train_finite(problem, config, network, generator=torch.Generator().manual_seed(seed),
-                                              progress=lambda _: bar.update(1))
-                        finite.save(os.path.join(staging, f"finite_w{network.width}_s{seed}.npz"))
-                        runs.append({"seed": seed} | _compare(finite, linear, detect_phases(finite, phase_params),
-                                                             linear_phases))
-                        points.append((network.width, runs[-1]["weight_gap"]))
-                        if network.width in shown and network.width not in examples:
-                            examples[network.width] = finite
-                    row = {"width": network.width, "runs": runs, "runtime_s": time.perf_counter() - width_started}
-                    for key in ("weight_gap", "output_gap", "T_align_rel_gap", "T_filter_rel_gap"):
-                        values = [r[key] for r in runs]
-                        row[key] = {"per_seed": values, "mean": float(np.mean(values)), "max": float(np.max(values))}
-                    row["T_align"] = {"per_seed": [r["T_align"] for r in runs], "linearized": linear_phases.T_align}
-                    row["T_filter"] = {"per_seed": [r["T_filter"] for r in runs], "linearized": linear_phases.T_filter}
-                    row["boundary_rel_gap_max"] = max(row["T_align_rel_gap"]["max"], row["T_filter_rel_gap"]["max"])
-                    write_json(os.path.join(staging, f"width_{network.width}.json"), row)
-                    per_width.append(row)
-
-            print("[3/3] slope, summary and figure", file=sys.stderr, flush=True)
-            widths_of_points, gaps = np.array(points).T
-            fit = fit_slope(widths_of_points, gaps)
-            widest = per_width[-1]
-            summary = {
-                "title": f"C8 on {problem.name}, n={args.n}, m={args.m}, p={args.p}: depth-{spec.depth} "
-                         f"{spec.activation} MLP, {args.loss}, {args.steps} steps, eta={eta:.3g}, beta={args.beta:g}, "
-                         f"gamma={args.gamma:g}",
-                **fit,
-                "slope_fit": "least squares of log(weight gap) on log(width) over every (width, seed) pair",
-                "definitions": {
-                    "weight_gap": "max over recorded steps and examples of |w^N - w^lin|",
-                    "output_gap": "||F_test^N - F_test^lin||_F / ||F_test^lin||_F at the final state",
-                    "T_align_rel_gap": "|T_align^N - T_align^lin| / T_align^lin (null when only one run has it)",
-                    "T_filter_rel_gap": "|T_filter^N - T_filter^lin| / T_filter^lin (null when only one run has it)",
-                },
-                "widths": args.widths, "seeds": args.seeds,
-                "per_width": per_width,
-                "linearized": {"T_align": linear_phases.T_align, "T_filter": linear_phases.T_filter,
-                               "final_test_accuracy": float(linear.test_accuracy[-1]),
-                               "final_frac_noisy_zero": float(linear.weight_stats()["frac_noisy_zero"][-1])},
-                "widest": {"width": widest["width"], "boundary_rel_gap_max": widest["boundary_rel_gap_max"],
-                           "T_align": widest["T_align"], "T_filter": widest["T_filter"],
-                           "weight_gap_mean": widest["weight_gap"]["mean"]},
-                "phase_detector": "phases.detect.detect_phases", "phase_parameters": dataclasses.asdict(phase_params),
-                "problem": {"generator": "dynamics.problem.gaussian_mixture", "name": problem.name, "n": args.n,
-                            "m": args.m, "p": args.p, "num_classes": args.classes, "dim": args.dim,
-                            "noise_rate": args.noise, "realised_noise_rate": problem.noise_rate,
-                            "seed": args.problem_seed},
-                "config": {"linearized": linear.config,
-                           "finite": {key: value for key, value in finite.config.items() if key not in ("width", "seed")},
-                           "threads": args.threads},
-                "command": "python -m dynamics.finite " + " ".join(sys.argv[1:]),
-                "runtime_s": time.perf_counter() - started,
-            }
-            _plot(os.path.join(staging, "finite.png"), summary, linear, examples, linear_phases)
-            write_json(os.path.join(staging, "summary.json"), summary)
-    except DivergenceError as error:
-        raise UserError(str(error)) from None
-    finally:
-        torch.set_num_threads(threads)
-
-    print(f"{'width':>6} {'weight gap':>11} {'output gap':>11} {'T_align':>12} {'T_filter':>14} {'boundary gap':>13}")
-    for row in per_width:
-        print(f"{row['width']:>6} {row['weight_gap']['mean']:>11.4g} {row['output_gap']['mean']:>11.4g} "
-              f"{str(row['T_align']['per_seed']):>12} {str(row['T_filter']['per_seed']):>14} "
-              f"{row['boundary_rel_gap_max']:>13.3g}")
-    print(f"linearized: T_align={linear_phases.T_align}, T_filter={linear_phases.T_filter}")
-    print(f"slope of the weight gap vs width: {summary['slope']:.3f} +/- {summary['slope_stderr']:.3f} "
-          f"({summary['points']} points); wrote {args.out}/ in {summary['runtime_s']:.0f} s")
-    return summary
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run_main("python -m dynamics.finite", lambda: run(build_parser().parse_args(argv)))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,7 +6,7 @@
     python -m figures --quick --out tmp    # small sizes: the whole set in a few minutes
 
 Fresh runs use the packages that own the computation (``python -m
-phases.simulate``, ``phases.sweep``, ``dynamics.finite``, ``dynamics.compare``);
+phases.simulate``, ``phases.sweep``, ``phases.finite``, ``phases.compare``);
 ``--save-results DIR`` keeps them so that ``--from DIR`` can redraw without
 recomputing. A results folder holds gamma1/ and gamma0/ (phases.simulate runs,
 figures 1-5), sweep/sweep.json (figure 6), finite/ (figure 7) and compare/*/

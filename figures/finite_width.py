@@ -1,6 +1,6 @@
 """Figure 7: finite-width networks against the linearized simulation (claim C8).
 
-Reads what ``python -m dynamics.finite --out DIR`` writes: ``summary.json``
+Reads what ``python -m phases.finite --out DIR`` writes: ``summary.json``
 (:func:`per_width`), ``linearized.npz`` and ``finite_w<N>_s<seed>.npz``
 (:class:`~dynamics.trajectory.Trajectory` files).
 """
@@ -33,7 +33,7 @@ def _is_number(value) -> bool:
 
 
 def per_width(summary: dict) -> pd.DataFrame:
-    """One row per (width, seed) from ``summary.json`` of ``python -m dynamics.finite``.
+    """One row per (width, seed) from ``summary.json`` of ``python -m phases.finite``.
 
     Reads ``summary["per_width"]``: a list of ``{"width": N, "runs": [{"seed": s, "weight_gap": ...,
     "output_gap": ..., "T_align": ..., "T_filter": ..., ...}, ...], ...}``. An entry without ``runs``
@@ -90,7 +90,7 @@ def figure(summary: dict, linearized=None, finite: dict | None = None, *, per_gr
 
     Parameters
     ----------
-    summary : ``summary.json`` of ``python -m dynamics.finite`` (read by :func:`per_width`); its ``slope``
+    summary : ``summary.json`` of ``python -m phases.finite`` (read by :func:`per_width`); its ``slope``
         (fitted over every (width, seed) point) is reported, else the slope is fitted here.
     linearized : the linearized :class:`~dynamics.trajectory.Trajectory` (``linearized.npz``), optional.
     finite : ``{(width, seed): Trajectory}`` of finite networks (``finite_w<N>_s<seed>.npz``), optional;

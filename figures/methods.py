@@ -1,6 +1,6 @@
 """Figure 8: the surrogate, meta-reweighting and the baselines against the noise rate, and CIFAR-10N.
 
-Reads the ``results.json`` files of ``python -m dynamics.compare`` (one per
+Reads the ``results.json`` files of ``python -m phases.compare`` (one per
 data set and noise rate, or per CIFAR-10N label set; :func:`records_from_json`).
 """
 
@@ -35,9 +35,9 @@ _REFERENCE = ("erm", "oracle")  # drawn dashed: the bounds every method sits bet
 
 
 def records_from_json(payload, source: str = "") -> list[dict]:
-    """One record per (method, seed) run of a ``results.json`` of ``python -m dynamics.compare``.
+    """One record per (method, seed) run of a ``results.json`` of ``python -m phases.compare``.
 
-    Reads the ``dynamics.compare/1`` schema: ``data`` (``gmm``, ``digits``,
+    Reads the ``phases.comparison/1`` schema: ``data`` (``gmm``, ``digits``,
     ``cifar10n-<label set>``), ``setup.problem.noise_rate`` (synthetic noise)
     or ``setup.problem.label_set`` (CIFAR-10N), and ``runs``: a list of
     ``{"method", "seed", "test_accuracy", "f1", "precision", "recall", "auc",
@@ -144,7 +144,7 @@ def figure(records: list[dict]) -> tuple[plt.Figure, pd.DataFrame]:
         ax = fig.add_subplot(grid[row, -1])
         if cifar.empty:
             if row == 0:
-                style.empty_panel(ax, "CIFAR-10N: no saved results.\nRun python -m dynamics.compare\n"
+                style.empty_panel(ax, "CIFAR-10N: no saved results.\nRun python -m phases.compare\n"
                                       "--data cifar10n-worse (also -aggre,\n-random1) --out DIR/compare/...\n"
                                       "(about 1 h each on 2 cores),\nthen python -m figures --from DIR")
                 ax.set_title("CIFAR-10N (real human noise)", pad=8)

@@ -8,7 +8,7 @@ Layout of a results folder (what ``--from DIR`` reads and ``--save-results DIR``
 ``gamma0/``             ``python -m phases.simulate --gamma 0 --out DIR/gamma0`` (figure 2)
 ``sweep/sweep.json``    ``python -m phases.sweep --out DIR/sweep`` (figure 6)
 ``finite/``             ``python -m phases.finite --out DIR/finite`` (figure 7)
-``compare/*/``          ``python -m dynamics.compare --data D [--noise R] --out DIR/compare/NAME``,
+``compare/*/``          ``python -m phases.compare --data D [--noise R] --out DIR/compare/NAME``,
                         one folder per data set and noise rate, CIFAR-10N label sets
                         included (figure 8)
 ======================  ==================================================================
@@ -20,11 +20,8 @@ are cached, so the figures of one invocation share one simulation.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import glob
-import importlib.util
-import io
 import json
 import os
 import re
@@ -94,7 +91,7 @@ class Sizes:
     sweep_settings: dict  # fields of phases.sweep.SweepSettings
     finite: FiniteWidthConfig
     compare_runs: tuple[tuple[str, float], ...]  # (data set, noise rate) of the method comparison
-    compare_args: tuple[str, ...]
+    compare_options: dict  # keyword arguments of phases.comparison.compare
     compare_jobs: int | None  # processes of the comparison (None: the sweep's workers)
 
     @classmethod
@@ -106,14 +103,14 @@ class Sizes:
                        finite=FiniteWidthConfig(widths=(64, 512), seeds=(0,), steps=120),
                        compare_runs=(("gmm", 0.2), ("gmm", 0.6), ("digits", 0.2), ("digits", 0.6)),
                        # one process: spawning workers that import torch costs more than these tiny runs
-                       compare_args=("--seeds", "1", "--epochs", "2", "--n-train", "300"), compare_jobs=1)
+                       compare_options={"seeds": 1, "epochs": 2, "n_train": 300}, compare_jobs=1)
         # docs/theory.md section 5 defaults for the runs; the sweep at the same sizes, every 0.1 up to 0.7;
         # the finite-width check and the comparison at their own defaults (3 seeds each).
         return cls(simulation=SimulationConfig(), gamma1_draws=4,
                    sweep_rates=tuple(round(0.1 * k, 10) for k in range(8)), sweep_seeds=4, sweep_settings={},
                    finite=FiniteWidthConfig(),
                    compare_runs=tuple((data, rate) for data in ("gmm", "digits") for rate in (0.0, 0.2, 0.4, 0.6)),
-                   compare_args=(), compare_jobs=None)
+                   compare_options={}, compare_jobs=None)
 
 
 class Results:
@@ -240,16 +237,19 @@ class Results:
     def compare(self) -> list[dict]:
         """Figure 8's inputs: the records of every ``results.json`` under ``DIR/compare`` (any depth).
 
-        A fresh regeneration runs ``python -m dynamics.compare --data D --noise R --out
+        A fresh regeneration runs ``python -m phases.compare --data D --noise R --out
         DIR/compare/D-noiseR`` for the synthetic data sets and rates of :class:`Sizes` whose folder is
         missing. CIFAR-10N takes about an hour per label set on 2 cores, so it is only read: put the
-        output of ``python -m dynamics.compare --data cifar10n-worse --out DIR/compare/cifar10n-worse``
+        output of ``python -m phases.compare --data cifar10n-worse --out DIR/compare/cifar10n-worse``
         (and ``-aggre``, ``-random1``) there beforehand.
         """
         return self._cached("compare", self._compare)
 
     def _compare(self) -> list[dict]:
+        from dynamics.methods import TrainingDiverged
         from figures.methods import records_from_json
+        from phases.cli import OutputDirectory, UserError
+        from phases.comparison import compare, write_results
 
         path = os.path.join(self.root, "compare")
         if self.fresh:
@@ -258,18 +258,19 @@ class Results:
                 out = os.path.join(path, f"{data}-noise{rate:g}")
                 if os.path.isfile(os.path.join(out, "results.json")):
                     continue
-                argv = ["--data", data, "--noise", f"{rate:g}", *self.sizes.compare_args, "--out", out, "--overwrite"]
                 jobs = self.sizes.compare_jobs or self.workers or os.cpu_count() or 1
-                argv += ["--jobs", str(jobs)]
+                self._status(f"comparing methods on {data}, noise {rate:g}")
                 try:
-                    self._call("dynamics.compare", argv, "compare.log")
-                except MissingResults as error:
-                    failures.append(str(error))
+                    results = compare(data, noise_rate=rate, jobs=jobs, **self.sizes.compare_options)
+                    with OutputDirectory(out, overwrite=True) as staging:
+                        write_results(results, staging)
+                except (ValueError, TrainingDiverged, UserError) as error:
+                    failures.append(f"{data} at noise {rate:g}: {error}")
             if failures and len(failures) == len(self.sizes.compare_runs):
                 raise MissingResults("; ".join(dict.fromkeys(failures)))
         files = sorted(glob.glob(os.path.join(path, "**", "results.json"), recursive=True))
         if not files:
-            raise MissingResults("needs results of python -m dynamics.compare; pass --from DIR with results.json "
+            raise MissingResults("needs results of python -m phases.compare; pass --from DIR with results.json "
                                  f"files under DIR/compare/ (none at {path})")
         records = []
         for file in files:

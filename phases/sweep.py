@@ -14,11 +14,9 @@ per run.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import dataclasses
 import json
 import math
-import multiprocessing
 import os
 import sys
 import time
@@ -29,6 +27,7 @@ import numpy as np
 from phases.cli import ArgumentParser, HelpFormatter, OutputDirectory, UserError, positive_int, run_main, versions, \
     write_json
 from phases.detect import PhaseParams
+from phases.executor import run_tasks
 
 #: What every record holds (``None`` where a quantity does not exist, e.g. ``T_filter`` without noise).
 RECORD_FIELDS = (
@@ -120,14 +119,6 @@ def run_one(noise: float, seed: int, settings: SweepSettings) -> dict:
     }
 
 
-def _single_threaded_worker() -> None:
-    # Two processes on two cores: one XLA thread each avoids oversubscription.
-    # JAX is not imported yet in a fresh spawned worker, so the flag still applies.
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "multi_thread_eigen" not in flags:
-        os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
-
-
 def sweep(noise_rates: Sequence[float], seeds: Sequence[int], settings: SweepSettings = SweepSettings(), *,
           workers: int | None = None, progress: Callable[[dict], None] | None = None) -> list[dict]:
     """Run every (noise rate, seed) pair; return the records in (noise, seed) order.
@@ -142,7 +133,7 @@ def sweep(noise_rates: Sequence[float], seeds: Sequence[int], settings: SweepSet
 
     Returns
     -------
-    list of dicts with the keys :data:`RECORD_FIELDS`.
+    list of dicts with the keys :data:`RECORD_FIELDS`, in increasing (noise rate, seed) order.
     """
     limit = (settings.num_classes - 1) / settings.num_classes
     for rate in noise_rates:
@@ -150,28 +141,9 @@ def sweep(noise_rates: Sequence[float], seeds: Sequence[int], settings: SweepSet
             raise ValueError(f"noise rates must lie in [0, {limit:.4g}) for {settings.num_classes} classes, got {rate}")
     if not noise_rates or not seeds:
         raise ValueError("a sweep needs at least one noise rate and one seed")
-    tasks = [(float(rate), int(seed)) for rate in noise_rates for seed in seeds]
-    workers = min(len(tasks), workers or os.cpu_count() or 1)
-    records = []
-    if workers == 1:
-        for rate, seed in tasks:
-            records.append(run_one(rate, seed, settings))
-            if progress is not None:
-                progress(records[-1])
-    else:
-        context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
-                                                    initializer=_single_threaded_worker) as pool:
-            futures = [pool.submit(run_one, rate, seed, settings) for rate, seed in tasks]
-            try:
-                for future in concurrent.futures.as_completed(futures):
-                    records.append(future.result())
-                    if progress is not None:
-                        progress(records[-1])
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
+    tasks = [(float(rate), int(seed), settings) for rate in noise_rates for seed in seeds]
+    report = None if progress is None else (lambda index, record: progress(record))
+    records = run_tasks(run_one, tasks, workers=workers, on_result=report)
     return sorted(records, key=lambda record: (record["noise"], record["seed"]))
 
 

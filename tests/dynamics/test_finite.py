@@ -160,7 +160,7 @@ def test_trajectory_shapes_rows_and_round_trip(tmp_path, variant):
     assert np.all(run.w[0] == 0.5)
     if variant == "fixed":
         assert np.all(run.w == 0.5)
-    for key in ("beta", "m", "eta", "gamma", "loss", "width", "seed", "versions"):
+    for key in ("beta", "m", "eta", "gamma", "loss", "width", "seed"):
         assert key in run.config
     assert run.config["seed"] == 3 and run.config["width"] == 32
     run.save(tmp_path / "finite.npz")

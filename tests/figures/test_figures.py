@@ -19,7 +19,7 @@ from figures.__main__ import main  # noqa: E402
 from phases.detect import detect_phases  # noqa: E402
 from phases.sweep import RECORD_FIELDS  # noqa: E402
 
-# The figures every checkout can make; 7 and 8 need dynamics.finite / dynamics.compare.
+# The figures every checkout can make; 7 and 8 need phases.finite / phases.compare.
 CORE = ("weights", "mechanism", "histograms", "sensitivity", "spectral", "phase_diagram")
 COLUMNS = {  # columns each CSV must hold (some figures add more)
     "weights": {"step", "phase", "mean_w_clean", "mean_w_noisy", "frac_noisy_zero"},
@@ -102,7 +102,7 @@ def test_missing_inputs_are_skipped_with_the_producing_command(tmp_path, capsys)
     messages = {entry["name"]: entry["message"] for entry in manifest["figures"]}
     assert set(messages) == {"phase_diagram", "finite_width"}
     assert "python -m phases.sweep" in messages["phase_diagram"]
-    assert "needs results of python -m dynamics.finite" in messages["finite_width"]
+    assert "needs results of python -m phases.finite" in messages["finite_width"]
     assert "--from" in messages["finite_width"]
 
 
@@ -240,7 +240,7 @@ def _compare_payload(data, noise=None, label_set=None):
     runs = [{"method": method, "seed": seed, "test_accuracy": 0.8 + 0.01 * seed, "f1": 0.9, "precision": 0.9,
              "recall": 0.9, "auc": 0.9, "realised_noise_rate": noise}
             for method in ("erm", "meta", "surrogate", "oracle", "newmethod") for seed in (0, 1)]
-    return {"schema": "dynamics.compare/1", "data": data, "setup": {"data": data, "problem": problem}, "runs": runs}
+    return {"schema": "phases.comparison/1", "data": data, "setup": {"data": data, "problem": problem}, "runs": runs}
 
 
 def test_methods_figure():

@@ -1,4 +1,4 @@
-"""``python -m dynamics.compare`` and its library entry point, at tiny sizes."""
+"""The method comparison: the library (``phases.comparison``) and ``python -m phases.compare``, at tiny sizes."""
 
 import json
 import os
@@ -6,15 +6,22 @@ import os
 import numpy as np
 import pytest
 
-from dynamics.compare import METRICS, SCHEMA, compare, format_table, main, resolve_setup
+from dynamics.methods import MetaParams, SmallLossParams
+from phases.compare import main
+from phases.comparison import METRICS, SCHEMA, compare, format_table, resolve_setup, write_results
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 _TINY = {"epochs": 2, "n_train": 80, "budget_overrides": {"batch_size": 32, "meta_batch_size": 16}}
+PROG = "python -m phases.compare"
 
 
-def test_compare_returns_the_documented_schema():
-    results = compare("gmm", ["erm", "oracle", "surrogate"], 2, **_TINY)
+def test_compare_returns_the_documented_schema_and_reports_progress(tmp_path):
+    events = []
+    results = compare("gmm", ["erm", "oracle", "small-loss"], 2, params={"small-loss": SmallLossParams(0.25)},
+                      progress=events.append, **_TINY)
     assert results["schema"] == SCHEMA
-    assert results["seeds"] == [0, 1] and results["methods"] == ["erm", "oracle", "surrogate"]
+    assert results["seeds"] == [0, 1] and results["methods"] == ["erm", "oracle", "small-loss"]
     assert len(results["runs"]) == 6 and not results["skipped"]
     assert [info["n"] for info in results["problems"]] == [80, 80]
     for method in results["methods"]:
@@ -26,8 +33,26 @@ def test_compare_returns_the_documented_schema():
         assert entry["test_accuracy"]["std"] == pytest.approx(np.std(values, ddof=1))
         assert set(results["weights"][method]) == {0, 1}
         assert results["weights"][method][0].shape == (80,)
+        assert results["epoch_weights"][method][1].shape == (2, 80)
     assert results["summary"]["oracle"]["precision"]["mean"] == 1.0
+    assert results["setup"]["params"]["small-loss"] == {"forget_rate": 0.25}
+    assert results["setup"]["params"]["meta"] == {"beta": 1.0, "w0": 0.5}
+    small_loss = [run for run in results["runs"] if run["method"] == "small-loss"]
+    assert all(run["params"] == {"forget_rate": 0.25} for run in small_loss)
+    erm = [run for run in results["runs"] if run["method"] == "erm"]
+    assert all(run["params"] == {} for run in erm)
     assert "oracle" in format_table(results)
+
+    # One event per epoch and per finished run, counting up to the whole.
+    assert [event.epochs_done for event in events] == sorted(event.epochs_done for event in events)
+    assert events[-1].epochs_done == events[-1].epochs_total == 6 * 2
+    finished = [event for event in events if event.finished is not None]
+    assert [event.runs_done for event in finished] == list(range(1, 7)) and finished[-1].runs_total == 6
+
+    assert write_results(results, str(tmp_path), "a command") == ["results.json", "results.md", "weights.npz"]
+    with np.load(tmp_path / "weights.npz") as weights:
+        assert np.array_equal(weights["oracle/seed1"], results["weights"]["oracle"][1])
+        assert np.array_equal(weights["small-loss/seed0/epochs"], results["epoch_weights"]["small-loss"][0])
 
 
 def test_parallel_jobs_reproduce_the_serial_run():
@@ -36,6 +61,7 @@ def test_parallel_jobs_reproduce_the_serial_run():
     run = [r for r in parallel["runs"] if r["method"] == "small-loss"][0]
     assert run["test_accuracy"] == serial["runs"][0]["test_accuracy"]
     assert np.array_equal(parallel["weights"]["small-loss"][3], serial["weights"]["small-loss"][3])
+    assert np.array_equal(parallel["epoch_weights"]["small-loss"][3], serial["epoch_weights"]["small-loss"][3])
 
 
 def test_resolve_setup_states_the_cpu_profile_and_rejects_noise_on_real_labels():
@@ -45,26 +71,34 @@ def test_resolve_setup_states_the_cpu_profile_and_rejects_noise_on_real_labels()
     assert resolve_setup("cifar10n-aggre", "gpu", device="cpu").network["kind"] == "resnet34"
     with pytest.raises(ValueError, match="real human label noise"):
         resolve_setup("cifar10n-worse", noise_rate=0.2)
+    assert resolve_setup("gmm", params={"meta": MetaParams(beta=0.5)}).params["meta"].beta == 0.5
+    with pytest.raises(ValueError, match="MetaParams"):
+        resolve_setup("gmm", params={"meta": SmallLossParams()})
+    with pytest.raises(ValueError, match="unknown method 'mixup'"):
+        resolve_setup("gmm", params={"mixup": MetaParams()})
 
 
 def test_cli_writes_json_markdown_and_weights(tmp_path, capsys):
     out = tmp_path / "cmp"
     rc = main(["--data", "digits", "--methods", "erm,oracle,cleanlab", "--seeds", "2", "--epochs", "1",
-               "--n-train", "100", "--batch-size", "50", "--jobs", "1", "--out", str(out)])
+               "--n-train", "100", "--batch-size", "50", "--forget-rate", "0.3", "--jobs", "1", "--out", str(out)])
     assert rc == 0
-    printed = capsys.readouterr().out
-    assert "test acc" in printed and "oracle" in printed
-    assert sorted(os.listdir(out)) == ["results.json", "results.md", "weights.npz"]
+    captured = capsys.readouterr()
+    assert "test acc" in captured.out and "oracle" in captured.out
+    assert "[6/6]" in captured.err  # one line per finished run
+    assert sorted(name for name in os.listdir(out) if not name.startswith(".")) == \
+        ["results.json", "results.md", "weights.npz"]
     with open(out / "results.json") as handle:
         results = json.loads(handle.read(), parse_constant=lambda name: pytest.fail(f"non-JSON constant {name}"))
-    assert results["command"].startswith("python -m dynamics.compare --data digits")
+    assert results["command"].startswith(f"{PROG} --data digits")
     assert results["setup"]["budget"]["epochs"] == 1 and results["setup"]["problem"]["n"] == 100
+    assert results["setup"]["params"]["coteaching"] == {"forget_rate": 0.3}
     assert "torch" in results["versions"]
     assert {run["method"] for run in results["runs"]} <= {"erm", "oracle", "cleanlab"}
     markdown = (out / "results.md").read_text()
-    assert "| method | test acc |" in markdown and "python -m dynamics.compare" in markdown
+    assert "| method | test acc |" in markdown and PROG in markdown
     with np.load(out / "weights.npz") as weights:
-        assert weights["oracle/seed1"].shape == (100,)
+        assert weights["oracle/seed1"].shape == (100,) and weights["erm/seed0/epochs"].shape == (1, 100)
     if "cleanlab" in results["skipped"]:
         assert "pip install cleanlab" in markdown
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".")]  # no staging left behind
@@ -75,19 +109,24 @@ def test_cli_writes_json_markdown_and_weights(tmp_path, capsys):
     (["--data", "gmm", "--seeds", "0"], "--seeds"),
     (["--data", "gmm", "--methods", "erm,bogus"], "bogus"),
     (["--data", "gmm", "--epochs", "-1"], "--epochs"),
+    (["--data", "gmm", "--lr", "0"], "--lr"),
+    (["--data", "gmm", "--forget-rate", "1"], "forget_rate"),
+    (["--data", "gmm", "--device", "no-such-device"], "device"),
     (["--data", "cifar10n-worse", "--noise", "0.2"], "real human label noise"),
     (["--data", "digits", "--n-train", "5000"], "n + m"),
     (["--data", "gmm", "--noise", "1.5"], "noise"),
     (["--data", "cifar10n-worse", "--data-dir", "{tmp}", "--epochs", "1"], "no CIFAR-10 images"),
+    (["--data", "gmm", "--methods", "erm", "--seeds", "1", "--epochs", "2", "--n-train", "100", "--batch-size", "20",
+      "--lr", "1e9"],
+     "lower the learning rate"),
 ])
 def test_bad_arguments_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, argv, message):
     out = tmp_path / "out"
-    argv = [arg.replace("{tmp}", str(tmp_path)) for arg in argv] + ["--out", str(out)]
+    argv = [arg.replace("{tmp}", str(tmp_path)) for arg in argv] + ["--jobs", "1", "--out", str(out)]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("python -m dynamics.compare: error:"), err
+    assert len(err) == 1 and err[0].startswith(f"{PROG}: error:"), err
     assert message in err[0]
-    assert "Traceback" not in err[0]
     assert not out.exists()
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".")]
 

@@ -1,0 +1,512 @@
+"""The method comparison as a library: every method on the same problem, network, budget, batches and seeds.
+
+docs/theory.md section 7: each method of :data:`dynamics.methods.METHODS`
+trains the same network with the same optimiser, schedule, batches, epochs
+and seeds; :func:`compare` reports, as mean and standard deviation over
+seeds, test accuracy, clean-detection precision, recall and F1 of ``{w >
+0}``, AUC of the weights, weight mass on noisy examples, wall time per epoch
+and peak memory, and keeps every run's per-epoch weights.
+:func:`write_results` saves a comparison as ``results.json``, ``results.md``
+and ``weights.npz``; ``python -m phases.compare`` is its command line.
+
+Profiles: ``cpu`` trains a 0.5-width SmallCNN on a class-balanced subset of
+CIFAR-10N (sizes in the output) so that all methods x 3 seeds fit in under an
+hour on 2 shared cores; ``gpu`` is the paper's scale (ResNet-34 on the whole
+training split) and needs an accelerator. ``gmm`` and ``digits`` use a
+two-layer MLP and are the same in both profiles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from phases.cli import atomic_write, versions, write_json, write_text
+
+DATASETS = ("gmm", "digits", "cifar10n-worse", "cifar10n-aggre", "cifar10n-random1")
+PROFILES = ("cpu", "gpu")
+METRICS = ("test_accuracy", "precision", "recall", "f1", "auc", "noisy_mass", "wall_time_per_epoch",
+           "peak_memory_mb", "score_auc")
+SCHEMA = "phases.comparison/1"
+# Relative cost of one epoch (ERM = 1), measured on the CPU profile: expensive runs are scheduled first.
+_COST = {"meta": 3.4, "l2rw": 3.4, "coteaching": 2.0, "surrogate": 1.2, "fine": 1.15, "cleanlab": 1.3}
+
+# CPU profile of the CIFAR-10N problems, sized by measurement on 2 cores (2 runs in parallel, 1 thread each):
+# an ERM epoch costs about 0.7 ms per training image on an idle core, meta / l2rw 3.5-4.5 times an ERM epoch,
+# co-teaching 2 times. All methods x 3 seeds on cifar10n-worse took 14 min at this size, 11 min at 4000 images
+# x 6 epochs while other jobs shared the machine: about 4x headroom to the one-hour budget.
+CIFAR_CPU = {"n_train": 6000, "n_meta": 1000, "n_test": 2000, "width": 0.5, "epochs": 8, "batch_size": 128,
+             "meta_batch_size": 32, "lr": 0.05, "warmup_epochs": 2, "eval_every": 0}
+CIFAR_GPU = {"n_train": None, "n_meta": 1000, "n_test": None, "epochs": 100, "batch_size": 128,
+             "meta_batch_size": 128, "lr": 0.1, "warmup_epochs": 10, "eval_every": 5}
+VECTOR = {"n_train": 1000, "n_meta": 100, "n_test": 1000, "hidden": (256, 256), "epochs": 20, "batch_size": 64,
+          "meta_batch_size": 64, "lr": 0.05, "warmup_epochs": 2, "eval_every": 1}
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """Everything a run needs besides method and seed, resolved from data set, profile and overrides.
+
+    Attributes
+    ----------
+    data : one of :data:`DATASETS`.
+    profile : one of :data:`PROFILES`.
+    problem : keyword arguments of the problem generator (sizes, noise).
+    network : ``{"kind": "mlp" | "cnn" | "resnet34", ...}``.
+    budget : the :class:`dynamics.methods.TrainBudget` shared by all methods.
+    params : method name -> that method's ``Params``, for every registered method.
+    data_dir : folder of the CIFAR files (CIFAR problems only).
+    description : one line stating the scale (subset, network) for reports.
+    """
+
+    data: str
+    profile: str
+    problem: dict
+    network: dict
+    budget: object
+    params: dict
+    data_dir: str | None
+    description: str
+
+    def to_json(self) -> dict:
+        return {"data": self.data, "profile": self.profile, "problem": self.problem, "network": self.network,
+                "budget": dataclasses.asdict(self.budget),
+                "params": {name: dataclasses.asdict(params) for name, params in self.params.items()},
+                "data_dir": self.data_dir, "description": self.description}
+
+
+def resolve_setup(data: str, profile: str = "cpu", *, epochs: int | None = None, noise_rate: float | None = None,
+                  noise_type: str = "symmetric", n_train: int | None = None, data_dir=None,
+                  budget_overrides: dict | None = None, params: Mapping[str, object] | None = None,
+                  device: str | None = None) -> Setup:
+    """The problem, network and budget of ``data`` under ``profile``, with overrides applied.
+
+    Parameters
+    ----------
+    data : one of :data:`DATASETS`.
+    profile : ``"cpu"`` or ``"gpu"`` (only CIFAR problems differ).
+    epochs : overrides the profile's epochs.
+    noise_rate, noise_type : synthetic label noise of ``gmm`` / ``digits``
+        (default 0.4 symmetric); CIFAR-10N noise is real, so these must stay unset there.
+    n_train : overrides the number of training examples ``n``.
+    data_dir : CIFAR data folder (default ``dynamics.cifar.DEFAULT_DATA_DIR``).
+    budget_overrides : fields of :class:`dynamics.methods.TrainBudget` to replace.
+    params : settings of some methods, by name (e.g. ``{"meta": MetaParams(beta=0.5)}``); the
+        others keep their defaults.
+    device : torch device (default ``"cpu"``, ``"cuda"`` for the gpu profile).
+
+    Raises
+    ------
+    ValueError
+        An unknown data set, profile or method, parameters of the wrong type,
+        an unavailable device, or an override that does not fit.
+    """
+    from dynamics.methods import REGISTRY, TrainBudget
+
+    if data not in DATASETS:
+        raise ValueError(f"data must be one of {', '.join(DATASETS)}; got {data!r}")
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {', '.join(PROFILES)}; got {profile!r}")
+    params = dict(params or {})
+    for name, value in params.items():
+        if name not in REGISTRY:
+            raise ValueError(f"params name unknown method {name!r}; methods are {', '.join(REGISTRY)}")
+        if not isinstance(value, REGISTRY[name].Params):
+            raise ValueError(f"params of {name!r} must be a {REGISTRY[name].Params.__name__}, got {value!r}")
+    params = {name: params.get(name, method.Params()) for name, method in REGISTRY.items()}
+    device = device or ("cuda" if profile == "gpu" else "cpu")
+    cifar = data.startswith("cifar10n-")
+    if cifar:
+        if noise_rate is not None or noise_type != "symmetric":
+            raise ValueError(f"{data} has real human label noise; a noise rate and type apply to gmm and "
+                             "digits only")
+        base = dict(CIFAR_CPU if profile == "cpu" else CIFAR_GPU)
+        problem = {"label_set": data.removeprefix("cifar10n-"), "n_train": base["n_train"],
+                   "n_meta": base["n_meta"], "n_test": base["n_test"]}
+        network = ({"kind": "cnn", "width": base["width"], "num_classes": 10} if profile == "cpu"
+                   else {"kind": "resnet34", "num_classes": 10})
+        from dynamics.cifar import DEFAULT_DATA_DIR
+
+        data_dir = str(data_dir if data_dir is not None else DEFAULT_DATA_DIR)
+    else:
+        base = dict(VECTOR)
+        noise_rate = 0.4 if noise_rate is None else noise_rate
+        problem = {"n": base["n_train"], "m": base["n_meta"], "noise_rate": noise_rate, "noise_type": noise_type}
+        if data == "gmm":
+            problem |= {"p": base["n_test"]}
+        network = {"kind": "mlp", "hidden": list(base["hidden"])}
+        data_dir = None
+    if n_train is not None:
+        problem["n_train" if cifar else "n"] = int(n_train)
+    budget_fields = {key: base[key] for key in ("epochs", "batch_size", "meta_batch_size", "lr", "warmup_epochs",
+                                                "eval_every")}
+    if epochs is not None:
+        budget_fields["epochs"] = int(epochs)
+    budget_fields |= dict(budget_overrides or {})
+    budget_fields["device"] = device
+    budget = TrainBudget(**budget_fields)
+
+    if cifar:
+        size = "the whole training split" if problem["n_train"] is None else f"{problem['n_train']} training images"
+        test = "the official test split" if problem["n_test"] is None else f"{problem['n_test']} test images"
+        net = (f"SmallCNN(width={network['width']})" if network["kind"] == "cnn" else "ResNet-34")
+        description = (f"{profile.upper()} profile: CIFAR-10N {problem['label_set']}, {size} (class-balanced "
+                       f"{problem['n_meta']}-image clean subset held out), {test}, {net}, {budget.epochs} epochs")
+    else:
+        description = (f"{data}: n={problem['n']}, m={problem['m']}, {problem['noise_type']} noise "
+                       f"{problem['noise_rate']}, MLP {tuple(network['hidden'])}, {budget.epochs} epochs")
+    return Setup(data, profile, problem, network, budget, params, data_dir, description)
+
+
+def _build_problem(setup: Setup, seed: int):
+    """The seed's problem as numpy arrays: a ``Problem`` or an ``ImageProblem``."""
+    rng = np.random.default_rng([int(seed), 0])
+    if setup.data == "gmm":
+        from dynamics.problem import gaussian_mixture
+
+        return gaussian_mixture(rng, **setup.problem)
+    if setup.data == "digits":
+        from dynamics.problem import digits
+
+        return digits(rng, **setup.problem)
+    from dynamics.cifar import cifar10n_problem
+
+    return cifar10n_problem(setup.problem["label_set"], rng, data_dir=setup.data_dir,
+                            n_train=setup.problem["n_train"], n_meta=setup.problem["n_meta"],
+                            n_test=setup.problem["n_test"])
+
+
+def _training_data(setup: Setup, problem):
+    from dynamics.methods import TrainingData
+
+    if setup.data.startswith("cifar10n-"):
+        return TrainingData.from_images(problem, device=setup.budget.device)
+    return TrainingData.from_problem(problem, device=setup.budget.device)
+
+
+def _factory(network: dict, data):
+    from dynamics.methods import cnn_factory, mlp_factory, resnet34_factory
+
+    if network["kind"] == "mlp":
+        return mlp_factory(int(data.X.shape[1]), data.num_classes, tuple(network["hidden"]))
+    if network["kind"] == "cnn":
+        return cnn_factory(data.num_classes, network["width"])
+    return resnet34_factory(data.num_classes)
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """Where a comparison stands, as :func:`compare` reports it to its ``progress`` callback.
+
+    Attributes
+    ----------
+    epochs_done, epochs_total : training epochs over all runs (a run in a
+        worker process counts when it finishes; a skipped run counts whole).
+    runs_done, runs_total : finished runs.
+    current : ``"seed S method"``, the run in progress or just finished.
+    finished : the record of the run that just finished (as in ``results["runs"]``,
+        or ``{"method", "seed", "skipped"}``), else None.
+    """
+
+    epochs_done: int
+    epochs_total: int
+    runs_done: int
+    runs_total: int
+    current: str
+    finished: dict | None = None
+
+
+def _run_one(setup: Setup, problem, method: str, seed: int, threads: int | None = None,
+             progress: Callable[[int, dict], None] | None = None) -> dict:
+    """Train ``method`` on one seed's problem; a JSON-ready record (weights kept apart)."""
+    from dynamics.methods import MethodUnavailable, detection_metrics, limit_threads, train
+    from dynamics.trajectory import weight_stats
+
+    if threads:
+        limit_threads(threads)
+    data = _training_data(setup, problem)
+    try:
+        result = train(method, data, _factory(setup.network, data), setup.budget, seed, setup.params[method],
+                       progress=progress)
+    except MethodUnavailable as error:
+        return {"method": method, "seed": int(seed), "skipped": str(error)}
+    noisy = data.noisy
+    score_auc = math.nan if result.score is None else float(weight_stats(result.score[None], noisy)["auc"][0])
+    return {
+        "method": method, "seed": int(seed), "test_accuracy": result.test_accuracy,
+        **detection_metrics(result.weights, noisy), "score_auc": score_auc,
+        "wall_time_per_epoch": result.wall_time_per_epoch, "peak_memory_mb": result.peak_memory_mb,
+        "realised_noise_rate": data.noise_rate, "parameters": result.config["parameters"],
+        "params": result.config["params"], "history": result.history,
+        "weights": result.weights, "epoch_weights": result.epoch_weights,
+    }
+
+
+def _summary(runs: list[dict], methods: Sequence[str]) -> dict:
+    summary = {}
+    for method in methods:
+        rows = [run for run in runs if run["method"] == method and "skipped" not in run]
+        if not rows:
+            continue
+        summary[method] = {}
+        for metric in METRICS:
+            values = np.array([row[metric] for row in rows], dtype=np.float64)
+            finite = values[np.isfinite(values)]
+            summary[method][metric] = {
+                "mean": float(finite.mean()) if finite.size else math.nan,
+                "std": float(finite.std(ddof=1)) if finite.size > 1 else math.nan,
+                "values": values.tolist(),
+            }
+    return summary
+
+
+def compare(data: str, methods: Sequence[str] | None = None, seeds: Sequence[int] | int = 3, *,
+            profile: str = "cpu", epochs: int | None = None, noise_rate: float | None = None,
+            noise_type: str = "symmetric", n_train: int | None = None, data_dir=None,
+            budget_overrides: dict | None = None, params: Mapping[str, object] | None = None,
+            device: str | None = None, jobs: int = 1, threads: int | None = 1,
+            progress: Callable[[Progress], None] | None = None) -> dict:
+    """Train each method on each seed's problem and summarise over seeds (docs/theory.md section 7).
+
+    Parameters
+    ----------
+    data : one of :data:`DATASETS`.
+    methods : names from :data:`dynamics.methods.METHODS` (default: all;
+        ``cleanlab`` is skipped, with the reason recorded, when absent).
+    seeds : a count ``k`` (seeds ``0 .. k-1``) or explicit seeds. A seed fixes
+        the problem draw (subset, clean subset, noise), the initial network
+        and the batches, identically for every method.
+    profile, epochs, noise_rate, noise_type, n_train, data_dir,
+    budget_overrides, params, device : see :func:`resolve_setup`.
+    jobs : runs trained in parallel processes (1: in this process).
+    threads : torch / BLAS threads per run (None: leave as is). One is
+        fastest on a shared 2-core machine, where spare threads spin.
+    progress : called with a :class:`Progress` after every epoch of a run in
+        this process and after every finished run.
+
+    Returns
+    -------
+    dict, JSON-serialisable except ``"weights"`` and ``"epoch_weights"``::
+
+        schema      SCHEMA
+        data, profile, description
+        methods     requested methods; seeds: list of int
+        setup       resolved problem / network / budget / params (Setup.to_json)
+        problems    per seed: {"seed", "name", "n", "m", "p", "num_classes", "realised_noise_rate"}
+        runs        per (method, seed) that ran: {"method", "seed", "test_accuracy", "precision",
+                    "recall", "f1", "auc", "noisy_mass", "mean_w_clean", "mean_w_noisy", "score_auc",
+                    "wall_time_per_epoch" (s), "peak_memory_mb", "realised_noise_rate", "parameters",
+                    "params" (the method's resolved settings), "history": {per-epoch lists}}
+        skipped     {method: reason}
+        summary     {method: {metric: {"mean", "std" (ddof=1, NaN for one seed), "values"}}}
+                    for metric in METRICS
+        weights     {method: {seed: (n,) float64 array}}, the final weights
+        epoch_weights  {method: {seed: (epochs, n) float32 array}}, the weights after every epoch
+        versions, started (ISO time), wall_time_total (s), jobs, threads
+
+    Raises
+    ------
+    ValueError
+        Bad data, profile, methods, seeds or overrides.
+    dynamics.cifar.DataError
+        A missing or corrupt CIFAR file.
+    dynamics.methods.TrainingDiverged
+        A run's training loss stopped being finite.
+    """
+    from dynamics.methods import METHODS, limit_threads
+
+    methods = list(METHODS if methods is None else methods)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods or len(set(methods)) != len(methods):
+        raise ValueError(f"methods must be distinct names from {', '.join(METHODS)}; "
+                         f"got {', '.join(methods) or 'none'}")
+    seeds = list(range(seeds)) if isinstance(seeds, (int, np.integer)) else [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ValueError(f"seeds must be a positive count or distinct non-negative integers; got {seeds}")
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    setup = resolve_setup(data, profile, epochs=epochs, noise_rate=noise_rate, noise_type=noise_type,
+                          n_train=n_train, data_dir=data_dir, budget_overrides=budget_overrides, params=params,
+                          device=device)
+    started_at = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    started = time.perf_counter()
+    report = progress or (lambda event: None)
+
+    problems, problem_info = {}, []
+    for seed in seeds:
+        problems[seed] = _build_problem(setup, seed)
+        n, m, p = problems[seed].sizes
+        problem_info.append({"seed": seed, "name": problems[seed].name, "n": n, "m": m, "p": p,
+                             "num_classes": problems[seed].num_classes,
+                             "realised_noise_rate": problems[seed].noise_rate})
+    if setup.budget.meta_batch_size > min(info["m"] for info in problem_info):
+        raise ValueError(f"meta_batch_size {setup.budget.meta_batch_size} exceeds the clean subset")
+
+    # Expensive runs first, so that parallel workers finish together.
+    tasks = sorted(((method, seed) for seed in seeds for method in methods),
+                   key=lambda task: -_COST.get(task[0], 1.0))
+    epochs_per_run = setup.budget.epochs
+    runs = []
+
+    def finished(record):
+        runs.append(record)
+        report(Progress(len(runs) * epochs_per_run, len(tasks) * epochs_per_run, len(runs), len(tasks),
+                        f"seed {record['seed']} {record['method']}", record))
+
+    if jobs == 1:
+        if threads:
+            limit_threads(threads)
+        for method, seed in tasks:
+            current = f"seed {seed} {method}"
+            done = len(runs) * epochs_per_run
+
+            def epoch_done(epoch, row, done=done, current=current):
+                report(Progress(done + epoch + 1, len(tasks) * epochs_per_run, len(runs), len(tasks), current))
+
+            finished(_run_one(setup, problems[seed], method, seed, threads, progress=epoch_done))
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        # spawn: a forked torch process can deadlock in its thread pools.
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            futures = [pool.submit(_run_one, setup, problems[seed], method, seed, threads) for method, seed in tasks]
+            for future in as_completed(futures):
+                finished(future.result())
+        except BaseException:
+            # Interrupted or failed: stop the workers now instead of waiting for their runs to end.
+            for process in list((pool._processes or {}).values()):
+                process.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
+
+    order = {task: index for index, task in enumerate((method, seed) for method in methods for seed in seeds)}
+    runs.sort(key=lambda run: order[(run["method"], run["seed"])])
+    skipped = {run["method"]: run["skipped"] for run in runs if "skipped" in run}
+    weights, epoch_weights = {}, {}
+    for run in runs:
+        if "weights" in run:
+            weights.setdefault(run["method"], {})[run["seed"]] = run.pop("weights")
+            epoch_weights.setdefault(run["method"], {})[run["seed"]] = run.pop("epoch_weights")
+    return {
+        "schema": SCHEMA, "data": data, "profile": profile, "description": setup.description,
+        "methods": methods, "seeds": seeds, "setup": setup.to_json(), "problems": problem_info,
+        "runs": [run for run in runs if "skipped" not in run], "skipped": skipped,
+        "summary": _summary(runs, methods), "weights": weights, "epoch_weights": epoch_weights,
+        "versions": versions(), "started": started_at, "wall_time_total": time.perf_counter() - started,
+        "jobs": jobs, "threads": threads,
+    }
+
+
+# ----------------------------------------------------------------------------- reports
+
+_COLUMNS = (("test_accuracy", "test acc", 3), ("precision", "precision", 3), ("recall", "recall", 3),
+            ("f1", "F1", 3), ("auc", "AUC", 3), ("noisy_mass", "noisy mass", 3),
+            ("wall_time_per_epoch", "s/epoch", 2), ("peak_memory_mb", "peak MiB", 0))
+
+
+def _cell(entry: dict, digits: int) -> str:
+    mean, std = entry["mean"], entry["std"]
+    if math.isnan(mean):
+        return "n/a"
+    return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows (``mean ± std`` over seeds) of the comparison table."""
+    header = ["method"] + [label for _, label, _ in _COLUMNS]
+    rows = [[method] + [_cell(metrics[key], digits) for key, _, digits in _COLUMNS]
+            for method, metrics in results["summary"].items()]
+    return header, rows
+
+
+def format_table(results: dict) -> str:
+    """The comparison table as aligned plain text."""
+    header, rows = table_rows(results)
+    widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(text.ljust(width) if i == 0 else text.rjust(width)
+                       for i, (text, width) in enumerate(zip(line, widths))) for line in [header, *rows]]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def realised_noise_rate(results: dict) -> float:
+    """The training noise rate realised by the problems, averaged over seeds."""
+    return float(np.mean([info["realised_noise_rate"] for info in results["problems"]]))
+
+
+def format_markdown(results: dict, command: str | None = None) -> str:
+    """``results.md``: what ran, the table and the notes."""
+    header, rows = table_rows(results)
+    budget = results["setup"]["budget"]
+    lines = [f"# Noisy-label methods on {results['problems'][0]['name']}", ""]
+    if command:
+        lines += ["```", command, "```", ""]
+    lines += [
+        f"{results['description']}; realised training noise rate {realised_noise_rate(results):.3f}; "
+        f"seeds {results['seeds']}; mean ± standard deviation over seeds (ddof=1).",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
+        *["| " + " | ".join(row) + " |" for row in rows],
+        "",
+        f"Budget shared by all methods: SGD (momentum {budget['momentum']}, weight decay {budget['weight_decay']}), "
+        f"learning rate {budget['lr']} with a per-step cosine to 0, batch {budget['batch_size']}, clean batch "
+        f"{budget['meta_batch_size']}, clean-subset weight gamma={budget['gamma']}, warm-up "
+        f"{budget['warmup_epochs']} epochs, augmentation {'on' if budget['augment'] else 'off'} (images only).",
+        "Precision / recall / F1: `{w > 0}` as the detected clean set against the true clean mask; AUC of the "
+        "final weights as a clean score (ties 1/2); noisy mass: share of the total weight on noisy examples; "
+        f"s/epoch: training wall time per epoch ({results['jobs']} parallel run(s), {results['threads']} thread(s) "
+        "each, on a machine possibly shared with other work), evaluation excluded; peak MiB: resident memory "
+        "above the run's start (CUDA: allocated device memory).",
+    ]
+    for method, reason in results["skipped"].items():
+        lines.append(f"Skipped {method}: {reason}.")
+    lines += ["", f"Total wall time {results['wall_time_total'] / 60:.1f} min, started {results['started']}; "
+                  f"versions {json.dumps(results['versions'])}.", ""]
+    return "\n".join(lines)
+
+
+def write_results(results: dict, directory: str, command: str | None = None) -> list[str]:
+    """Write a comparison into the existing ``directory``; return the file names written.
+
+    ``results.json`` (everything but the weights; NaN as null), ``results.md``
+    and ``weights.npz``: ``METHOD/seedS`` the final weights ``(n,)`` and
+    ``METHOD/seedS/epochs`` the weights after every epoch ``(epochs, n)``.
+    """
+    payload = {key: value for key, value in results.items() if key not in ("weights", "epoch_weights")}
+    payload["command"] = command
+    write_json(os.path.join(directory, "results.json"), payload)
+    write_text(os.path.join(directory, "results.md"), format_markdown(results, command))
+    arrays = {}
+    for method, per_seed in results["weights"].items():
+        for seed, w in per_seed.items():
+            arrays[f"{method}/seed{seed}"] = w
+            arrays[f"{method}/seed{seed}/epochs"] = results["epoch_weights"][method][seed]
+
+    def save(path):
+        with open(path, "wb") as handle:
+            np.savez_compressed(handle, **arrays)
+
+    atomic_write(os.path.join(directory, "weights.npz"), save)
+    return ["results.json", "results.md", "weights.npz"]
+
+
+__all__ = ["CIFAR_CPU", "CIFAR_GPU", "DATASETS", "METRICS", "PROFILES", "Progress", "SCHEMA", "Setup", "VECTOR",
+           "compare", "format_markdown", "format_table", "realised_noise_rate", "resolve_setup", "table_rows",
+           "write_results"]
