@@ -554,3 +554,41 @@ def run_finite_width(config: FiniteWidthConfig = FiniteWidthConfig(), *,
         "runtime_s": time.perf_counter() - started,
     }
     return FiniteWidthResult(config, problem, linear, linear_phases, finite, summary)
+
+
+# ----------------------------------------------------------------------------- claims over seeds
+
+
+def seed_summary(config: SimulationConfig) -> dict:
+    """One run's ``summary.json`` (phases, claims, final metrics) plus its seed and realised noise: a study's record."""
+    result = run_simulation(config)
+    return {"seed": config.seed, "realised_noise_rate": result.problem.noise_rate, **result.summary}
+
+
+def run_seeds(config: SimulationConfig, seeds, *, workers: int | None = None,
+              on_result: Callable[[int, dict], None] | None = None) -> list[dict]:
+    """:func:`seed_summary` of ``config`` at every seed, on a local process pool; records in seed order."""
+    from phases.executor import run_tasks
+
+    tasks = [(dataclasses.replace(config, seed=int(seed)),) for seed in seeds]
+    return run_tasks(seed_summary, tasks, workers=workers, on_result=on_result)
+
+
+def claims_over_seeds(records: list[dict]) -> list[dict]:
+    """Per claim: how often each verdict came out, and the distribution of its margin over the seeds."""
+    rows = {}
+    for record in records:
+        for claim in record["claims"]:
+            row = rows.setdefault(claim["id"], {"id": claim["id"], "name": claim["name"], "kind": claim["kind"],
+                                                "holds": 0, "fails": 0, "n/a": 0, "margins": [],
+                                                "failed_seeds": []})
+            row[claim["verdict"]] += 1
+            if claim["margin"] is not None:
+                row["margins"].append(claim["margin"])
+            if claim["verdict"] == "fails":
+                row["failed_seeds"].append(record["seed"])
+    for row in rows.values():
+        margins = np.asarray(row.pop("margins"), dtype=np.float64)
+        row["margin"] = None if margins.size == 0 else {
+            "min": float(margins.min()), "median": float(np.median(margins)), "max": float(margins.max())}
+    return list(rows.values())

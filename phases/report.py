@@ -164,3 +164,21 @@ def final_line(final: dict) -> str:
     """One sentence on the final state: accuracy and how well ``w`` separates clean from noisy examples."""
     return (f"Final: test accuracy {_fmt(final['test_accuracy'])}, AUC of w (clean vs noisy) {_fmt(final['auc'])}, "
             f"precision {_fmt(final['precision'])} / recall {_fmt(final['recall'])} of {{w > 0}} as the clean set.")
+
+
+def seeds_table(rows: list[dict], seeds: list[int]) -> str:
+    """Claims over seeds: verdict counts and the margin's minimum / median / maximum, theory first."""
+    header = f"{'claim':<8}{'holds':>7}{'fails':>7}{'n/a':>5}{'margin min':>12}{'median':>10}{'max':>10}  failed at seeds"
+    lines = [f"Claims over {len(seeds)} seeds ({seeds[0]}-{seeds[-1]}):" if seeds == list(range(seeds[0], seeds[-1] + 1))
+             else f"Claims over seeds {seeds}:", header, "-" * len(header)]
+    for kind, title in _KINDS:
+        group = [row for row in rows if row["kind"] == kind]
+        if group:
+            lines.append(title)
+        for row in group:
+            margin = row["margin"] or {}
+            cells = "".join(f"{_fmt(margin.get(key), '+.3g'):>{width}}"
+                            for key, width in (("min", 12), ("median", 10), ("max", 10)))
+            failed = ", ".join(map(str, row["failed_seeds"])) or "-"
+            lines.append(f"{row['id']:<8}{row['holds']:>7}{row['fails']:>7}{row['n/a']:>5}{cells}  {failed}")
+    return "\n".join(lines)

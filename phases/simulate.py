@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--min-window", type=int, default=d.min_window, help="smallest plateau window, steps")
     ph.add_argument("--tau", type=float, default=d.tau,
                     help="plateau: L_meta fell by less than tau * L_meta(0) over the window")
+    study = parser.add_argument_group("claims over seeds")
+    study.add_argument("--seeds", type=seed_list, default=None, metavar="SEEDS",
+                       help="run the configuration at every seed of SEEDS (e.g. 0-19 or 0,3,7) and report each "
+                            "claim's verdict rate and margin distribution instead of one run")
+    study.add_argument("--workers", type=positive_int, default=None,
+                       help="processes for --seeds (default: the number of cores)")
     out = parser.add_argument_group("output")
     out.add_argument("--config", default=None, metavar="FILE",
                      help="repeat the run saved in FILE (a config.json, or its directory); flags override it")
@@ -85,6 +91,21 @@ def build_parser() -> argparse.ArgumentParser:
                      help="replace an existing output directory (only one this toolkit wrote)")
     out.add_argument("--save-kernels", action="store_true", help="also write kernels.npz (K_XX, K_VX, K_VV, K_TX, K_TV)")
     return parser
+
+
+def seed_list(text: str) -> list[int]:
+    """An argument type: ``A-B`` (inclusive) or comma-separated seeds, each ``>= 0``; sorted, no repeats."""
+    try:
+        if "-" in text.strip("-") and "," not in text:
+            low, high = (int(part) for part in text.split("-"))
+            seeds = list(range(low, high + 1))
+        else:
+            seeds = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be A-B or comma-separated integers, got {text!r}") from None
+    if not seeds or seeds[0] < 0 or len(seeds) > 10_000:
+        raise argparse.ArgumentTypeError(f"must name 1 to 10000 seeds >= 0, got {text!r}")
+    return seeds
 
 
 def parse_config(argv: list[str] | None) -> tuple[SimulationConfig, argparse.Namespace]:
@@ -129,9 +150,12 @@ def run(argv: list[str] | None = None) -> dict:
         config.validate()
     except ValueError as error:
         raise UserError(_as_flags(str(error))) from None
-    out = args.out or os.path.join("runs", time.strftime("simulate-%Y%m%d-%H%M%S"))
+    kind = "simulate" if args.seeds is None else "seeds"
+    out = args.out or os.path.join("runs", time.strftime(f"{kind}-%Y%m%d-%H%M%S"))
     command = " ".join([PROG, *(sys.argv[1:] if argv is None else argv)])
     output = OutputDirectory(out, args.overwrite, command=command)
+    if args.seeds is not None:
+        return _run_seeds(config, args, output, command, out)
 
     import matplotlib
 
@@ -166,6 +190,50 @@ def run(argv: list[str] | None = None) -> dict:
     print(final_line(summary["final"]))
     print(f"Wrote {out}/: {' '.join(written)}")
     return summary
+
+
+def _run_seeds(config: SimulationConfig, args: argparse.Namespace, output: OutputDirectory, command: str,
+               out: str) -> list[dict]:
+    """The claims-over-seeds study: every seed's summary, the verdict rates and margin distributions."""
+    from tqdm import tqdm
+
+    from dynamics.simulate import DivergenceError
+    from phases.cli import write_json, write_text
+    from phases.experiments import claims_over_seeds, run_seeds
+    from phases.report import seeds_table
+
+    started = time.perf_counter()
+    try:
+        with output as staging:
+            with tqdm(total=len(args.seeds), unit="run", file=sys.stderr, disable=None) as bar:
+                records = run_seeds(config, args.seeds, workers=args.workers, on_result=lambda *_: bar.update())
+            rows = claims_over_seeds(records)
+            write_json(os.path.join(staging, "seeds.json"), {
+                "command": command, "settings": dataclasses.asdict(config), "seeds": args.seeds,
+                "claims": rows, "records": records, "wall_s": time.perf_counter() - started})
+            write_text(os.path.join(staging, "seeds.csv"), _seeds_csv(records))
+    except DivergenceError as error:
+        raise UserError(str(error)) from None
+    print(seeds_table(rows, args.seeds))
+    print(f"Wrote {out}/: seeds.json seeds.csv ({len(records)} runs, {time.perf_counter() - started:.0f} s)")
+    return records
+
+
+def _seeds_csv(records: list[dict]) -> str:
+    """One row per seed: boundaries, final metrics, and each claim's verdict and margin."""
+    ids = [claim["id"] for claim in records[0]["claims"]]
+    header = ["seed", "realised_noise_rate", "T_align", "T_filter", "T_freeze", "test_accuracy", "auc",
+              "frac_clean_zero_end", *(f"{id}_{part}" for id in ids for part in ("verdict", "margin"))]
+    lines = [",".join(header)]
+    for record in records:
+        claims = {claim["id"]: claim for claim in record["claims"]}
+        cells = [record["seed"], record["realised_noise_rate"], record["T_align"], record["T_filter"],
+                 record["T_freeze"], record["final"]["test_accuracy"], record["final"]["auc"],
+                 record["final"]["frac_clean_zero"]]
+        cells += [value for id in ids for value in (claims[id]["verdict"], claims[id]["margin"])]
+        lines.append(",".join("" if cell is None else f"{cell:.6g}" if isinstance(cell, float) else str(cell)
+                              for cell in cells))
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

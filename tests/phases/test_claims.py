@@ -104,7 +104,7 @@ def test_c5_rate_fails_when_the_prediction_is_off():
     phases = detect_phases(trajectory)
     post = phases.masks(trajectory.step)["post-filtering"]
     right = RatePrediction(0.5, 0.99, trajectory.step[post], trajectory.clean_loss[post])
-    wrong = RatePrediction(5.0, 0.9, trajectory.step[post], trajectory.clean_loss[post])
+    wrong = RatePrediction(5.0, 0.9, trajectory.step[post], 0.9 ** (trajectory.step[post] - trajectory.step[post][0]))
     holds, fails = c5_rate(trajectory, phases, right, Thresholds()), c5_rate(trajectory, phases, wrong, Thresholds())
     assert holds.verdict == HOLDS and holds.measured["rho_measured"] == pytest.approx(0.99, abs=1e-12)
     assert fails.verdict == FAILS and fails.measured["relative_error_of_1_minus_rho"] == pytest.approx(9.0, rel=1e-9)

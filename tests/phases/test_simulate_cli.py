@@ -197,3 +197,21 @@ def test_the_library_and_the_command_give_the_same_run(tmp_path):
     fresh = json.loads(json.dumps(result.summary["claims"], sort_keys=True))
     assert claims_table(fresh) == claims_table(load_simulation(str(out)).summary["claims"])
     np.testing.assert_array_equal(result.trajectory.w, np.load(out / "trajectory.npz")["w"])
+
+
+def test_claims_over_seeds_equal_the_single_runs(tmp_path, capsys):
+    study = tmp_path / "study"
+    assert main([*SMALL, "--seeds", "1-2", "--workers", "1", "--out", str(study)]) == 0
+    table = capsys.readouterr().out
+    payload = json.loads((study / "seeds.json").read_text())
+    assert payload["seeds"] == [1, 2] and [record["seed"] for record in payload["records"]] == [1, 2]
+    for record in payload["records"]:
+        single = json.loads((_run(tmp_path / f"seed{record['seed']}", "--seed", str(record["seed"]))
+                             / "summary.json").read_text())
+        assert {key: value for key, value in record.items() if key not in ("seed", "realised_noise_rate")} == single
+    rows = {row["id"]: row for row in payload["claims"]}
+    for claim_id, row in rows.items():
+        verdicts = [next(c for c in record["claims"] if c["id"] == claim_id)["verdict"] for record in payload["records"]]
+        assert (row["holds"], row["fails"], row["n/a"]) == tuple(verdicts.count(v) for v in ("holds", "fails", "n/a"))
+        assert claim_id in table
+    assert len((study / "seeds.csv").read_text().splitlines()) == 3
