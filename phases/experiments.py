@@ -74,6 +74,7 @@ class SimulationConfig:
     window: float = PhaseParams().window_fraction
     min_window: int = PhaseParams().min_window
     tau: float = PhaseParams().tau
+    tau_w: float = PhaseParams().tau_w
 
     def __post_init__(self):
         for name, value, choices in (("dataset", self.dataset, DATASETS), ("noise_type", self.noise_type, NOISE_TYPES),
@@ -103,7 +104,7 @@ class SimulationConfig:
         return args
 
     def phase_params(self) -> PhaseParams:
-        return PhaseParams(self.align_fraction, self.window, self.min_window, self.tau)
+        return PhaseParams(self.align_fraction, self.window, self.min_window, self.tau, self.tau_w)
 
     def meta_config(self):
         from dynamics.simulate import MetaConfig

@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--min-window", type=int, default=d.min_window, help="smallest plateau window, steps")
     ph.add_argument("--tau", type=float, default=d.tau,
                     help="plateau: L_meta fell by less than tau * L_meta(0) over the window")
+    ph.add_argument("--tau-w", type=float, default=d.tau_w,
+                    help="T_freeze: the share of noisy examples at w = 0 never again grows by tau_w or more")
     study = parser.add_argument_group("claims over seeds")
     study.add_argument("--seeds", type=seed_list, default=None, metavar="SEEDS",
                        help="run the configuration at every seed of SEEDS (e.g. 0-19 or 0,3,7) and report each "

@@ -94,7 +94,7 @@ def run_one(noise: float, seed: int, settings: SweepSettings) -> dict:
                               spread=settings.spread, depth=settings.depth, gamma=settings.gamma,
                               steps=settings.steps, record_every=settings.record_every, perturb_draws=0,
                               align_fraction=params.align_fraction, window=params.window_fraction,
-                              min_window=params.min_window, tau=params.tau)
+                              min_window=params.min_window, tau=params.tau, tau_w=params.tau_w)
     result = run_simulation(config, claims=False)
     problem, trajectory, phases = result.problem, result.trajectory, result.phases
     stats = trajectory.weight_stats()
