@@ -188,3 +188,37 @@ def test_t_freeze_is_where_the_noisy_share_at_zero_stops_growing():
     w[200:, NOISY] = 0.0
     w[80:200, 30] = 0.1  # one noisy example (10% of them) comes back until step 200
     assert detect_phases(_trajectory(w=w)).T_freeze == 200
+
+
+def test_the_spectral_prediction_equals_iterating_the_frozen_dynamics():
+    """C5''s eigen-expansion against the plain recurrence E <- E - eta K_joint diag(w, gamma) E (MSE)."""
+    import dataclasses
+
+    from dynamics.simulate import KernelBlocks, MetaConfig, simulate
+    from kernels import KernelSpec, kernel
+    from phases.claims import predict_post_filtering_rate
+    from phases.experiments import SimulationConfig
+
+    config = SimulationConfig(n=60, m=12, p=20, dim=8, steps=300, perturb_draws=0, seed=3)
+    problem = config.problem()
+    blocks = KernelBlocks.from_problem(problem, lambda a, b: kernel(KernelSpec(), a, b))
+    trajectory = simulate(problem, blocks, config.meta_config(), seed=3)
+    phases = detect_phases(trajectory)
+    assert phases.T_filter is not None and phases.T_filter < 250
+    head = simulate(problem, blocks, dataclasses.replace(config.meta_config(), eta=trajectory.config["eta"],
+                                                         steps=phases.T_filter, record_every=phases.T_filter,
+                                                         perturb_draws=0), seed=3)
+    outputs = np.concatenate([head.outputs, head.meta_outputs])
+    prediction = predict_post_filtering_rate(problem, blocks, trajectory, phases, outputs)
+
+    n, m, _ = problem.sizes
+    K = np.block([[blocks.K_XX, blocks.K_VX.T], [blocks.K_VX, blocks.K_VV]])
+    w = trajectory.w[phases.T_filter]
+    D = np.concatenate([w, np.ones(m)])
+    Y = np.eye(problem.num_classes)[np.concatenate([problem.y_noisy, problem.y_meta])]
+    E, losses = outputs - Y, {}
+    for t in range(int(trajectory.step[-1]) - phases.T_filter + 1):
+        losses[phases.T_filter + t] = 0.5 * np.sum(E[n:] ** 2) / m
+        E = E - trajectory.config["eta"] * K @ (D[:, None] * E)
+    expected = np.array([losses[int(step)] for step in prediction.frozen_step])
+    np.testing.assert_allclose(prediction.frozen_loss, expected, rtol=1e-9, atol=1e-15)
