@@ -28,7 +28,7 @@ import tempfile
 import time
 import traceback
 
-from phases.cli import ArgumentParser, UserError, positive_int, versions, write_json, write_text
+from phases.cli import ArgumentParser, UserError, positive_int, run_main, versions, write_json, write_text
 
 PROG = "python -m figures"
 
@@ -175,12 +175,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-        return run(args, argv)
-    except UserError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 2
+    return run_main(PROG, lambda: run(build_parser().parse_args(argv), argv))
 
 
 if __name__ == "__main__":

@@ -287,11 +287,42 @@ class OutputDirectory:
             shutil.rmtree(trash, ignore_errors=True)
 
 
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived: unwind (staging directories are removed on the way out), exit ``128 + signal``."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupt(signum, frame):
+    raise Interrupted(signum)
+
+
 def run_main(prog: str, run: Callable[[], object]) -> int:
-    """Call ``run``; a :class:`UserError` becomes one line on stderr and status 2."""
+    """Call ``run``; return its status (an ``int`` result, else 0).
+
+    A :class:`UserError` becomes one line on stderr and status 2. SIGINT and
+    SIGTERM become :class:`Interrupted` wherever Python code runs, so the run
+    unwinds (its staging directory and worker processes are removed) and the
+    command ends with one line and status 130 or 143, never a traceback.
+    """
+    import signal
+    import threading
+
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():  # signal handlers belong to the main thread
+        handlers = {signum: signal.signal(signum, _interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        run()
+        status = run()
     except UserError as error:
         print(f"{prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
-    return 0
+    except (Interrupted, KeyboardInterrupt) as error:
+        signum = error.signum if isinstance(error, Interrupted) else signal.SIGINT
+        print(f"{prog}: interrupted by {signal.Signals(signum).name}; nothing was written", file=sys.stderr)
+        return 128 + signum
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    return status if isinstance(status, int) and not isinstance(status, bool) else 0

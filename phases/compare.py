@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -204,19 +202,8 @@ def run(argv: Sequence[str] | None = None) -> dict:
     return results
 
 
-def _terminate(signum, frame):
-    # SIGTERM as SystemExit, so that the staging directory is removed and the workers stopped on the way out.
-    raise SystemExit(128 + signum)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
-        return run_main(PROG, lambda: run(argv))
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
-        return run_main(PROG, lambda: run(argv))
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return run_main(PROG, lambda: run(argv))
 
 
 if __name__ == "__main__":

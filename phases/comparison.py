@@ -378,22 +378,10 @@ def compare(data: str, methods: Sequence[str] | None = None, seeds: Sequence[int
 
             finished(_run_one(setup, problems[seed], method, seed, threads, progress=epoch_done))
     else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from phases.executor import run_tasks
 
-        # spawn: a forked torch process can deadlock in its thread pools.
-        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
-        try:
-            futures = [pool.submit(_run_one, setup, problems[seed], method, seed, threads) for method, seed in tasks]
-            for future in as_completed(futures):
-                finished(future.result())
-        except BaseException:
-            # Interrupted or failed: stop the workers now instead of waiting for their runs to end.
-            for process in list((pool._processes or {}).values()):
-                process.terminate()
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-        pool.shutdown()
+        run_tasks(_run_one, [(setup, problems[seed], method, seed, threads) for method, seed in tasks], workers=jobs,
+                  on_result=lambda index, record: finished(record))
 
     order = {task: index for index, task in enumerate((method, seed) for method in methods for seed in seeds)}
     runs.sort(key=lambda run: order[(run["method"], run["seed"])])
@@ -433,6 +421,38 @@ def table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     rows = [[method] + [_cell(metrics[key], digits) for key, _, digits in _COLUMNS]
             for method, metrics in results["summary"].items()]
     return header, rows
+
+
+def results_frame(results: dict):
+    """The comparison's summary as a pandas DataFrame: mean and standard deviation over seeds.
+
+    Parameters
+    ----------
+    results : what :func:`compare` returns, or the ``results.json`` it wrote.
+
+    Returns
+    -------
+    pandas.DataFrame indexed by method (in the order compared, skipped
+    methods left out), with columns ``(metric, "mean")`` and ``(metric,
+    "std")`` for every metric of :data:`METRICS`, plus ``("seeds", "count")``.
+    The standard deviation has ``ddof=1`` and is NaN for a single seed; a
+    metric without a finite value is NaN (see ``summary`` in :func:`compare`).
+    ``frame.to_csv()`` and ``frame.to_markdown()`` (with tabulate) print it.
+    """
+    import pandas as pd
+
+    rows = {}
+    for method, metrics in results["summary"].items():
+        row = {(metric, stat): metrics[metric][stat] if metrics.get(metric) else math.nan
+               for metric in METRICS for stat in ("mean", "std")}
+        values = next((metrics[metric]["values"] for metric in METRICS if metrics.get(metric)), [])
+        row[("seeds", "count")] = len(values)
+        rows[method] = row
+    columns = pd.MultiIndex.from_tuples([(metric, stat) for metric in METRICS for stat in ("mean", "std")]
+                                        + [("seeds", "count")], names=["metric", "statistic"])
+    frame = pd.DataFrame.from_dict(rows, orient="index", columns=columns)
+    frame.index.name = "method"
+    return frame.astype({column: float for column in columns[:-1]})
 
 
 def format_table(results: dict) -> str:

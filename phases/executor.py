@@ -9,9 +9,10 @@ list with any number of workers.
 
 from __future__ import annotations
 
-import concurrent.futures
 import multiprocessing
 import os
+import queue
+import signal
 from collections.abc import Callable, Sequence
 
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -24,6 +25,8 @@ def _single_threaded_worker() -> None:
         os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
     for name in _THREAD_VARIABLES:
         os.environ.setdefault(name, "1")
+    # Ctrl-C reaches the whole process group: the parent decides, and terminates the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def run_tasks(function: Callable, tasks: Sequence[tuple], *, workers: int | None = None,
@@ -31,8 +34,8 @@ def run_tasks(function: Callable, tasks: Sequence[tuple], *, workers: int | None
     """``[function(*task) for task in tasks]``, on ``workers`` processes (``None``: the core count; 1: here).
 
     ``function`` must be importable by name (a module-level function). ``on_result(index, result)`` is called
-    in this process as each task finishes, in completion order. The first exception cancels what has not
-    started and is raised here.
+    in this process as each task finishes, in completion order. The first exception (or an interrupt of this
+    process) terminates every worker at once and is raised here: no worker outlives the call.
     """
     workers = max(1, min(len(tasks), workers or os.cpu_count() or 1))
     results = [None] * len(tasks)
@@ -42,18 +45,21 @@ def run_tasks(function: Callable, tasks: Sequence[tuple], *, workers: int | None
             if on_result is not None:
                 on_result(index, results[index])
         return results
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
-                                                initializer=_single_threaded_worker) as pool:
-        futures = {pool.submit(function, *task): index for index, task in enumerate(tasks)}
-        try:
-            for future in concurrent.futures.as_completed(futures):
-                index = futures[future]
-                results[index] = future.result()
-                if on_result is not None:
-                    on_result(index, results[index])
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+    finished = queue.SimpleQueue()
+    pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_single_threaded_worker)
+    try:
+        for index, task in enumerate(tasks):
+            pool.apply_async(function, task, callback=lambda result, i=index: finished.put((i, result, None)),
+                             error_callback=lambda error, i=index: finished.put((i, None, error)))
+        for _ in tasks:
+            index, result, error = finished.get()
+            if error is not None:
+                raise error
+            results[index] = result
+            if on_result is not None:
+                on_result(index, result)
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
     return results

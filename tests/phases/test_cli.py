@@ -101,7 +101,7 @@ def test_two_runs_to_one_output_never_replace_a_finished_result(tmp_path):
 
 
 def test_two_processes_racing_keep_exactly_one_result(tmp_path):
-    context = multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("spawn")
     start, done = context.Event(), context.Queue()
     workers = [context.Process(target=_race, args=(tmp_path / "run", name, start, done)) for name in ("a", "b")]
     for worker in workers:
