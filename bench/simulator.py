@@ -1,38 +1,45 @@
 """Benchmark the exact simulator: steps per second, FLOP/s against a plain product, autodiff speed-up, memory.
 
     python bench/simulator.py [--out FILE] [--sizes 1000 4000 8000] [--steps 200 40 15]
+                              [--feature-sizes 8000 50000] [--feature-width 1024]
 
-A script, not a timed test (ARCHITECTURE convention 11): it prints two tables
-and writes a JSON file with every number, the configuration and the package
-versions. Each size runs in its own process, so the jit cache and the peak
-memory of one size do not leak into the next. Every ratio is measured side by
-side in one process.
+A script, not a timed test (docs/architecture.md, convention 11): it prints
+its tables and writes a JSON file with every number, the configuration and
+the package versions. Each size runs in its own process, so the jit cache
+and the peak memory of one size do not leak into the next. Every ratio is
+measured side by side in one process. Everything is timed through the
+simulator's public pieces (:mod:`dynamics.simulate`: ``default_eta``,
+``init``, ``step``, ``simulate``, and the kernel operators of
+:mod:`dynamics.operators`); nothing is patched.
 
-What is measured, per size ``n`` (full batch, ``C = 10`` classes, ``m = p = n / 10``):
+What is measured, per size ``n`` of the dense route (full batch, ``C = 10``
+classes, ``m = p = n / 10``):
 
-* the problem is the Gaussian mixture of THEORY.md section 5 with 10 classes
-  and the kernel the analytic NTK of its two-hidden-layer ReLU network
-  (``kernels.infinite``); computing the kernel is not timed;
-* ``dynamics.simulate.simulate`` runs ``steps`` steps with ``record_every =
-  steps`` (two diagnostic records, counted in the FLOPs) and
-  ``perturb_draws = 0``; a first call compiles, the next ``--rounds`` calls
-  are timed and the median reported (one timed call where the CPUs are idle;
-  more where they are shared). Its jitted
-  loop (``dynamics.simulate._run``) is timed on its own on arrays already in
-  device memory: nothing is subtracted, the step is the whole step. The
-  per-call work of ``simulate`` outside the loop (the ``lambda_max``
-  eigen-solves of ``default_eta``, stacking the kernel, copying it to the
-  device) is reported separately;
-* the FLOPs of a step are counted from ``_step``'s matrix products (elementwise
-  work is O((n + m) C), under 0.1%); the reference is a jitted loop of the same
-  number of plain products ``(n + m, n) @ (n, C)``, each feeding the next so XLA
-  cannot hoist it, timed before and after each simulator call (the spread of
-  the ratio over rounds is a measure of the machine's noise);
-* at ``--compare-n`` the closed-form weight step (THEORY.md section 2: the meta
-  score, then ``clip(w + beta/m * score, 0, 1)``) is timed against the same
-  weight step by automatic differentiation through the look-ahead, on the same
-  state, both jitted and full batch, and the results are asserted equal to
-  1e-10. Two autodiff routes:
+* the problem is the Gaussian mixture of docs/theory.md section 5 with 10
+  classes and the kernel the analytic NTK of its two-hidden-layer ReLU network
+  (``kernels.infinite``), held as :class:`~dynamics.operators.KernelBlocks`;
+  computing the kernel is not timed;
+* the pieces of a run, separately: ``default_eta`` (the two ``lambda_max``
+  Lanczos solves, "eta solve"), ``jax.device_put`` of the blocks ("transfer"),
+  and ``steps`` calls of the public ``step`` on the device-resident blocks
+  after a first, compiling call ("steps/s": nothing is subtracted, the step
+  is the whole step, including the per-call dispatch from Python). A round
+  is one such loop between two plain-product loops; ``--rounds`` rounds, the
+  median reported (one round where the CPUs are idle, more where they are
+  shared);
+* the FLOPs of a step are counted from its matrix products (elementwise work
+  is O((n + m) C), under 0.1%); the reference is a jitted loop of the same
+  number of plain products ``(n + m, n) @ (n, C)``, each feeding the next so
+  XLA cannot hoist it (the spread of the ratio over rounds is a measure of
+  the machine's noise);
+* end to end: one ``simulate()`` call (after a compiling one) with ``record_every
+  = steps`` (two diagnostic records) and ``perturb_draws = 0``, which solves
+  for eta, copies the blocks to the device and runs the jitted loop;
+* at ``--compare-n`` the closed-form weight step (docs/theory.md section 2:
+  the meta score, then ``clip(w + beta/m * score, 0, 1)``) is timed against the
+  same weight step by automatic differentiation through the look-ahead, on
+  the state ``simulate()`` ended in, both jitted and full batch, and the
+  results are asserted equal to 1e-10. Two autodiff routes:
 
   - function space: ``jax.grad`` of ``L_meta(w)`` with ``F_meta_hat(w) = F_meta -
     eta (K_VX (w R) + gamma K_VV R_meta)``. Reverse mode through a linear map
@@ -51,10 +58,20 @@ What is measured, per size ``n`` (full batch, ``C = 10`` classes, ``m = p = n / 
     features are random ReLU features of the same inputs, and the closed form
     is given their kernel ``phi phi^T``.
 
+The feature route (docs/theory.md section 8), per ``--feature-sizes`` ``n``:
+the same problem with random ReLU features of width ``--feature-width``
+(``D``) held as :class:`~dynamics.operators.FeatureKernel`, no kernel matrix
+anywhere; the same pieces are timed (eta from ``(D, D)`` Gram matrices, then
+the public ``step`` on device-resident features), the FLOPs of a step are
+``2 C D (4 n + 5 m)``, the plain reference is a jitted loop of ``theta - c
+Phi^T (Phi theta)`` (two ``(n, D)``-by-``C`` products), and steps/s is set
+against the dense route's at the largest dense size of the run.
+
 Memory: ``ru_maxrss`` of each size's process (whole process, kernel
-construction included), the resident-set high-water mark of the simulator
-phase alone (``VmHWM`` after a reset through ``/proc/self/clear_refs``, where
-the kernel allows it), and the sizes of the kernel arrays.
+construction included), the resident-set high-water mark of the timed
+``simulate()`` call alone (``VmHWM`` after a reset through
+``/proc/self/clear_refs``, where the kernel allows it), and the sizes of the
+operator's arrays.
 
 The machine's CPUs may be shared: the load average is recorded at the start
 and the end, and timings of one run are noisy; compare ratios, not seconds.
@@ -69,60 +86,49 @@ import platform
 import resource
 import subprocess
 import sys
-import tempfile
 import time
-from importlib import metadata
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from phases.cli import (ArgumentParser, HelpFormatter, UserError, bounded, positive_int, run_main,  # noqa: E402
+                        versions, write_json)
+
+PROG = "python bench/simulator.py"
 NUM_CLASSES = 10
 DEFAULT_SIZES = (1000, 4000, 8000)
 DEFAULT_STEPS = {1000: 200, 4000: 40, 8000: 15}
+DEFAULT_FEATURE_SIZES = (8000, 50000)
+DEFAULT_FEATURE_STEPS = {8000: 40, 50000: 10}
+_size = bounded(int, 10 * NUM_CLASSES)  # m = n / 10 needs one clean example per class
 
 
-class UserError(Exception):
-    """Bad input: reported as one line on stderr, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UserError(message)
-
-
-def _size(text):
-    value = int(text)
-    if value < 10 * NUM_CLASSES:
-        raise argparse.ArgumentTypeError(f"must be at least {10 * NUM_CLASSES} (m = n/10 needs one clean example "
-                                         f"per class), got {text}")
-    return value
-
-
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python bench/simulator.py", description=__doc__.split("\n\n")[0],
-                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     parser.add_argument("--out", default="bench/simulator.json", help="JSON file for every number (written atomically)")
-    parser.add_argument("--sizes", type=_size, nargs="+", default=list(DEFAULT_SIZES),
-                        help="training set sizes n (m = p = n/10, C = 10)")
-    parser.add_argument("--steps", type=_positive_int, nargs="+", default=None,
-                        help="timed simulator steps per size: one number for all sizes or one per size "
+    parser.add_argument("--sizes", type=_size, nargs="*", default=list(DEFAULT_SIZES),
+                        help="training set sizes n of the dense route (m = p = n/10, C = 10; at least 100)")
+    parser.add_argument("--steps", type=positive_int, nargs="+", default=None,
+                        help="timed steps per dense size: one number for all sizes or one per size "
                              f"(default {DEFAULT_STEPS} by size, else 20); the plain-product loop runs as many")
-    parser.add_argument("--rounds", type=_positive_int, default=3,
-                        help="timed simulate() calls per size after the warm-up, each between two plain-product "
-                             "loops; the median is reported")
-    parser.add_argument("--compare-n", type=int, default=4000,
+    parser.add_argument("--feature-sizes", type=_size, nargs="*", default=list(DEFAULT_FEATURE_SIZES),
+                        help="training set sizes n of the feature route (none: skip it)")
+    parser.add_argument("--feature-width", type=positive_int, default=1024, help="number of features D")
+    parser.add_argument("--feature-steps", type=positive_int, nargs="+", default=None,
+                        help=f"timed steps per feature size, as --steps (default {DEFAULT_FEATURE_STEPS} by size, "
+                             "else 10)")
+    parser.add_argument("--rounds", type=positive_int, default=3,
+                        help="timed step loops per size, each between two plain-product loops; the median is "
+                             "reported")
+    parser.add_argument("--compare-n", type=bounded(int, 0), default=4000,
                         help="size at which the closed-form weight step is timed against autodiff (0: skip; "
                              "must be one of --sizes)")
-    parser.add_argument("--feature-widths", type=float, nargs="+", default=[1.0, 4.0],
+    parser.add_argument("--feature-widths", type=bounded(float, 0.0, strict=True), nargs="+", default=[1.0, 4.0],
                         help="widths D of the parameter-space autodiff route, in units of n + m")
-    parser.add_argument("--repeats", type=_positive_int, default=7,
+    parser.add_argument("--repeats", type=positive_int, default=7,
                         help="timed rounds of each weight-step route (each round >= 0.2 s of calls); medians reported")
     parser.add_argument("--seed", type=int, default=0, help="seed of the problem and the random features")
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--feature-worker", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker-steps", type=int, default=None, help=argparse.SUPPRESS)
     return parser
 
@@ -169,7 +175,7 @@ def _maxrss_mb():
 
 
 def step_flops(n, m, C):
-    """Multiply-adds x 2 of one full-batch ``meta`` step (``dynamics.simulate._step``).
+    """Multiply-adds x 2 of one full-batch ``meta`` step over dense blocks (``dynamics.simulate.step``).
 
     meta score: ``K_VX (w R)`` and ``K_VX^T R_meta_hat`` (2 m n C each), ``K_VV R_meta`` (m^2 C);
     model update of train and clean outputs: ``K_X G`` ((n + m) n C) and ``K_V R_meta`` ((n + m) m C).
@@ -177,9 +183,13 @@ def step_flops(n, m, C):
     return 2 * C * (2 * m * n + m * m + (n + m) * n + (n + m) * m)
 
 
-def record_flops(n, m, p, C):
-    """One diagnostic record (``_diagnostics``, no perturbation draws): test outputs and the meta score."""
-    return 2 * C * (p * n + p * m + 2 * m * n + m * m)
+def feature_step_flops(n, m, D, C):
+    """Multiply-adds x 2 of one full-batch ``meta`` step over features (``dynamics.operators.FeatureKernel``).
+
+    look-ahead ``Psi (Phi^T (w R) + gamma Psi^T R_meta)`` ((n + 2 m) D C), coupling ``Phi (Psi^T R_meta_hat)``
+    ((n + m) D C), update ``[Phi; Psi] (Phi^T G + gamma Psi^T R_meta)`` (2 (n + m) D C).
+    """
+    return 2 * C * D * (4 * n + 5 * m)
 
 
 def plain_flops(n, m, C):
@@ -199,6 +209,20 @@ def _time_calls(fn, args, min_seconds=0.2):
             return elapsed / calls
 
 
+def _timed_loop(loop, *args):
+    """Compile ``loop(*args)`` once, return a function timing one call (seconds)."""
+    import jax
+
+    jax.block_until_ready(loop(*args))
+
+    def timed():
+        start = time.perf_counter()
+        jax.block_until_ready(loop(*args))
+        return time.perf_counter() - start
+
+    return timed
+
+
 def _plain_product_loop(K_X, n, steps):
     """A jitted loop of ``steps`` products ``(n + m, n) @ (n, C)``, each feeding the next."""
     import jax
@@ -209,15 +233,69 @@ def _plain_product_loop(K_X, n, steps):
         # The next operand depends on the product, so no iteration can be hoisted or fused away.
         return jax.lax.fori_loop(0, steps, lambda _, G: G - 1e-6 * (K_X @ G)[:n], G)
 
-    G = jnp.ones((n, NUM_CLASSES))
-    jax.block_until_ready(loop(K_X, G))  # compile
+    return _timed_loop(loop, K_X, jnp.ones((n, NUM_CLASSES)))
+
+
+def _plain_feature_loop(Phi, steps):
+    """A jitted loop of ``steps`` products ``theta - c Phi^T (Phi theta)``, each feeding the next."""
+    import jax
+    import jax.numpy as jnp
+
+    @jax.jit
+    def loop(Phi, theta):
+        return jax.lax.fori_loop(0, steps, lambda _, theta: theta - 1e-9 * (Phi.T @ (Phi @ theta)), theta)
+
+    return _timed_loop(loop, Phi, jnp.ones((Phi.shape[1], NUM_CLASSES)))
+
+
+def _step_loop(problem, operator, config, steps):
+    """Time ``steps`` calls of the public ``step`` on a device-resident operator after a compiling call.
+
+    Returns ``timed() -> (seconds, final state)``.
+    """
+    import jax
+
+    from dynamics.simulate import init, step
+
+    state = jax.block_until_ready(step(init(problem, operator, config), problem, operator, config))
 
     def timed():
+        current = state
         start = time.perf_counter()
-        jax.block_until_ready(loop(K_X, G))
-        return time.perf_counter() - start
+        for _ in range(steps):
+            current = step(current, problem, operator, config)
+        jax.block_until_ready(current)
+        return time.perf_counter() - start, current
 
     return timed
+
+
+def _timed_rounds(rounds, steps, step_loop, plain, flops_per_step, plain_flops_per_step, label):
+    """Rounds alternate plain loop and step loop, so each step loop has a reference timed just before and after it
+    under the same load. Returns per-round dicts and the plain loops' seconds."""
+    plain_seconds = [plain()]
+    out = []
+    for index in range(rounds):
+        _progress(f"{label}: {steps} steps, timed (round {index + 1} of {rounds})")
+        seconds, _ = step_loop()
+        plain_seconds.append(plain())
+        achieved = steps * flops_per_step / seconds
+        reference = plain_flops_per_step * steps * (1 / plain_seconds[-2] + 1 / plain_seconds[-1]) / 2
+        out.append(dict(loop=seconds, steps_per_second=steps / seconds, achieved_flops_per_second=achieved,
+                        plain_flops_per_second=reference, flops_ratio=achieved / reference))
+    return out, plain_seconds
+
+
+def _summary(rounds_out):
+    import numpy as np
+
+    ratios = [r["flops_ratio"] for r in rounds_out]
+    median_round = rounds_out[int(np.argsort([r["loop"] for r in rounds_out])[len(rounds_out) // 2])]
+    # The round with the median loop time stands for the size; the ratio is the median over rounds.
+    return dict(loop_seconds=median_round["loop"], steps_per_second=median_round["steps_per_second"],
+                achieved_flops_per_second=median_round["achieved_flops_per_second"],
+                plain_flops_per_second=median_round["plain_flops_per_second"],
+                flops_ratio=float(np.median(ratios)), flops_ratio_range=[min(ratios), max(ratios)])
 
 
 def _clipped_fraction(w):
@@ -352,107 +430,77 @@ def _compare_weight_steps(trajectory, problem, blocks, seed, widths, repeats):
     return results
 
 
-def run_size(n, steps, rounds, compare, widths, repeats, seed):
-    import jax
+def _ntk_problem(n, seed):
+    """The dense route's problem and its analytic NTK blocks (not timed)."""
     import numpy as np
 
-    import dynamics.simulate as simulate_module
+    from dynamics.operators import KernelBlocks
     from dynamics.problem import gaussian_mixture
-    from dynamics.simulate import KernelBlocks, MetaConfig, simulate
     from kernels.infinite import KernelSpec, kernel
 
     m = p = n // 10
-    C = NUM_CLASSES
-    result = dict(n=n, m=m, p=p, C=C, steps=steps, load_start=_load())
-    _progress(f"n={n}: problem and NTK blocks (not timed)")
-    problem = gaussian_mixture(np.random.default_rng(seed), n=n, m=m, p=p, num_classes=C, noise_rate=0.4)
+    problem = gaussian_mixture(np.random.default_rng(seed), n=n, m=m, p=p, num_classes=NUM_CLASSES, noise_rate=0.4)
     spec = KernelSpec()
-    start = time.perf_counter()
     inputs = np.concatenate([problem.X, problem.X_meta, problem.X_test])
-    K_XX = kernel(spec, problem.X)
     K_other = kernel(spec, inputs[n:], problem.X)  # (m + p, n)
     K_small = kernel(spec, inputs[n:], problem.X_meta)  # (m + p, m)
-    blocks = KernelBlocks(K_XX, K_other[:m], K_small[:m], K_other[m:], K_small[m:])
-    del K_other, K_small
+    blocks = KernelBlocks(kernel(spec, problem.X), K_other[:m], K_small[:m], K_other[m:], K_small[m:])
+    return problem, blocks
+
+
+def run_size(n, steps, rounds, compare, widths, repeats, seed):
+    """The dense route at one size: the public pieces timed, the plain-product reference, end to end, autodiff."""
+    import dataclasses
+
+    import jax
+
+    from dynamics.simulate import MetaConfig, default_eta, simulate
+
+    m = p = n // 10
+    C = NUM_CLASSES
+    result = dict(route="dense", n=n, m=m, p=p, C=C, steps=steps, load_start=_load())
+    _progress(f"n={n}: problem and NTK blocks (not timed)")
+    start = time.perf_counter()
+    problem, blocks = _ntk_problem(n, seed)
     result["kernel_seconds"] = time.perf_counter() - start
-    result["kernel_block_bytes"] = sum(a.nbytes for a in blocks.arrays().values())
-    # simulate() stacks K_X = [K_XX; K_VX] (n + m, n) and K_V = [K_VX^T; K_VV] (n + m, m), copied to the device.
-    result["stacked_kernel_bytes"] = 8 * (n + m) * (n + m)
+    # KernelBlocks stores the columns a step multiplies, K_X = [K_XX; K_VX] and K_V = [K_VX^T; K_VV], and K_TX, K_TV.
+    result["kernel_block_bytes"] = sum(a.nbytes for a in (blocks.K_X, blocks.K_V, blocks.K_TX, blocks.K_TV))
     result["maxrss_after_kernel_mb"] = _maxrss_mb()
 
-    timings = {}
-    original_run, original_default_eta = simulate_module._run, simulate_module.default_eta
-
-    def timed_run(static, arrays, state):
-        start = time.perf_counter()
-        arrays, state = jax.device_put(arrays), jax.device_put(state)
-        jax.block_until_ready((arrays, state))
-        middle = time.perf_counter()
-        out = jax.block_until_ready(original_run(static, arrays, state))
-        timings.update(transfer=middle - start, loop=time.perf_counter() - middle)
-        return out
-
-    def timed_default_eta(*args, **kwargs):
-        start = time.perf_counter()
-        out = original_default_eta(*args, **kwargs)
-        timings["default_eta"] = time.perf_counter() - start
-        return out
-
-    simulate_module._run, simulate_module.default_eta = timed_run, timed_default_eta
     config = MetaConfig(steps=steps, record_every=steps, perturb_draws=0)
-    rounds_out = []
-    try:
-        _progress(f"n={n}: simulate() warm-up (compiles the loop)")
-        start = time.perf_counter()
-        simulate(problem, blocks, config)
-        result["warmup_seconds"] = time.perf_counter() - start
-        K_X = jax.device_put(np.concatenate([blocks.K_XX, blocks.K_VX]))
-        plain = _plain_product_loop(K_X, n, steps)
-        plain_seconds = [plain()]
-        # Rounds alternate plain loop and simulator, so each simulator run has a reference timed just before
-        # and just after it under the same load.
-        for index in range(rounds):
-            reset = _reset_peak_rss()
-            rss_before = _status_mb("VmRSS")
-            _progress(f"n={n}: simulate(), {steps} steps, timed (round {index + 1} of {rounds})")
-            start = time.perf_counter()
-            trajectory = simulate(problem, blocks, config)
-            wall = time.perf_counter() - start
-            peak = _status_mb("VmHWM") if reset else None
-            plain_seconds.append(plain())
-            rounds_out.append(dict(timings, wall=wall, rss_before_mb=rss_before, peak_rss_mb=peak))
-        del K_X
-    finally:
-        simulate_module._run, simulate_module.default_eta = original_run, original_default_eta
+    start = time.perf_counter()
+    eta, _ = default_eta(blocks, config.gamma)
+    result["default_eta_seconds"] = time.perf_counter() - start
+    config_eta = dataclasses.replace(config, eta=eta)
+    start = time.perf_counter()
+    device_blocks = jax.block_until_ready(jax.device_put(blocks))
+    result["transfer_seconds"] = time.perf_counter() - start
 
-    loop_flops = steps * step_flops(n, m, C) + 2 * record_flops(n, m, p, C)
-    plain_rate = [plain_flops(n, m, C) * steps / t for t in plain_seconds]
-    for index, r in enumerate(rounds_out):
-        r["achieved_flops_per_second"] = loop_flops / r["loop"]
-        r["plain_flops_per_second"] = (plain_rate[index] + plain_rate[index + 1]) / 2
-        r["flops_ratio"] = r["achieved_flops_per_second"] / r["plain_flops_per_second"]
-        r["steps_per_second"] = steps / r["loop"]
-    ratios = [r["flops_ratio"] for r in rounds_out]
-    median_round = rounds_out[int(np.argsort([r["loop"] for r in rounds_out])[len(rounds_out) // 2])]
-    peaks = [r["peak_rss_mb"] - r["rss_before_mb"] for r in rounds_out if r["peak_rss_mb"] and r["rss_before_mb"]]
-    result.update(
-        rounds=rounds_out, eta=trajectory.config["eta"],
-        # The round with the median loop time stands for the size; the ratio is the median over rounds.
-        loop_seconds=median_round["loop"], simulate_wall_seconds=median_round["wall"],
-        transfer_seconds=median_round["transfer"], default_eta_seconds=median_round["default_eta"],
-        steps_per_second=steps / median_round["loop"], end_to_end_steps_per_second=steps / median_round["wall"],
-        step_flops=step_flops(n, m, C), record_flops=record_flops(n, m, p, C), loop_flops=loop_flops,
-        record_share_of_flops=2 * record_flops(n, m, p, C) / loop_flops,
-        achieved_flops_per_second=loop_flops / median_round["loop"], plain_seconds=plain_seconds,
-        plain_flops_per_second=plain_rate, flops_ratio=float(np.median(ratios)),
-        flops_ratio_range=[min(ratios), max(ratios)],
-        # Each step reads K_X and K_V once and their clean-subset rows K_VX, K_VV once more in the meta score.
-        step_kernel_bytes=8 * ((n + m) * (n + m) + 2 * m * n + m * m),
-        # What one simulate() call needs on top of what was resident (inputs, the plain loop's copy of K_X).
-        simulate_extra_rss_mb=max(peaks) if peaks else None,
-        final_clean_loss=float(trajectory.clean_loss[-1]),
-    )
-    result["effective_bandwidth_gb_s"] = result["step_kernel_bytes"] * steps / median_round["loop"] / 1e9
+    _progress(f"n={n}: compiling the step and the plain-product loop")
+    step_loop = _step_loop(problem, device_blocks, config_eta, steps)
+    plain = _plain_product_loop(device_blocks.K_X, n, steps)
+    rounds_out, plain_seconds = _timed_rounds(rounds, steps, step_loop, plain, step_flops(n, m, C),
+                                              plain_flops(n, m, C), f"n={n}")
+    del plain
+    result.update(_summary(rounds_out), rounds=rounds_out, plain_seconds=plain_seconds, eta=eta,
+                  step_flops=step_flops(n, m, C),
+                  # Each step reads K_X and K_V once and their clean-subset rows K_VX, K_VV once more in the score.
+                  step_kernel_bytes=8 * ((n + m) * (n + m) + 2 * m * n + m * m))
+    result["effective_bandwidth_gb_s"] = result["step_kernel_bytes"] * result["steps_per_second"] / 1e9
+    del device_blocks
+
+    _progress(f"n={n}: simulate() end to end (a compiling call, then a timed one)")
+    simulate(problem, blocks, config)
+    reset = _reset_peak_rss()
+    rss_before = _status_mb("VmRSS")
+    start = time.perf_counter()
+    trajectory = simulate(problem, blocks, config)
+    wall = time.perf_counter() - start
+    peak = _status_mb("VmHWM") if reset else None
+    result.update(simulate_wall_seconds=wall, end_to_end_steps_per_second=steps / wall,
+                  # What one simulate() call needs on top of what was resident (the blocks, the step loop's state).
+                  simulate_extra_rss_mb=peak - rss_before if peak and rss_before else None,
+                  final_clean_loss=float(trajectory.clean_loss[-1]))
     if compare:
         _progress(f"n={n}: closed-form weight step against autodiff")
         result["comparisons"] = _compare_weight_steps(trajectory, problem, blocks, seed, widths, repeats)
@@ -461,49 +509,105 @@ def run_size(n, steps, rounds, compare, widths, repeats, seed):
     return result
 
 
+def run_features(n, D, steps, rounds, seed):
+    """The feature route at one size (docs/theory.md section 8): no kernel matrix anywhere."""
+    import dataclasses
+
+    import jax
+    import numpy as np
+
+    from dynamics.operators import FeatureKernel
+    from dynamics.problem import gaussian_mixture
+    from dynamics.simulate import MetaConfig, default_eta
+
+    m = p = n // 10
+    C = NUM_CLASSES
+    result = dict(route="features", n=n, m=m, p=p, C=C, D=D, steps=steps, load_start=_load())
+    _progress(f"features n={n}, D={D}: problem and random ReLU features (not timed)")
+    problem = gaussian_mixture(np.random.default_rng(seed), n=n, m=m, p=p, num_classes=C, noise_rate=0.4)
+    W = np.random.default_rng(seed + 1).standard_normal((problem.X.shape[1], D)) / np.sqrt(problem.X.shape[1])
+    features = FeatureKernel.from_problem(problem, lambda x: np.sqrt(2.0 / D) * np.maximum(x @ W, 0.0))
+    result["feature_bytes"] = sum(a.nbytes for a in (features.Phi, features.Psi, features.Phi_test))
+    result["maxrss_after_features_mb"] = _maxrss_mb()
+
+    config = MetaConfig(steps=steps, perturb_draws=0)
+    start = time.perf_counter()
+    eta, _ = default_eta(features, config.gamma)  # (D, D) Gram matrices and their top eigenvalues
+    result["default_eta_seconds"] = time.perf_counter() - start
+    start = time.perf_counter()
+    features.k_meta_norm()
+    result["k_meta_norm_seconds"] = time.perf_counter() - start
+    config = dataclasses.replace(config, eta=eta)
+    start = time.perf_counter()
+    device_features = jax.block_until_ready(jax.device_put(features))
+    result["transfer_seconds"] = time.perf_counter() - start
+
+    _progress(f"features n={n}: compiling the step and the plain-product loop")
+    step_loop = _step_loop(problem, device_features, config, steps)
+    plain = _plain_feature_loop(device_features.Phi, steps)
+    rounds_out, plain_seconds = _timed_rounds(rounds, steps, step_loop, plain, feature_step_flops(n, m, D, C),
+                                              4 * n * D * C, f"features n={n}")
+    _, state = step_loop()
+    result.update(_summary(rounds_out), rounds=rounds_out, plain_seconds=plain_seconds, eta=eta,
+                  step_flops=feature_step_flops(n, m, D, C), final_weight_mean=float(np.mean(state.w)),
+                  maxrss_mb=_maxrss_mb(), load_end=_load())
+    return result
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Driver
 
 
-def _versions():
-    out = {"python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count()}
-    for package in ("numpy", "jax", "jaxlib", "scipy", "neural-tangents"):
-        try:
-            out[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            out[package] = None
-    return out
-
-
-def _format_tables(results):
+def _format_tables(results, features):
     lines = []
     header = (f"{'n':>5} {'m=p':>4} {'steps':>5} {'steps/s':>8} {'GFLOP/step':>10} {'GFLOP/s':>8} "
               f"{'plain GFLOP/s':>13} {'ratio':>5} {'ratio range':>11} {'GB/s':>5} {'e2e steps/s':>11} "
-              f"{'eta solve s':>11} {'kernel MB':>9} {'stacked MB':>10} {'sim +RSS MB':>11} {'maxrss MB':>9}")
-    lines += ["Simulator throughput (full batch, C=10, MSE, meta variant; loop timed on device-resident arrays)",
-              header, "-" * len(header)]
+              f"{'eta solve s':>11} {'kernel MB':>9} {'sim +RSS MB':>11} {'maxrss MB':>9}")
+    if results:
+        lines += ["Dense route (KernelBlocks; full batch, C=10, MSE, meta variant; public step on device-resident "
+                  "blocks)", header, "-" * len(header)]
     for r in results:
-        plain = sum(r["plain_flops_per_second"]) / len(r["plain_flops_per_second"])
         extra = r["simulate_extra_rss_mb"]
         lines.append(
             f"{r['n']:>5} {r['m']:>4} {r['steps']:>5} {r['steps_per_second']:>8.2f} {r['step_flops'] / 1e9:>10.3f} "
-            f"{r['achieved_flops_per_second'] / 1e9:>8.2f} {plain / 1e9:>13.2f} {r['flops_ratio']:>5.2f} "
-            f"{r['flops_ratio_range'][0]:>5.2f}-{r['flops_ratio_range'][1]:<5.2f} "
+            f"{r['achieved_flops_per_second'] / 1e9:>8.2f} {r['plain_flops_per_second'] / 1e9:>13.2f} "
+            f"{r['flops_ratio']:>5.2f} {r['flops_ratio_range'][0]:>5.2f}-{r['flops_ratio_range'][1]:<5.2f} "
             f"{r['effective_bandwidth_gb_s']:>5.2f} {r['end_to_end_steps_per_second']:>11.2f} "
             f"{r['default_eta_seconds']:>11.2f} {r['kernel_block_bytes'] / 2**20:>9.0f} "
-            f"{r['stacked_kernel_bytes'] / 2**20:>10.0f} {'n/a' if extra is None else f'{extra:.0f}':>11} "
-            f"{r['maxrss_mb']:>9.0f}")
-    lines += [
-        "steps/s: the jitted loop of simulate() in the median of the timed rounds (steps steps + 2 diagnostic records, "
-        + ", ".join(f"{r['record_share_of_flops']:.1%}" for r in results) + " of its FLOPs), nothing subtracted.",
-        "ratio: achieved FLOP/s over that of a jitted loop of plain (n+m, n) @ (n, C) products timed just before and "
-        "after it in the same process; median and range over the rounds.",
-        "e2e steps/s: steps over the whole simulate() call, which also solves lambda_max twice (eta solve s), "
-        "stacks the kernel and copies it to the device.",
-        "kernel MB: the five blocks; stacked MB: simulate()'s K_X, K_V (and the device holds another copy); "
-        "sim +RSS: resident high-water mark of the timed simulate() call above what was resident before it; "
-        "maxrss: ru_maxrss of the whole process (kernel construction included).",
-    ]
+            f"{'n/a' if extra is None else f'{extra:.0f}':>11} {r['maxrss_mb']:>9.0f}")
+    if results:
+        lines += [
+            "steps/s: `steps` calls of dynamics.simulate.step after a compiling one, in the median of the timed "
+            "rounds; nothing subtracted.",
+            "ratio: achieved FLOP/s over that of a jitted loop of plain (n+m, n) @ (n, C) products timed just before "
+            "and after it in the same process; median and range over the rounds.",
+            "e2e steps/s: steps over a whole simulate() call (record_every = steps), which also solves lambda_max "
+            "twice (eta solve s), copies the blocks to the device and records twice.",
+            "kernel MB: the stored blocks (K_X = [K_XX; K_VX], K_V = [K_VX^T; K_VV], K_TX, K_TV); sim +RSS: resident "
+            "high-water mark of the timed simulate() call above what was resident before it; maxrss: ru_maxrss of "
+            "the whole process (kernel construction included).",
+        ]
+    if features:
+        dense = max(results, key=lambda r: r["n"]) if results else None
+        header = (f"{'n':>6} {'m=p':>5} {'D':>5} {'steps':>5} {'steps/s':>8} {'GFLOP/step':>10} {'GFLOP/s':>8} "
+                  f"{'plain GFLOP/s':>13} {'ratio':>5} {'eta solve s':>11} {'features MB':>11} {'maxrss MB':>9} "
+                  f"{'vs dense':>8}")
+        lines += ["", "Feature route (FeatureKernel, docs/theory.md section 8; full batch, C=10, MSE, meta variant; "
+                  "public step on device-resident features)", header, "-" * len(header)]
+        for r in features:
+            versus = f"{r['steps_per_second'] / dense['steps_per_second']:.1f}x" if dense else "n/a"
+            lines.append(
+                f"{r['n']:>6} {r['m']:>5} {r['D']:>5} {r['steps']:>5} {r['steps_per_second']:>8.2f} "
+                f"{r['step_flops'] / 1e9:>10.3f} {r['achieved_flops_per_second'] / 1e9:>8.2f} "
+                f"{r['plain_flops_per_second'] / 1e9:>13.2f} {r['flops_ratio']:>5.2f} "
+                f"{r['default_eta_seconds']:>11.2f} {r['feature_bytes'] / 2**20:>11.0f} {r['maxrss_mb']:>9.0f} "
+                f"{versus:>8}")
+        lines += [
+            "ratio: achieved FLOP/s over that of a jitted loop of theta - c Phi^T (Phi theta) timed around it; eta "
+            "solve: Phi^T Phi, Psi^T Psi (D, D) and their top eigenvalues.",
+            (f"vs dense: steps/s over the dense route's at n={dense['n']} in this run (the dense (n, n) kernel at "
+             f"n=50,000 would be 20 GB)." if dense else "vs dense: no dense size in this run."),
+        ]
     comparisons = [c for r in results for c in r.get("comparisons", [])]
     if comparisons:
         header = (f"{'route':<55} {'D':>6} {'closed ms':>9} {'autodiff ms':>11} {'speed-up':>8} "
@@ -520,11 +624,12 @@ def _format_tables(results):
             "function space: reverse mode through the linear look-ahead is the transpose product, i.e. the closed "
             "form itself; ~1x is the honest expectation.",
             "parameter space: bi-level autodiff of f = phi(x) theta with D explicit features costs O((n+m) D C) "
-            f"against O(m n C); D = n+m is the least width that can represent a generic full-rank kernel here.",
+            "against O(m n C); D = n+m is the least width that can represent a generic full-rank kernel here.",
             f"{comparisons[0]['clipped_fraction']:.0%} of the weights are clipped at 0 or 1 in this state; "
             "both routes clip identically (asserted to 1e-10).",
         ]
-    loads = [r["load_start"] for r in results if r["load_start"]] + [r["load_end"] for r in results if r["load_end"]]
+    everything = results + features
+    loads = [r[key] for r in everything for key in ("load_start", "load_end") if r[key]]
     if loads:
         lines.append(f"Load average (1, 5, 15 min) during the run: {min(l[0] for l in loads):.1f}-"
                      f"{max(l[0] for l in loads):.1f} on {os.cpu_count()} CPUs: the CPUs are shared, timings are "
@@ -532,71 +637,67 @@ def _format_tables(results):
     return "\n".join(lines)
 
 
-def _write_json(path, payload):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".simulator.", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+def _per_size(values, sizes, defaults, fallback, option):
+    if values is None:
+        return [defaults.get(n, fallback) for n in sizes]
+    if len(values) in (1, len(sizes)):
+        return values * len(sizes) if len(values) == 1 else values
+    raise UserError(f"{option} takes one number or one per size ({len(sizes)}), got {len(values)}")
+
+
+def _worker(args, *flags):
+    """Run one size in a fresh process; its last stdout line is the JSON result."""
+    command = [sys.executable, os.path.abspath(__file__), *flags, "--rounds", str(args.rounds),
+               "--compare-n", str(args.compare_n), "--repeats", str(args.repeats), "--seed", str(args.seed),
+               "--feature-width", str(args.feature_width), "--feature-widths", *map(str, args.feature_widths)]
+    completed = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+    if completed.returncode != 0:
+        raise RuntimeError(f"the worker {' '.join(flags)} failed (exit {completed.returncode})")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def run(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.worker is not None or args.feature_worker is not None:
+        import jax
+
+        jax.config.update("jax_enable_x64", True)  # this worker process is the application: float64 throughout
+        if args.worker is not None:
+            result = run_size(args.worker, args.worker_steps, args.rounds, args.worker == args.compare_n,
+                              args.feature_widths, args.repeats, args.seed)
+        else:
+            result = run_features(args.feature_worker, args.feature_width, args.worker_steps, args.rounds, args.seed)
+        print(json.dumps(result))
+        return
+    steps = _per_size(args.steps, args.sizes, DEFAULT_STEPS, 20, "--steps")
+    feature_steps = _per_size(args.feature_steps, args.feature_sizes, DEFAULT_FEATURE_STEPS, 10, "--feature-steps")
+    if args.compare_n and args.compare_n not in args.sizes:
+        raise UserError(f"--compare-n must be one of --sizes {args.sizes} (or 0 to skip), got {args.compare_n}")
+    if not args.sizes and not args.feature_sizes:
+        raise UserError("nothing to measure: give --sizes or --feature-sizes")
+
+    results = [_worker(args, "--worker", str(n), "--worker-steps", str(count)) for n, count in zip(args.sizes, steps)]
+    features = [_worker(args, "--feature-worker", str(n), "--worker-steps", str(count))
+                for n, count in zip(args.feature_sizes, feature_steps)]
+    table = _format_tables(results, features)
+    print(table)
+    payload = {"config": {"sizes": args.sizes, "steps": steps, "feature_sizes": args.feature_sizes,
+                          "feature_steps": feature_steps, "feature_width": args.feature_width,
+                          "compare_n": args.compare_n, "feature_widths": args.feature_widths, "rounds": args.rounds,
+                          "repeats": args.repeats, "seed": args.seed, "num_classes": NUM_CLASSES, "m": "n // 10",
+                          "p": "n // 10", "loss": "mse", "variant": "meta",
+                          "kernel": "analytic NTK, KernelSpec() (2 hidden ReLU layers)",
+                          "features": "random ReLU features sqrt(2/D) max(0, x W), W ~ N(0, 1/d)",
+                          "problem": "gaussian_mixture(C=10, d=32, symmetric noise 0.4)"},
+               "versions": versions() | {"platform": platform.platform(), "cpu_count": os.cpu_count()},
+               "results": results, "features": features, "table": table}
+    write_json(args.out, payload)
+    print(f"saved {args.out}")
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-        if args.worker is not None:
-            import jax
-
-            jax.config.update("jax_enable_x64", True)
-            result = run_size(args.worker, args.worker_steps, args.rounds, args.worker == args.compare_n,
-                              args.feature_widths, args.repeats, args.seed)
-            print(json.dumps(result))
-            return 0
-        if args.steps is None:
-            steps = [DEFAULT_STEPS.get(n, 20) for n in args.sizes]
-        elif len(args.steps) in (1, len(args.sizes)):
-            steps = args.steps * len(args.sizes) if len(args.steps) == 1 else args.steps
-        else:
-            raise UserError(f"--steps takes one number or one per size ({len(args.sizes)}), got {len(args.steps)}")
-        if args.compare_n and args.compare_n not in args.sizes:
-            raise UserError(f"--compare-n must be one of --sizes {args.sizes} (or 0 to skip), got {args.compare_n}")
-        if any(w <= 0 for w in args.feature_widths):
-            raise UserError(f"--feature-widths must be positive, got {args.feature_widths}")
-    except UserError as error:
-        print(f"python bench/simulator.py: error: {error}", file=sys.stderr)
-        return 2
-
-    results = []
-    for n, count in zip(args.sizes, steps):
-        command = [sys.executable, os.path.abspath(__file__), "--worker", str(n), "--worker-steps", str(count),
-                   "--rounds", str(args.rounds), "--compare-n", str(args.compare_n), "--repeats", str(args.repeats),
-                   "--seed", str(args.seed),
-                   "--feature-widths", *map(str, args.feature_widths)]
-        completed = subprocess.run(command, stdout=subprocess.PIPE, text=True)
-        if completed.returncode != 0:
-            print(f"python bench/simulator.py: error: the worker for n={n} failed (exit {completed.returncode})",
-                  file=sys.stderr)
-            return 1
-        results.append(json.loads(completed.stdout.strip().splitlines()[-1]))
-    table = _format_tables(results)
-    print(table)
-    payload = {"config": {"sizes": args.sizes, "steps": steps, "compare_n": args.compare_n,
-                          "feature_widths": args.feature_widths, "rounds": args.rounds, "repeats": args.repeats,
-                          "seed": args.seed,
-                          "num_classes": NUM_CLASSES, "m": "n // 10", "p": "n // 10", "loss": "mse",
-                          "variant": "meta", "kernel": "analytic NTK, KernelSpec() (2 hidden ReLU layers)",
-                          "problem": "gaussian_mixture(C=10, d=32, symmetric noise 0.4)"},
-               "versions": _versions(), "results": results, "table": table}
-    _write_json(args.out, payload)
-    print(f"saved {args.out}")
-    return 0
+    return run_main(PROG, lambda: run(argv))
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     sys.exit(main())

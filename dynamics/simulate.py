@@ -1,15 +1,36 @@
-"""Exact meta-reweighting of a linearized network in function space (THEORY.md section 2).
+"""Exact meta-reweighting of a linearized network in function space (docs/theory.md sections 2, 3 and 8).
 
 For a model that is linear in its parameters, one meta-reweighting step
 (look-ahead, meta-gradient, clipped weight update, model update) is exact in
-function space and needs only the kernel blocks ``K_XX, K_VX, K_VV, K_TX,
-K_TV``. The loop is a JAX ``lax.scan`` in float64.
+function space and touches the kernel only through a few products, which a
+kernel operator supplies (:mod:`dynamics.operators`): the dense blocks
+``K_XX, K_VX, K_VV, K_TX, K_TV`` (:class:`KernelBlocks`) or explicit features
+``k(x, x') = phi(x) . phi(x')`` (:class:`FeatureKernel`, docs/theory.md
+section 8, for n = 50,000). The same step runs over either.
 
-Outputs of the training, clean and test sets are stacked into one ``(N, C)``
-array, ``N = n + m + p``, and the kernel columns of the training and clean
-sets into ``K_X = [K_XX; K_VX; K_TX] : (N, n)`` and ``K_V = [K_VX^T; K_VV;
-K_TV] : (N, m)``, so the model update of all three sets is one matrix product
-per step.
+The simulator is a state and a pure step (docs/architecture.md, convention 1)::
+
+    config = dataclasses.replace(config, eta=default_eta(operator, config.gamma)[0])  # once, if eta is unset
+    state = init(problem, operator, config, seed=0)        # SimState, a JAX pytree
+    state = step(state, problem, operator, config)         # step t -> t + 1, as often as wanted
+    F_test = predict_test(state, operator, config)         # (p, C), only when wanted
+
+and :func:`simulate` runs ``config.steps`` steps and records the diagnostics
+of docs/theory.md section 3 into a :class:`~dynamics.trajectory.Trajectory`.
+It runs the jitted loop in segments of about a hundredth of the records each,
+from Python: ``progress`` is called between segments (a new callable never
+recompiles the loop), a diverging run stops at the first segment that shows
+it, and a keyboard interrupt lands between segments.
+
+Float64. JAX computes in float32 unless its x64 mode is on, and switching it
+on is a process-wide setting that belongs to the application, not to a
+library import. So this module does not touch it at import; instead each
+public function that computes with JAX (:func:`init`, :func:`step`,
+:func:`predict_test`, :func:`simulate`, :func:`meta_score`) runs inside
+``jax.experimental.enable_x64()`` when the caller has not enabled x64
+already. Results are float64 either way. The arrays of a :class:`SimState`
+are float64: pass them back to these functions, or convert them with
+``np.asarray``; JAX arithmetic on them outside x64 mode would round to float32.
 """
 
 from __future__ import annotations
@@ -19,82 +40,44 @@ import functools
 from collections.abc import Callable
 
 import jax
+import jax.experimental
 import jax.numpy as jnp
 import numpy as np
-import scipy.sparse.linalg
 
+from dynamics.operators import BatchKernel, FeatureKernel, KernelBlocks, KernelOperator, dense_meta_kernel
 from dynamics.problem import Problem
 from dynamics.trajectory import Trajectory
 
-jax.config.update("jax_enable_x64", True)
+__all__ = ["LOSSES", "VARIANTS", "INITS", "DivergenceError", "FeatureKernel", "KernelBlocks", "KernelOperator",
+           "MetaConfig", "SimState", "default_eta", "gp_prior_outputs", "init", "meta_score", "predict_test",
+           "simulate", "step"]
 
 LOSSES = ("mse", "ce")
 VARIANTS = ("meta", "l2rw", "fixed")
 INITS = ("zero", "gp")
-_BLOCKS = ("K_XX", "K_VX", "K_VV", "K_TX", "K_TV")
+_PROGRESS_REPORTS = 100  # segments per run, so progress (and a keyboard interrupt) comes about a hundred times
 
 
 class DivergenceError(RuntimeError):
     """A run whose losses stopped being finite: the step size was too large."""
 
 
-@dataclasses.dataclass(frozen=True)
-class KernelBlocks:
-    """The kernel blocks of THEORY.md section 2, float64.
+def _float64(function):
+    """Run ``function`` with JAX in x64 mode, scoped to the call (see the module docstring)."""
 
-    K_XX : (n, n) train-train.  K_VX : (m, n) meta-train.  K_VV : (m, m).
-    K_TX : (p, n) test-train.  K_TV : (p, m) test-meta.
-    """
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        if jax.config.jax_enable_x64:
+            return function(*args, **kwargs)
+        with jax.experimental.enable_x64():
+            return function(*args, **kwargs)
 
-    K_XX: np.ndarray
-    K_VX: np.ndarray
-    K_VV: np.ndarray
-    K_TX: np.ndarray
-    K_TV: np.ndarray
-
-    @classmethod
-    def from_problem(cls, problem: Problem, kernel_fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> KernelBlocks:
-        """Evaluate ``kernel_fn(x1 (a, d), x2 (b, d)) -> (a, b)`` on the problem's inputs."""
-        X, V, T = problem.X, problem.X_meta, problem.X_test
-        return cls(kernel_fn(X, X), kernel_fn(V, X), kernel_fn(V, V), kernel_fn(T, X), kernel_fn(T, V))
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {name: getattr(self, name) for name in _BLOCKS}
-
-    @classmethod
-    def load(cls, path) -> KernelBlocks:
-        with np.load(path) as data:
-            return cls(**{name: data[name] for name in _BLOCKS})
-
-    def lambda_max(self, gamma: float) -> float:
-        """Largest eigenvalue of the joint kernel on train and clean subset weighted by ``diag(1, gamma)``.
-
-        ``K diag(w, gamma)`` has the spectrum of ``D^1/2 K D^1/2``, which grows
-        with every weight, so ``w = 1`` is the worst case over ``w`` in ``[0, 1]``.
-        Lanczos on the blocks: the joint matrix is never formed.
-        """
-        n, m = self.K_XX.shape[0], self.K_VV.shape[0]
-        root = np.sqrt(gamma)
-
-        def matvec(v):
-            v = np.ravel(v)
-            top, bottom = v[:n], root * v[n:]
-            return np.concatenate([self.K_XX @ top + self.K_VX.T @ bottom, root * (self.K_VX @ top + self.K_VV @ bottom)])
-
-        operator = scipy.sparse.linalg.LinearOperator((n + m, n + m), matvec=matvec, dtype=np.float64)
-        return _top_eigenvalue(operator)
-
-
-def _top_eigenvalue(K) -> float:
-    if K.shape[0] <= 2:
-        return float(np.linalg.eigvalsh(K @ np.eye(K.shape[0]))[-1])
-    v0 = np.ones(K.shape[0])  # fixed start vector: the same eigenvalue, bit for bit, every call
-    return float(scipy.sparse.linalg.eigsh(K, k=1, which="LA", v0=v0, tol=1e-12)[0][0])
+    return wrapper
 
 
 @dataclasses.dataclass(frozen=True)
 class MetaConfig:
-    """Every knob of one simulation (THEORY.md section 2).
+    """Every knob of one simulation (docs/theory.md section 2).
 
     loss : ``"mse"`` (``0.5 ||f - y||^2``) or ``"ce"`` (softmax cross-entropy).
     variant : ``"meta"`` (persistent clipped weights), ``"l2rw"`` (Ren et al.
@@ -148,6 +131,57 @@ class MetaConfig:
             raise ValueError("perturb_eps and perturb_draws must be >= 0")
 
 
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=["F", "w", "G_sum", "R_meta_sum", "F_test0", "t", "key"], meta_fields=[])
+@dataclasses.dataclass(frozen=True)
+class SimState:
+    """The simulator's state entering step ``t`` (docs/theory.md section 2), a JAX pytree of float64 arrays.
+
+    F : (n + m, C) outputs of the training and clean sets, stacked.
+    w : (n,) per-example weights.
+    G_sum : (n, C) sum over the steps taken of the weighted training residuals
+        ``G = w[:, None] * R`` (zero outside each step's batch).
+    R_meta_sum : (m, C) sum of the clean residuals used by the steps taken.
+    F_test0 : (p, C) initial test outputs. The test set never feeds back into
+        the dynamics, so test outputs are recovered only when asked:
+        ``F_test0 - eta (K_TX G_sum + gamma K_TV R_meta_sum)`` (:func:`predict_test`).
+    t : () int, the number of steps taken.
+    key : (2,) uint32, the mini-batch key, ``jax.random.split(PRNGKey(seed))[0]``;
+        step ``t`` draws its training batch as ``jax.random.choice(fold_in(key,
+        2 t), n, (batch_size,), replace=False)`` and its clean batch likewise from
+        ``fold_in(key, 2 t + 1)`` (the C7 perturbations use the other half).
+    """
+
+    F: jax.Array
+    w: jax.Array
+    G_sum: jax.Array
+    R_meta_sum: jax.Array
+    F_test0: jax.Array
+    t: jax.Array
+    key: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rule:
+    """What a jitted step closes over (hashable: compiled once per value): the resolved knobs of a config."""
+
+    loss: str
+    variant: str
+    eta: float
+    beta: float
+    gamma: float
+    batch_size: int | None
+    meta_batch_size: int | None
+    perturb_eps: float
+    perturb_draws: int
+
+    @classmethod
+    def of(cls, config: MetaConfig, eta: float) -> _Rule:
+        beta = 0.0 if config.variant == "fixed" else float(config.beta)
+        return cls(config.loss, config.variant, float(eta), beta, float(config.gamma), config.batch_size,
+                   config.meta_batch_size, float(config.perturb_eps), int(config.perturb_draws))
+
+
 def _residual_and_loss(loss: str, F: jax.Array, Y: jax.Array):
     """``(dloss/doutput (k, C), per-example loss (k,))`` of outputs ``F`` against one-hot ``Y``."""
     if loss == "mse":
@@ -161,8 +195,17 @@ def _residual(loss, F, Y):
     return _residual_and_loss(loss, F, Y)[0]
 
 
+def _meta_score(loss: str, eta: float, gamma: float, w, R, R_meta, F_meta, Y_meta, kernel: BatchKernel):
+    """:func:`meta_score` over any kernel operator's batch (``kernel.apply_meta_rows``, ``transpose_meta_rows``)."""
+    F_meta_hat = F_meta - eta * kernel.apply_meta_rows(w[:, None] * R, R_meta, gamma)
+    R_meta_hat = _residual(loss, F_meta_hat, Y_meta)
+    coupling = kernel.transpose_meta_rows(R_meta_hat)
+    return jnp.sum(R * coupling, axis=-1), R_meta_hat
+
+
+@_float64
 def meta_score(loss: str, eta: float, gamma: float, w, R, R_meta, F_meta, Y_meta, K_VX, K_VV):
-    """The meta score ``s_i = <r_i, c_i>`` and the look-ahead clean residual (THEORY.md section 2).
+    """The meta score ``s_i = <r_i, c_i>`` and the look-ahead clean residual (docs/theory.md section 2).
 
     Parameters
     ----------
@@ -175,118 +218,93 @@ def meta_score(loss: str, eta: float, gamma: float, w, R, R_meta, F_meta, Y_meta
     score : (n,), with ``dL_meta/dw_i = -(eta / m) * score_i``.
     R_meta_hat : (m, C), the clean residual after the look-ahead step.
     """
-    F_meta_hat = F_meta - eta * (K_VX @ (w[:, None] * R) + gamma * (K_VV @ R_meta))
-    R_meta_hat = _residual(loss, F_meta_hat, Y_meta)
-    coupling = K_VX.T @ R_meta_hat
-    return jnp.sum(R * coupling, axis=-1), R_meta_hat
+    return _meta_score(loss, eta, gamma, w, R, R_meta, F_meta, Y_meta, dense_meta_kernel(K_VX, K_VV))
 
 
-@dataclasses.dataclass(frozen=True)
-class _Static:
-    """What the jitted loop closes over (hashable: the loop is compiled once per value)."""
-
-    loss: str
-    variant: str
-    eta: float
-    beta: float
-    gamma: float
-    n: int
-    m: int
-    batch_size: int | None
-    meta_batch_size: int | None
-    record_every: int
-    chunks: int
-    remainder: int
-    perturb_eps: float
-    perturb_draws: int
-    progress: Callable[[int], None] | None
-
-
-def _lookahead_weights(static: _Static, w):
+def _lookahead_weights(rule: _Rule, w):
     # L2RW takes the meta-gradient at w = 0 (Ren et al. 2018, eps = 0), the others at the current state.
-    return jnp.zeros_like(w) if static.variant == "l2rw" else w
+    return jnp.zeros_like(w) if rule.variant == "l2rw" else w
 
 
-def _new_weights(static: _Static, w_batch, score, meta_batch_size: int):
-    if static.variant == "meta":
-        return jnp.clip(w_batch + static.beta / meta_batch_size * score, 0.0, 1.0)
+def _new_weights(rule: _Rule, w_batch, score, meta_batch_size: int):
+    if rule.variant == "meta":
+        return jnp.clip(w_batch + rule.beta / meta_batch_size * score, 0.0, 1.0)
     positive = jnp.maximum(score, 0.0)
     total = positive.sum()
     return jnp.where(total > 0, positive / jnp.where(total > 0, total, 1.0), 0.0)
 
 
-def _step(static: _Static, arrays, state, t):
-    """One meta-reweighting step (THEORY.md section 2, steps 1-4) on the batch drawn for step ``t``.
+def _step(rule: _Rule, operator: KernelOperator, Y, state: SimState) -> SimState:
+    """One meta-reweighting step (docs/theory.md section 2, steps 1-4) on the batches drawn for step ``state.t``.
 
-    ``state = (F, w, G_sum, R_meta_sum)``: outputs ``F : (n + m, C)`` of the
-    training and clean sets, weights ``w : (n,)``, and the running sums of the
-    weighted training residuals ``G`` and of the clean residuals, from which
-    test outputs are recovered at recorded steps only (the test set never feeds
-    back into the dynamics).
+    ``Y : (n + m, C)`` one-hot noisy training labels and clean labels, stacked.
+    Cost: the operator's three batch products (``O((n + m) (b + m_b) C)``
+    dense, ``O((n + m) D C)`` with features).
     """
-    K_X, K_V, Y, key = arrays["K_X"], arrays["K_V"], arrays["Y"], arrays["key"]
-    F, w, G_sum, R_meta_sum = state
-    n, m = static.n, static.m
-    full_batch = static.batch_size is None
-    full_meta = static.meta_batch_size is None
-    # Full batches use static slices: a gather of all rows would copy the kernel every step.
-    batch = slice(None) if full_batch else jax.random.choice(
-        jax.random.fold_in(key, 2 * t), n, (static.batch_size,), replace=False)
-    meta_batch = slice(n, n + m) if full_meta else n + jax.random.choice(
-        jax.random.fold_in(key, 2 * t + 1), m, (static.meta_batch_size,), replace=False)
-    K_XB = K_X if full_batch else K_X[:, batch]
-    K_VB = K_V if full_meta else K_V[:, meta_batch - n]
-    R = _residual(static.loss, F[:n][batch], Y[:n][batch])
-    F_meta, Y_meta = F[meta_batch], Y[meta_batch]
-    R_meta = _residual(static.loss, F_meta, Y_meta)
-    w_batch = w[batch]
-    if static.variant != "fixed":
-        score, _ = meta_score(static.loss, static.eta, static.gamma, _lookahead_weights(static, w_batch), R, R_meta,
-                              F_meta, Y_meta, K_XB[meta_batch], K_VB[meta_batch])
-        w_batch = _new_weights(static, w_batch, score, R_meta.shape[0])
-        w = w_batch if full_batch else w.at[batch].set(w_batch)
+    n, m = state.w.shape[0], state.R_meta_sum.shape[0]
+    t, key = state.t, state.key
+    batch = None if rule.batch_size is None else jax.random.choice(
+        jax.random.fold_in(key, 2 * t), n, (rule.batch_size,), replace=False)
+    meta_batch = None if rule.meta_batch_size is None else jax.random.choice(
+        jax.random.fold_in(key, 2 * t + 1), m, (rule.meta_batch_size,), replace=False)
+    # Whole sets use static slices, not gathers.
+    rows = slice(None) if batch is None else batch
+    meta_rows = slice(n, n + m) if meta_batch is None else n + meta_batch
+    kernel = operator.select(batch, meta_batch)
+    F, w = state.F, state.w
+    R = _residual(rule.loss, F[:n][rows], Y[:n][rows])
+    F_meta, Y_meta = F[meta_rows], Y[meta_rows]
+    R_meta = _residual(rule.loss, F_meta, Y_meta)
+    w_batch = w[rows]
+    if rule.variant != "fixed":
+        score, _ = _meta_score(rule.loss, rule.eta, rule.gamma, _lookahead_weights(rule, w_batch), R, R_meta,
+                               F_meta, Y_meta, kernel)
+        w_batch = _new_weights(rule, w_batch, score, R_meta.shape[0])
+        w = w_batch if batch is None else w.at[batch].set(w_batch)
     G = w_batch[:, None] * R
-    F = F - static.eta * (K_XB @ G + static.gamma * (K_VB @ R_meta))
-    G_sum = G_sum + G if full_batch else G_sum.at[batch].add(G)
-    R_meta_sum = R_meta_sum + R_meta if full_meta else R_meta_sum.at[meta_batch - n].add(R_meta)
-    return F, w, G_sum, R_meta_sum
+    F = F - rule.eta * kernel.apply(G, R_meta, rule.gamma)
+    G_sum = state.G_sum + G if batch is None else state.G_sum.at[batch].add(G)
+    R_meta_sum = state.R_meta_sum + R_meta if meta_batch is None else state.R_meta_sum.at[meta_batch].add(R_meta)
+    return dataclasses.replace(state, F=F, w=w, G_sum=G_sum, R_meta_sum=R_meta_sum, t=t + 1)
 
 
-def _test_outputs(static: _Static, arrays, state):
-    _, _, G_sum, R_meta_sum = state
-    return arrays["F_test0"] - static.eta * (arrays["K_TX"] @ G_sum + static.gamma * (arrays["K_TV"] @ R_meta_sum))
+def _test_outputs(rule: _Rule, operator: KernelOperator, state: SimState):
+    return state.F_test0 - rule.eta * operator.apply_test(state.G_sum, state.R_meta_sum, rule.gamma)
 
 
-def _diagnostics(static: _Static, arrays, state, t):
-    """Full-batch quantities of THEORY.md section 3 at one state; ``O((m + p) n C)``, no ``K_XX`` product."""
-    K_X, K_V, Y_all = arrays["K_X"], arrays["K_V"], arrays["Y"]
-    noisy, y_test, perturb_key = arrays["noisy"], arrays["y_test"], arrays["perturb_key"]
-    F, w = state[0], state[1]
-    n = static.n
-    K_VX, K_VV = K_X[n:], K_V[n:]
+def _record(rule: _Rule, operator: KernelOperator, data, state: SimState):
+    """Full-batch quantities of docs/theory.md section 3 at one state; no ``K_XX`` product.
+
+    ``O((m + p) n C)`` dense, ``O((n + m + p) D C)`` with features, times
+    ``1 + perturb_draws`` for the meta score.
+    """
+    Y_all, noisy, y_test, perturb_key = data["Y"], data["noisy"], data["y_test"], data["perturb_key"]
+    F, w, t = state.F, state.w, state.t
+    n = w.shape[0]
+    kernel = operator.select(None, None)
     Y, Y_meta = Y_all[:n], Y_all[n:]
-    F_test = _test_outputs(static, arrays, state)
-    R, train_losses = _residual_and_loss(static.loss, F[:n], Y)
-    _, meta_losses = _residual_and_loss(static.loss, F[n:], Y_meta)
-    _, test_losses = _residual_and_loss(static.loss, F_test, arrays["Y_test"])
-    lookahead_w = _lookahead_weights(static, w)
+    F_test = _test_outputs(rule, operator, state)
+    R, train_losses = _residual_and_loss(rule.loss, F[:n], Y)
+    _, meta_losses = _residual_and_loss(rule.loss, F[n:], Y_meta)
+    _, test_losses = _residual_and_loss(rule.loss, F_test, data["Y_test"])
+    lookahead_w = _lookahead_weights(rule, w)
 
     def score_at(F_train, F_meta):
-        return meta_score(static.loss, static.eta, static.gamma, lookahead_w, _residual(static.loss, F_train, Y),
-                          _residual(static.loss, F_meta, Y_meta), F_meta, Y_meta, K_VX, K_VV)
+        return _meta_score(rule.loss, rule.eta, rule.gamma, lookahead_w, _residual(rule.loss, F_train, Y),
+                           _residual(rule.loss, F_meta, Y_meta), F_meta, Y_meta, kernel)
 
     score, R_meta_hat = score_at(F[:n], F[n:])
 
     def flip(draw_key):
         # C7: perturb F and F_meta by Gaussian noise of Frobenius norm eps * ||Y_meta||_F each.
-        size = static.perturb_eps * jnp.linalg.norm(Y_meta)
+        size = rule.perturb_eps * jnp.linalg.norm(Y_meta)
         k1, k2 = jax.random.split(draw_key)
         Z, Z_meta = jax.random.normal(k1, (n, Y.shape[1])), jax.random.normal(k2, Y_meta.shape)
         perturbed, _ = score_at(F[:n] + size * Z / jnp.linalg.norm(Z), F[n:] + size * Z_meta / jnp.linalg.norm(Z_meta))
         return jnp.mean(jnp.sign(perturbed) != jnp.sign(score))
 
-    if static.perturb_draws:
-        draw_keys = jax.random.split(jax.random.fold_in(perturb_key, t), static.perturb_draws)
+    if rule.perturb_draws:
+        draw_keys = jax.random.split(jax.random.fold_in(perturb_key, t), rule.perturb_draws)
         flip_rate = jnp.mean(jax.vmap(flip)(draw_keys))
     else:
         flip_rate = jnp.asarray(jnp.nan)
@@ -296,7 +314,7 @@ def _diagnostics(static: _Static, arrays, state, t):
         return jnp.where(count > 0, jnp.sum(jnp.where(mask, values, 0.0)) / jnp.maximum(count, 1), jnp.nan)
 
     return {
-        "step": jnp.asarray(t),
+        "step": t,
         "w": w,
         "score": score,
         "residual_norm": jnp.linalg.norm(R, axis=-1),
@@ -311,35 +329,43 @@ def _diagnostics(static: _Static, arrays, state, t):
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _run(static: _Static, arrays, state):
-    def run_steps(state, start, count):
-        return jax.lax.fori_loop(start, start + count, lambda t, s: _step(static, arrays, s, t), state)
+def _segment(rule: _Rule, operator: KernelOperator, data, state: SimState, advances, remainder, last):
+    """A stretch of a run: for each ``k`` of ``advances : (L,)``, record, then take ``k`` steps; then take
+    ``remainder`` more steps. Returns the state, the ``L`` records stacked, and, when ``last``, the record of
+    the final state and the final test outputs ``(p, C)`` (else placeholders of their shapes)."""
 
-    def chunk(state, index):
-        t = index * static.record_every
-        record = _diagnostics(static, arrays, state, t)
-        if static.progress is not None:
-            report_every = max(1, static.chunks // 100)
-            jax.lax.cond(index % report_every == 0,
-                         lambda: jax.debug.callback(static.progress, t), lambda: None)
-        return run_steps(state, t, static.record_every), record
+    def take_steps(state, count):
+        return jax.lax.fori_loop(0, count, lambda _, s: _step(rule, operator, data["Y"], s), state)
 
-    state, records = jax.lax.scan(chunk, state, jnp.arange(static.chunks))
-    last_step = static.chunks * static.record_every
-    state = run_steps(state, last_step, static.remainder)
-    final = _diagnostics(static, arrays, state, last_step + static.remainder)
-    records = jax.tree.map(lambda seq, last: jnp.concatenate([seq, last[None]]), records, final)
-    return state, _test_outputs(static, arrays, state), records
+    def record_and_advance(state, count):
+        return take_steps(state, count), _record(rule, operator, data, state)
+
+    state, records = jax.lax.scan(record_and_advance, state, advances)
+    state = take_steps(state, remainder)
+
+    def final(state):
+        return _record(rule, operator, data, state), _test_outputs(rule, operator, state)
+
+    shapes = jax.eval_shape(final, state)
+    final_record, F_test = jax.lax.cond(last, final, lambda _: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                                                             shapes), state)
+    return state, records, final_record, F_test
 
 
-def default_eta(blocks: KernelBlocks, gamma: float) -> tuple[float, float]:
-    """``(eta, lambda_joint)``: THEORY.md section 5's ``1 / lambda_max(K_XX)`` unless it is unstable.
+_step_jit = jax.jit(_step, static_argnums=0)
+_test_outputs_jit = jax.jit(_test_outputs, static_argnums=0)
+
+
+def default_eta(operator: KernelOperator, gamma: float) -> tuple[float, float]:
+    """``(eta, lambda_joint)``: docs/theory.md section 5's ``1 / lambda_max(K_XX)`` unless it is unstable.
 
     Gradient descent on the weighted sum of MSE losses is stable while ``eta < 2 /
     lambda_joint`` (CE's Hessian in the outputs is smaller, so the same holds).
+    Both eigenvalues come from the operator (Lanczos on the blocks, or ``(D, D)``
+    Gram matrices of features): solve this once per run, never per step.
     """
-    lambda_joint = blocks.lambda_max(gamma)
-    eta = 1.0 / _top_eigenvalue(blocks.K_XX)
+    lambda_joint = operator.lambda_max(gamma)
+    eta = 1.0 / operator.lambda_max_train()
     return (eta if eta * lambda_joint < 2.0 else 1.0 / lambda_joint), lambda_joint
 
 
@@ -350,20 +376,110 @@ def gp_prior_outputs(nngp: np.ndarray, num_classes: int, rng: np.random.Generato
     return factor @ rng.standard_normal((nngp.shape[0], num_classes))
 
 
-def simulate(problem: Problem, blocks: KernelBlocks, config: MetaConfig = MetaConfig(), *, seed: int = 0,
-             initial_outputs: np.ndarray | None = None, progress: Callable[[int], None] | None = None) -> Trajectory:
-    """Run meta-reweighting of the linearized model exactly (THEORY.md sections 2-3).
+def _check(problem: Problem, operator, config: MetaConfig) -> None:
+    """Raise ``ValueError``/``TypeError`` for an operator or batch sizes that do not fit ``problem``."""
+    if not all(hasattr(operator, name) for name in ("select", "apply_test", "sizes")):
+        raise TypeError(f"operator must be a kernel operator (KernelBlocks or FeatureKernel), got "
+                        f"{type(operator).__name__}")
+    n, m, p = problem.sizes
+    if tuple(operator.sizes) != (n, m, p):
+        raise ValueError(f"the kernel operator is for (n, m, p) = {tuple(operator.sizes)}, the problem has "
+                         f"{(n, m, p)}")
+    for name, size, limit in (("batch_size", config.batch_size, n), ("meta_batch_size", config.meta_batch_size, m)):
+        if size is not None and size > limit:
+            raise ValueError(f"{name} must be at most {limit}, got {size}")
+
+
+def _targets(problem: Problem) -> np.ndarray:
+    """``(n + m, C)`` one-hot noisy training labels and clean labels, stacked."""
+    return np.eye(problem.num_classes)[np.concatenate([problem.y_noisy, problem.y_meta])]
+
+
+def _keys(seed: int):
+    """``(batch_key, perturb_key)`` of a run's seed."""
+    return jax.random.split(jax.random.PRNGKey(seed))
+
+
+def _resolved_eta(config: MetaConfig, caller: str) -> float:
+    if config.eta is None:
+        raise ValueError(f"{caller} needs config.eta; resolve it once per run: "
+                         "dataclasses.replace(config, eta=default_eta(operator, config.gamma)[0])")
+    return float(config.eta)
+
+
+@_float64
+def init(problem: Problem, operator: KernelOperator, config: MetaConfig = MetaConfig(), *, seed: int = 0,
+         initial_outputs: np.ndarray | None = None) -> SimState:
+    """The state before the first step: outputs ``initial_outputs`` (zero by default), weights ``config.w0``.
 
     Parameters
     ----------
     problem : the noisy-label problem (sizes ``n, m, p``, ``C`` classes).
-    blocks : kernel blocks of ``problem``'s inputs.
+    operator : its kernel (:class:`KernelBlocks` or :class:`FeatureKernel`);
+        only checked against the problem here.
+    config : the knobs (``w0`` and the batch sizes are used here; ``eta`` may be unset).
+    seed : draws the mini-batches (:attr:`SimState.key`).
+    initial_outputs : (n + m + p, C) initial outputs stacked train, clean, test
+        (``None``: zero, the centred network); see :func:`gp_prior_outputs`.
+    """
+    _check(problem, operator, config)
+    n, m, p = problem.sizes
+    C = problem.num_classes
+    F0 = np.zeros((n + m + p, C)) if initial_outputs is None else np.asarray(initial_outputs, dtype=np.float64)
+    if F0.shape != (n + m + p, C):
+        raise ValueError(f"initial_outputs must have shape {(n + m + p, C)}, got {F0.shape}")
+    batch_key, _ = _keys(seed)
+    # Explicit dtypes: a weakly typed leaf would make the second call of the jitted step compile anew.
+    return SimState(F=jnp.asarray(F0[:n + m]), w=jnp.full(n, float(config.w0), dtype=jnp.float64),
+                    G_sum=jnp.zeros((n, C), dtype=jnp.float64), R_meta_sum=jnp.zeros((m, C), dtype=jnp.float64),
+                    F_test0=jnp.asarray(F0[n + m:]), t=jnp.zeros((), dtype=jnp.int64), key=batch_key)
+
+
+@_float64
+def step(state: SimState, problem: Problem, operator: KernelOperator, config: MetaConfig) -> SimState:
+    """One meta-reweighting step (docs/theory.md section 2, steps 1-4; section 8 for features), jitted.
+
+    Parameters
+    ----------
+    state : the state entering step ``state.t`` (from :func:`init` or a previous step).
+    problem : supplies the noisy training labels and the clean labels.
+    operator : the kernel of ``problem``. It is a JAX pytree: ``jax.device_put``
+        it once before a loop of steps, or every call copies its arrays to the device.
+    config : the knobs, with ``eta`` set (:func:`default_eta`); ``steps``,
+        ``record_every`` and the C7 settings are not used.
+
+    Returns
+    -------
+    The state entering step ``state.t + 1``. Batches are drawn from ``state.key``
+    and ``state.t``, so ``T`` steps from ``init(..., seed=s)`` reproduce
+    ``simulate(..., seed=s)`` exactly.
+    """
+    rule = _Rule.of(config, _resolved_eta(config, "step"))
+    return _step_jit(rule, operator, jnp.asarray(_targets(problem)), state)
+
+
+@_float64
+def predict_test(state: SimState, operator: KernelOperator, config: MetaConfig) -> jax.Array:
+    """``(p, C)`` test outputs at ``state``: ``F_test0 - eta (K_TX G_sum + gamma K_TV R_meta_sum)``."""
+    return _test_outputs_jit(_Rule.of(config, _resolved_eta(config, "predict_test")), operator, state)
+
+
+@_float64
+def simulate(problem: Problem, operator: KernelOperator, config: MetaConfig = MetaConfig(), *, seed: int = 0,
+             initial_outputs: np.ndarray | None = None, progress: Callable[[int], None] | None = None) -> Trajectory:
+    """Run meta-reweighting of the linearized model exactly (docs/theory.md sections 2-3, and 8 for features).
+
+    Parameters
+    ----------
+    problem : the noisy-label problem (sizes ``n, m, p``, ``C`` classes).
+    operator : the kernel of ``problem``'s inputs: :class:`KernelBlocks` (dense)
+        or :class:`FeatureKernel` (explicit features, for large ``n``).
     config : the knobs; ``config.eta = None`` resolves to :func:`default_eta`.
     seed : draws the mini-batches and the C7 perturbations.
     initial_outputs : (n + m + p, C) initial outputs stacked train, clean, test
         (``None``: zero, the centred network); see :func:`gp_prior_outputs`.
-    progress : called with the current step about a hundred times during the
-        run (for a progress bar); the loop is compiled anew for each callable.
+    progress : called with the number of steps taken about a hundred times
+        during the run, between jitted segments (for a progress bar).
 
     Returns
     -------
@@ -375,58 +491,62 @@ def simulate(problem: Problem, blocks: KernelBlocks, config: MetaConfig = MetaCo
         when a recorded loss stops being finite (the step that showed it and the
         largest stable ``eta`` are named).
     """
+    _check(problem, operator, config)
+    state = init(problem, operator, config, seed=seed, initial_outputs=initial_outputs)
     n, m, p = problem.sizes
     C = problem.num_classes
-    for name, size, limit in (("batch_size", config.batch_size, n), ("meta_batch_size", config.meta_batch_size, m)):
-        if size is not None and size > limit:
-            raise ValueError(f"{name} must be at most {limit}, got {size}")
-    expected = {"K_XX": (n, n), "K_VX": (m, n), "K_VV": (m, m), "K_TX": (p, n), "K_TV": (p, m)}
-    for name, shape in expected.items():
-        if getattr(blocks, name).shape != shape:
-            raise ValueError(f"kernel block {name} has shape {getattr(blocks, name).shape}, expected {shape}")
-    eta_default, lambda_joint = default_eta(blocks, config.gamma)
+    eta_default, lambda_joint = default_eta(operator, config.gamma)
     eta = eta_default if config.eta is None else float(config.eta)
-    beta = 0.0 if config.variant == "fixed" else float(config.beta)
-    steps, every = int(config.steps), int(config.record_every)
-    static = _Static(config.loss, config.variant, eta, beta, float(config.gamma), n, m, config.batch_size,
-                     config.meta_batch_size, every, steps // every, steps % every,
-                     float(config.perturb_eps), int(config.perturb_draws), progress)
+    rule = _Rule.of(config, eta)
+    Y = _targets(problem)
+    _, perturb_key = _keys(seed)
+    data = {"Y": Y, "Y_test": np.eye(C)[problem.y_test], "noisy": problem.noisy, "y_test": problem.y_test,
+            "perturb_key": perturb_key}
+    device_operator, data = jax.device_put(operator), jax.device_put(data)
 
-    Y = np.eye(C)[np.concatenate([problem.y_noisy, problem.y_meta])]
-    F0 = np.zeros((n + m + p, C)) if initial_outputs is None else np.asarray(initial_outputs, dtype=np.float64)
-    if F0.shape != (n + m + p, C):
-        raise ValueError(f"initial_outputs must have shape {(n + m + p, C)}, got {F0.shape}")
-    batch_key, perturb_key = jax.random.split(jax.random.PRNGKey(seed))
-    arrays = {
-        "K_X": np.concatenate([blocks.K_XX, blocks.K_VX]), "K_V": np.concatenate([blocks.K_VX.T, blocks.K_VV]),
-        "K_TX": blocks.K_TX, "K_TV": blocks.K_TV, "Y": Y, "Y_test": np.eye(C)[problem.y_test],
-        "F_test0": F0[n + m:], "key": batch_key, "perturb_key": perturb_key,
-        "noisy": problem.noisy, "y_test": problem.y_test,
-    }
-    state = (jnp.asarray(F0[:n + m]), jnp.full(n, float(config.w0)), jnp.zeros((n, C)), jnp.zeros((m, C)))
-    (F, *_), F_test, records = _run(static, arrays, state)
-    records = {name: np.asarray(value) for name, value in records.items()}
+    # The records at steps 0, e, 2e, ..., (c - 1) e are taken in segments of L records each (the last one padded
+    # with zero-step records, dropped), so the loop compiles once; the last segment also takes the remaining
+    # steps % e steps and records the final state.
+    every, steps = int(config.record_every), int(config.steps)
+    scanned = steps // every
+    length = max(1, -(-scanned // _PROGRESS_REPORTS))
+    advances = np.zeros(max(1, -(-scanned // length)) * length, dtype=np.int64)
+    advances[:scanned] = every
+    segments, first_losses = [], None
+    for start in range(0, len(advances), length):
+        last = start + length >= len(advances)
+        state, records, final, F_test = _segment(rule, device_operator, data, state,
+                                                 jnp.asarray(advances[start:start + length]),
+                                                 steps % every if last else 0, last)
+        valid = min(length, scanned - start)
+        records = {name: np.asarray(value)[:valid] for name, value in records.items()}
+        if last:
+            records = {name: np.concatenate([records[name], np.asarray(final[name])[None]]) for name in records}
+        segments.append(records)
+        losses = np.stack([records["clean_loss"], records["test_loss"]], axis=1)
+        first_losses = losses[0] if first_losses is None else first_losses
+        broken = ~np.isfinite(losses).all(axis=1) | (losses.max(axis=1) > 1e12 * (1.0 + first_losses.max()))
+        if broken.any():
+            at = int(records["step"][np.argmax(broken)])
+            raise DivergenceError(
+                f"the simulation diverged by step {at} (losses no longer finite): eta={eta:.4g} is too large; "
+                f"use eta below 2/lambda_max = {2.0 / lambda_joint:.4g}, or leave eta unset for the stable default")
+        if progress is not None:
+            progress(steps if last else (start + length) * every)
+    records = {name: np.concatenate([segment[name] for segment in segments]) for name in segments[0]}
 
-    losses = np.stack([records["clean_loss"], records["test_loss"]], axis=1)
-    broken = ~np.isfinite(losses).all(axis=1) | (losses.max(axis=1) > 1e12 * (1.0 + losses[0].max()))
-    if broken.any():
-        at = int(records["step"][np.argmax(broken)])
-        raise DivergenceError(
-            f"the simulation diverged by step {at} (losses no longer finite): eta={eta:.4g} is too large; "
-            f"use eta below 2/lambda_max = {2.0 / lambda_joint:.4g}, or leave eta unset for the stable default")
-
-    F = np.asarray(F)
+    F = np.asarray(state.F)
     Y_meta = Y[n:]
     resolved = dataclasses.asdict(config) | {
-        "eta": eta, "beta": beta, "seed": int(seed), "n": n, "m": m, "p": p, "num_classes": C,
+        "eta": eta, "beta": rule.beta, "seed": int(seed), "n": n, "m": m, "p": p, "num_classes": C,
         "lambda_joint": lambda_joint, "eta_stable_below": 2.0 / lambda_joint,
         "init": "zero" if initial_outputs is None else "given",
     }
     return Trajectory(
         **records,
         noisy=problem.noisy,
-        label_similarity=(blocks.K_VX.T @ Y_meta)[np.arange(n), problem.y_noisy],
-        k_meta_norm=np.linalg.norm(blocks.K_VX, axis=0),
+        label_similarity=operator.transpose_meta(Y_meta)[np.arange(n), problem.y_noisy],
+        k_meta_norm=operator.k_meta_norm(),
         outputs=F[:n], meta_outputs=F[n:], test_outputs=np.asarray(F_test),
         config=resolved,
     )
