@@ -24,7 +24,7 @@ import torch
 
 from dynamics.finite import NetworkConfig, init, sgd_step, step
 from dynamics.problem import gaussian_mixture
-from dynamics.simulate import MetaConfig
+from dynamics.simulator import MetaConfig
 from kernels.infinite import KernelSpec
 from phases.cli import ArgumentParser, HelpFormatter, bounded, int_list, positive_int, run_main, versions, write_json
 

@@ -8,7 +8,7 @@ its tables and writes a JSON file with every number, the configuration and
 the package versions. Each size runs in its own process, so the jit cache
 and the peak memory of one size do not leak into the next. Every ratio is
 measured side by side in one process. Everything is timed through the
-simulator's public pieces (:mod:`dynamics.simulate`: ``default_eta``,
+simulator's public pieces (:mod:`dynamics.simulator`: ``default_eta``,
 ``init``, ``step``, ``simulate``, and the kernel operators of
 :mod:`dynamics.operators`); nothing is patched.
 
@@ -175,7 +175,7 @@ def _maxrss_mb():
 
 
 def step_flops(n, m, C):
-    """Multiply-adds x 2 of one full-batch ``meta`` step over dense blocks (``dynamics.simulate.step``).
+    """Multiply-adds x 2 of one full-batch ``meta`` step over dense blocks (``dynamics.simulator.step``).
 
     meta score: ``K_VX (w R)`` and ``K_VX^T R_meta_hat`` (2 m n C each), ``K_VV R_meta`` (m^2 C);
     model update of train and clean outputs: ``K_X G`` ((n + m) n C) and ``K_V R_meta`` ((n + m) m C).
@@ -255,7 +255,7 @@ def _step_loop(problem, operator, config, steps):
     """
     import jax
 
-    from dynamics.simulate import init, step
+    from dynamics.simulator import init, step
 
     state = jax.block_until_ready(step(init(problem, operator, config), problem, operator, config))
 
@@ -311,7 +311,7 @@ def _compare_weight_steps(trajectory, problem, blocks, seed, widths, repeats):
     import jax.numpy as jnp
     import numpy as np
 
-    from dynamics.simulate import meta_score
+    from dynamics.simulator import meta_score
 
     n, m, _ = problem.sizes
     C = problem.num_classes
@@ -454,7 +454,7 @@ def run_size(n, steps, rounds, compare, widths, repeats, seed):
 
     import jax
 
-    from dynamics.simulate import MetaConfig, default_eta, simulate
+    from dynamics.simulator import MetaConfig, default_eta, simulate
 
     m = p = n // 10
     C = NUM_CLASSES
@@ -518,7 +518,7 @@ def run_features(n, D, steps, rounds, seed):
 
     from dynamics.operators import FeatureKernel
     from dynamics.problem import gaussian_mixture
-    from dynamics.simulate import MetaConfig, default_eta
+    from dynamics.simulator import MetaConfig, default_eta
 
     m = p = n // 10
     C = NUM_CLASSES
@@ -577,7 +577,7 @@ def _format_tables(results, features):
             f"{'n/a' if extra is None else f'{extra:.0f}':>11} {r['maxrss_mb']:>9.0f}")
     if results:
         lines += [
-            "steps/s: `steps` calls of dynamics.simulate.step after a compiling one, in the median of the timed "
+            "steps/s: `steps` calls of dynamics.simulator.step after a compiling one, in the median of the timed "
             "rounds; nothing subtracted.",
             "ratio: achieved FLOP/s over that of a jitted loop of plain (n+m, n) @ (n, C) products timed just before "
             "and after it in the same process; median and range over the rounds.",

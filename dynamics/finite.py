@@ -1,6 +1,6 @@
 """Exact bi-level meta-reweighting of a finite-width network (docs/theory.md section 2, claims C1 and C8).
 
-The linearized simulator (:mod:`dynamics.simulate`) runs docs/theory.md section 2 in
+The linearized simulator (:mod:`dynamics.simulator`) runs docs/theory.md section 2 in
 function space with a fixed kernel. Here the same four steps run literally on
 a finite-width torch ``MLP`` in the NTK parametrisation
 (:class:`kernels.empirical.MLP`): the look-ahead ``theta_hat(w)`` is a real
@@ -38,7 +38,7 @@ from dynamics.bilevel import lookahead_meta_gradient
 from dynamics.bilevel import lookahead_weights as _lookahead_weights
 from dynamics.bilevel import new_weights as _new_weights
 from dynamics.problem import Problem
-from dynamics.simulate import DivergenceError, KernelBlocks, MetaConfig, default_eta, meta_score
+from dynamics.simulator import DivergenceError, KernelBlocks, MetaConfig, default_eta, meta_score
 from dynamics.trajectory import Trajectory
 from kernels.empirical import MLP, empirical_ntk, per_example_jacobians
 from kernels.infinite import KernelSpec, kernel
@@ -313,7 +313,7 @@ def _matrix_meta_score(loss: str, eta: float, gamma: float, w, R, R_meta, F_meta
     """docs/theory.md section 2's closed form with a matrix-valued kernel ``Theta``.
 
     ``Theta_VX : (m, C, n, C)``, ``Theta_VV : (m, C, m, C)``; with ``Theta =
-    k (x) I_C`` it is :func:`dynamics.simulate.meta_score`. Returns ``score (n,)``
+    k (x) I_C`` it is :func:`dynamics.simulator.meta_score`. Returns ``score (n,)``
     and ``R_meta_hat (m, C)``.
     """
     F_meta_hat = F_meta - eta * (torch.einsum("jcid,id->jc", Theta_VX, w[:, None] * R)
@@ -338,7 +338,7 @@ def closed_form_score(net: FiniteNetwork, state: FiniteState, *, loss: str, eta:
     output_kernel : ``"full"``: the matrix-valued NTK ``J_c(x) J_c'(x')^T``
         (exact as ``eta -> 0``); ``"averaged"``: the output-averaged scalar
         kernel of :func:`kernels.empirical.empirical_ntk` through
-        :func:`dynamics.simulate.meta_score`. At finite width the NTK is
+        :func:`dynamics.simulator.meta_score`. At finite width the NTK is
         ``k (x) I_C`` only up to ``O(N^(-1/2))`` (cross-output blocks, unequal
         per-output kernels), so the averaged kernel adds an ``eta``-independent
         error of that size.
@@ -440,9 +440,9 @@ def train_finite(problem: Problem, config: MetaConfig = MetaConfig(), network: N
     Parameters
     ----------
     problem : the noisy-label problem (sizes ``n, m, p``, ``C`` classes).
-    config : the shared knobs of :class:`dynamics.simulate.MetaConfig`.
+    config : the shared knobs of :class:`dynamics.simulator.MetaConfig`.
         ``eta = None`` resolves as in the simulator, from the analytic NTK
-        blocks of ``network.spec`` (:func:`dynamics.simulate.default_eta`),
+        blocks of ``network.spec`` (:func:`dynamics.simulator.default_eta`),
         so that both models take the same step; ``config["lambda_joint"]``
         is that kernel's stability scale. ``perturb_eps`` and
         ``perturb_draws`` are not used: ``flip_rate`` is NaN (C7 perturbs
@@ -455,7 +455,7 @@ def train_finite(problem: Problem, config: MetaConfig = MetaConfig(), network: N
 
     Returns
     -------
-    Trajectory, rows as in :func:`dynamics.simulate.simulate` (row ``t`` is the
+    Trajectory, rows as in :func:`dynamics.simulator.simulate` (row ``t`` is the
     state entering step ``step[t]``, the last row the final state).
     ``label_similarity`` and ``k_meta_norm`` come from the output-averaged
     empirical NTK at ``theta_0``. ``config`` holds every resolved parameter,

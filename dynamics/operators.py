@@ -10,7 +10,7 @@ products on a batch ``B`` of training examples (``b`` of them) and a batch
 
 and, at recorded steps only, the test outputs' displacement ``K_TX G_sum +
 gamma K_TV R_meta_sum : (p, C)``. A kernel operator supplies these (see
-:class:`KernelOperator`), so the simulator (:mod:`dynamics.simulate`) steps
+:class:`KernelOperator`), so the simulator (:mod:`dynamics.simulator`) steps
 over any implementation through the same code. Two implementations:
 
 * :class:`KernelBlocks`: the dense blocks ``K_XX, K_VX, K_VV, K_TX, K_TV``;

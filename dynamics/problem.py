@@ -12,6 +12,8 @@ import dataclasses
 
 import numpy as np
 
+from dynamics.checks import integer, real
+
 NOISE_TYPES = ("symmetric", "pair", "instance")
 
 
@@ -74,15 +76,14 @@ class Problem:
         for field in ("X_meta", "X_test"):
             if getattr(self, field).shape[1] != d:
                 raise ValueError(f"{field} has {getattr(self, field).shape[1]} features, X has {d}")
-        C = int(self.num_classes)
-        if C < 2:
-            raise ValueError(f"num_classes must be at least 2, got {C}")
+        C = integer("num_classes", self.num_classes, 2)
         object.__setattr__(self, "num_classes", C)
         for field, inputs in (("y_noisy", "X"), ("y_true", "X"), ("y_meta", "X_meta"), ("y_test", "X_test")):
             object.__setattr__(self, field, class_labels(field, getattr(self, field), getattr(self, inputs).shape[0], C))
         missing = sorted(set(range(C)) - set(self.y_meta.tolist()))
         if missing:
-            raise ValueError(f"y_meta (the clean subset) has no example of classes {missing}; it needs every class")
+            shown = f"{missing[:10]}" + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            raise ValueError(f"y_meta (the clean subset) has no example of classes {shown}; it needs every class")
         transition = np.asarray(self.transition, dtype=np.float64)
         if transition.shape != (C, C) or np.any(transition < 0) or not np.allclose(transition.sum(axis=1), 1.0):
             raise ValueError(f"transition must be a ({C}, {C}) row-stochastic matrix (non-negative rows summing to 1)")
@@ -118,7 +119,7 @@ class Problem:
 def _check_rate(noise_rate: float, num_classes: int, noise_type: str) -> None:
     if noise_type not in NOISE_TYPES:
         raise ValueError(f"noise_type must be one of {NOISE_TYPES}, got {noise_type!r}")
-    if not 0.0 <= noise_rate < 1.0:
+    if not 0.0 <= noise_rate < 1.0:  # NaN fails this too
         raise ValueError(f"noise_rate must lie in [0, 1), got {noise_rate}")
     if noise_type == "symmetric":
         limit = (num_classes - 1) / num_classes
@@ -223,11 +224,11 @@ def gaussian_mixture(
     and test labels are class-balanced (up to one example), the clean subset of
     size ``m >= C`` exactly balanced up to rounding.
     """
-    for name, value, low in (("n", n, 1), ("m", m, num_classes), ("p", p, 1), ("dim", dim, 1), ("num_classes", num_classes, 2)):
-        if int(value) < low:
-            raise ValueError(f"{name} must be at least {low}, got {value}")
-    if separation < 0 or spread <= 0:
-        raise ValueError(f"separation must be >= 0 and spread > 0, got {separation} and {spread}")
+    num_classes = integer("num_classes", num_classes, 2)
+    n, m, p, dim = (integer(name, value, low) for name, value, low in
+                    (("n", n, 1), ("m", m, num_classes), ("p", p, 1), ("dim", dim, 1)))
+    separation = real("separation", separation, 0.0)
+    spread = real("spread", spread, 0.0, strict_low=True)
     directions = rng.standard_normal((num_classes, dim))
     means = separation * directions / np.linalg.norm(directions, axis=1, keepdims=True)
 
@@ -265,9 +266,8 @@ def digits(
     X_all = data.data.astype(np.float64)
     y_all = data.target.astype(np.int64)
     num_classes = 10
-    if m < num_classes:
-        raise ValueError(f"m must be at least {num_classes} (one clean example per class), got {m}")
-    if n < 1 or n + m >= len(y_all):
+    n, m = integer("n", n, 1), integer("m", m, num_classes)
+    if n + m >= len(y_all):
         raise ValueError(f"n + m must be below {len(y_all)} (digits has {len(y_all)} images), got n={n}, m={m}")
     X_all = (X_all - X_all.mean(axis=0)) / (X_all.std(axis=0) + 1e-8)
     X_all *= 8.0 / np.linalg.norm(X_all, axis=1, keepdims=True)

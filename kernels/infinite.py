@@ -18,6 +18,7 @@ from kernels._nt import stax
 
 ACTIVATIONS = ("relu", "erf")
 KINDS = ("ntk", "nngp")
+MAX_DEPTH = 100  # the layer recursion is sequential: a larger depth is a typo, not a network
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,13 +38,13 @@ class KernelSpec:
     kind: str = "ntk"
 
     def __post_init__(self):
-        if int(self.depth) < 0:
-            raise ValueError(f"depth must be >= 0, got {self.depth}")
+        if isinstance(self.depth, bool) or not float(self.depth).is_integer() or not 0 <= self.depth <= MAX_DEPTH:
+            raise ValueError(f"depth must be an integer in [0, {MAX_DEPTH}], got {self.depth}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
-        if self.W_std <= 0 or self.b_std < 0:
+        if not (math.isfinite(self.W_std) and math.isfinite(self.b_std)) or self.W_std <= 0 or self.b_std < 0:
             raise ValueError(f"W_std must be > 0 and b_std >= 0, got {self.W_std} and {self.b_std}")
 
 

@@ -37,7 +37,7 @@ class SimulationConfig:
     ``separation`` and ``spread`` (gmm). Kernel: ``kernel`` (``ntk`` or ``nngp``)
     of a fully connected network of ``depth`` hidden layers, ``activation``,
     ``w_std``, ``b_std``. Dynamics: the fields of
-    :class:`dynamics.simulate.MetaConfig` plus ``init`` (initial outputs) and
+    :class:`dynamics.simulator.MetaConfig` plus ``init`` (initial outputs) and
     ``seed`` (problem, batches, perturbations). Phase detection: the fields of
     :class:`phases.detect.PhaseParams`.
     """
@@ -107,7 +107,7 @@ class SimulationConfig:
         return PhaseParams(self.align_fraction, self.window, self.min_window, self.tau, self.tau_w)
 
     def meta_config(self):
-        from dynamics.simulate import MetaConfig
+        from dynamics.simulator import MetaConfig
 
         return MetaConfig(loss=self.loss, variant=self.variant, eta=self.eta, beta=self.beta, gamma=self.gamma,
                           w0=self.w0, steps=self.steps, batch_size=self.batch_size,
@@ -217,9 +217,9 @@ def run_simulation(config: SimulationConfig = SimulationConfig(), *, progress: C
 
     Raises
     ------
-    ValueError : a bad configuration.  dynamics.simulate.DivergenceError : an unstable step size.
+    ValueError : a bad configuration.  dynamics.simulator.DivergenceError : an unstable step size.
     """
-    from dynamics.simulate import KernelBlocks, gp_prior_outputs, simulate
+    from dynamics.simulator import KernelBlocks, gp_prior_outputs, simulate
     from kernels import eigh_kernel, kernel
     from phases.claims import check_claims, predict_post_filtering_rate
     from phases.report import summary
@@ -275,7 +275,7 @@ def read_config(path: str) -> dict:
 def load_simulation(path: str) -> SimulationResult:
     """Read a saved simulation directory (``kernels.npz`` when present); phases are re-detected from its settings."""
     from dynamics.problem import Problem
-    from dynamics.simulate import KernelBlocks
+    from dynamics.simulator import KernelBlocks
     from dynamics.trajectory import Trajectory
 
     needed = ("config.json", "problem.npz", "trajectory.npz", "summary.json")
@@ -352,7 +352,7 @@ class FiniteWidthConfig:
         return KernelSpec(depth=self.depth, activation=self.activation, W_std=self.w_std, b_std=self.b_std)
 
     def meta_config(self):
-        from dynamics.simulate import MetaConfig
+        from dynamics.simulator import MetaConfig
 
         return MetaConfig(loss=self.loss, eta=self.eta, beta=self.beta, gamma=self.gamma, w0=self.w0,
                           steps=self.steps)
@@ -477,7 +477,7 @@ def run_finite_width(config: FiniteWidthConfig = FiniteWidthConfig(), *,
     import torch
 
     from dynamics.finite import train_finite
-    from dynamics.simulate import KernelBlocks, simulate
+    from dynamics.simulator import KernelBlocks, simulate
     from kernels.infinite import kernel
 
     announce = stage or (lambda text: None)

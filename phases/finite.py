@@ -109,7 +109,7 @@ def run(argv: list[str] | None = None) -> dict:
     matplotlib.use("Agg")  # a command line draws to files only
     from tqdm import tqdm
 
-    from dynamics.simulate import DivergenceError
+    from dynamics.simulator import DivergenceError
     from phases.experiments import run_finite_width
 
     stages = iter(range(1, 4))

@@ -164,7 +164,7 @@ def run(argv: list[str] | None = None) -> dict:
     matplotlib.use("Agg")  # a command line draws to files only
     from tqdm import tqdm
 
-    from dynamics.simulate import DivergenceError
+    from dynamics.simulator import DivergenceError
     from phases.experiments import run_simulation
     from phases.report import boundaries_line, claims_table, final_line, phase_table
 
@@ -199,7 +199,7 @@ def _run_seeds(config: SimulationConfig, args: argparse.Namespace, output: Outpu
     """The claims-over-seeds study: every seed's summary, the verdict rates and margin distributions."""
     from tqdm import tqdm
 
-    from dynamics.simulate import DivergenceError
+    from dynamics.simulator import DivergenceError
     from phases.cli import write_json, write_text
     from phases.experiments import claims_over_seeds, run_seeds
     from phases.report import seeds_table

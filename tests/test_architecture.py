@@ -73,7 +73,7 @@ def test_importing_the_packages_leaves_the_backend_and_precision_alone():
     code = (
         "import matplotlib; matplotlib.use('svg')\n"
         "import jax\n"
-        "import figures, figures.style, phases, phases.plot, phases.experiments, dynamics.simulate, dynamics.trajectory\n"
+        "import figures, figures.style, phases, phases.plot, phases.experiments, dynamics.simulator, dynamics.trajectory\n"
         "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()\n"
         "assert not jax.config.jax_enable_x64\n"
         "from dynamics import simulate\n"

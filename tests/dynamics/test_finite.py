@@ -22,7 +22,7 @@ from dynamics.finite import (
     train_finite,
 )
 from dynamics.problem import Problem, gaussian_mixture
-from dynamics.simulate import KernelBlocks, MetaConfig, simulate
+from dynamics.simulator import KernelBlocks, MetaConfig, simulate
 from dynamics.trajectory import Trajectory
 from kernels.empirical import empirical_ntk
 from kernels.infinite import KernelSpec, kernel

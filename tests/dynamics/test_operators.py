@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tolerance import assert_close
 
-import dynamics.simulate
+import dynamics.simulator
 from dynamics.operators import FeatureKernel, KernelBlocks
 from dynamics.problem import Problem
-from dynamics.simulate import MetaConfig, default_eta, init, simulate, step
+from dynamics.simulator import MetaConfig, default_eta, init, simulate, step
 
 
 def _problem(rng, n, m, p, C, D):
@@ -189,10 +189,10 @@ def test_feature_route_never_forms_a_kernel_matrix():
     for config in (MetaConfig(eta=0.1), MetaConfig(eta=0.1, loss="ce", batch_size=9, meta_batch_size=4)):
         state = init(problem, features, config)
         step_jaxpr = jax.make_jaxpr(lambda s: step(s, problem, features, config))(state).jaxpr
-        rule = dynamics.simulate._Rule.of(config, config.eta)
+        rule = dynamics.simulator._Rule.of(config, config.eta)
         data = {"Y": np.eye(C)[np.concatenate([problem.y_noisy, problem.y_meta])], "Y_test": np.eye(C)[problem.y_test],
                 "noisy": problem.noisy, "y_test": problem.y_test, "perturb_key": jax.random.PRNGKey(0)}
-        segment_jaxpr = jax.make_jaxpr(lambda s: dynamics.simulate._segment(rule, features, data, s, jnp.ones(3, int),
+        segment_jaxpr = jax.make_jaxpr(lambda s: dynamics.simulator._segment(rule, features, data, s, jnp.ones(3, int),
                                                                             2, True))(state).jaxpr
         shapes = list(_shapes(step_jaxpr)) + list(_shapes(segment_jaxpr))
         assert len(shapes) > 50

@@ -194,7 +194,7 @@ def test_the_spectral_prediction_equals_iterating_the_frozen_dynamics():
     """C5''s eigen-expansion against the plain recurrence E <- E - eta K_joint diag(w, gamma) E (MSE)."""
     import dataclasses
 
-    from dynamics.simulate import KernelBlocks, MetaConfig, simulate
+    from dynamics.simulator import KernelBlocks, MetaConfig, simulate
     from kernels import KernelSpec, kernel
     from phases.claims import predict_post_filtering_rate
     from phases.experiments import SimulationConfig

@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tolerance import assert_close
 
-import dynamics.simulate
+import dynamics.simulator
 from dynamics.problem import Problem
-from dynamics.simulate import (DivergenceError, FeatureKernel, KernelBlocks, MetaConfig, init, meta_score,
+from dynamics.simulator import (DivergenceError, FeatureKernel, KernelBlocks, MetaConfig, init, meta_score,
                                predict_test, simulate, step)
 from phases.claims import c4_bound
 
@@ -320,9 +320,9 @@ def test_progress_reports_between_segments_without_recompiling():
     config = MetaConfig(steps=450, record_every=2, perturb_draws=1)
     calls = []
     first = simulate(problem, blocks, config, progress=calls.append)
-    compiled = dynamics.simulate._segment._cache_size()
+    compiled = dynamics.simulator._segment._cache_size()
     second = simulate(problem, blocks, config, progress=lambda t: calls.append(-t))
-    assert dynamics.simulate._segment._cache_size() == compiled  # a new callable is not a new program
+    assert dynamics.simulator._segment._cache_size() == compiled  # a new callable is not a new program
     np.testing.assert_array_equal(first.w, second.w)
     reports = calls[:len(calls) // 2]
     assert 50 <= len(reports) <= 101 and reports == sorted(reports) and reports[-1] == config.steps
@@ -334,7 +334,7 @@ def test_float64_without_switching_jax_to_x64_for_the_process():
     code = (
         "import jax, numpy as np\n"
         "from dynamics.problem import gaussian_mixture\n"
-        "from dynamics.simulate import KernelBlocks, MetaConfig, init, step, meta_score\n"
+        "from dynamics.simulator import KernelBlocks, MetaConfig, init, step, meta_score\n"
         "problem = gaussian_mixture(np.random.default_rng(0), n=8, m=4, p=2, num_classes=2, dim=3)\n"
         "blocks = KernelBlocks.from_problem(problem, lambda a, b: a @ b.T)\n"
         "config = MetaConfig(eta=0.01)\n"
