@@ -44,6 +44,7 @@ import jax.experimental
 import jax.numpy as jnp
 import numpy as np
 
+from dynamics.checks import integer, real
 from dynamics.operators import BatchKernel, FeatureKernel, KernelBlocks, KernelOperator, dense_meta_kernel
 from dynamics.problem import Problem
 from dynamics.trajectory import Trajectory
@@ -53,6 +54,8 @@ __all__ = ["LOSSES", "VARIANTS", "INITS", "DivergenceError", "FeatureKernel", "K
            "simulate", "step"]
 
 LOSSES = ("mse", "ce")
+MAX_STEPS = 10**8  # beyond this a run is a typo; smaller runs are still checked against memory by the callers
+MAX_PERTURB_DRAWS = 1000
 VARIANTS = ("meta", "l2rw", "fixed")
 INITS = ("zero", "gp")
 _PROGRESS_REPORTS = 100  # segments per run, so progress (and a keyboard interrupt) comes about a hundred times
@@ -115,20 +118,18 @@ class MetaConfig:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
-        if self.eta is not None and not self.eta > 0:
-            raise ValueError(f"eta must be positive, got {self.eta}")
-        if self.beta < 0 or self.gamma < 0:
-            raise ValueError(f"beta and gamma must be >= 0, got {self.beta} and {self.gamma}")
-        if not 0 <= self.w0 <= 1:
-            raise ValueError(f"w0 must lie in [0, 1], got {self.w0}")
-        if int(self.steps) < 1 or int(self.record_every) < 1:
-            raise ValueError(f"steps and record_every must be >= 1, got {self.steps} and {self.record_every}")
+        if self.eta is not None:
+            real("eta", self.eta, 0.0, strict_low=True)
+        real("beta", self.beta, 0.0)
+        real("gamma", self.gamma, 0.0)
+        real("w0", self.w0, 0.0, 1.0)
+        integer("steps", self.steps, 1, MAX_STEPS)
+        integer("record_every", self.record_every, 1, int(self.steps))
         for name in ("batch_size", "meta_batch_size"):
-            value = getattr(self, name)
-            if value is not None and int(value) < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        if self.perturb_eps < 0 or self.perturb_draws < 0:
-            raise ValueError("perturb_eps and perturb_draws must be >= 0")
+            if getattr(self, name) is not None:
+                integer(name, getattr(self, name), 1)
+        real("perturb_eps", self.perturb_eps, 0.0)
+        integer("perturb_draws", self.perturb_draws, 0, MAX_PERTURB_DRAWS)
 
 
 @functools.partial(jax.tree_util.register_dataclass,

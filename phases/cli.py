@@ -61,7 +61,9 @@ def bounded(kind: type, low: float, strict: bool = False) -> Callable[[str], flo
 
     def parse(text):
         value = kind(text)
-        if not math.isfinite(value) or value < low or (strict and value == low):
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if value < low or (strict and value == low):
             raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low}, got {text}")
         return value
 

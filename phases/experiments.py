@@ -130,10 +130,25 @@ class SimulationConfig:
                                     noise_type=self.noise_type)
         return digits(rng, n=self.n, m=self.m, noise_rate=self.noise, noise_type=self.noise_type)
 
-    def validate(self):
-        """Build everything cheap that a bad value breaks (raises ``ValueError``); return the problem."""
+    def estimated_memory(self) -> int:
+        """Bytes the run is planned to need: kernel blocks (and their stacked copy), the eigendecompositions of
+        C9 and C5', and the recorded ``(T, n)`` series (weights, scores, residual norms, their statistics)."""
+        n, m, p = self.n, self.m, self.p
+        recorded = self.steps // self.record_every + 2
+        return 8 * (2 * ((n + m) ** 2 + p * (n + m)) + 3 * (n + m) ** 2) + 48 * recorded * n
+
+    def validate(self, force: bool = False):
+        """Build everything cheap that a bad value breaks (raises ``ValueError``); return the problem.
+
+        A run planned to need more memory than the machine has is refused with the estimate, unless ``force``.
+        """
+        from dynamics.checks import check_memory
+
         self.phase_params()
         self.meta_config()
+        self.kernel_spec()
+        check_memory(f"a simulation with n={self.n}, m={self.m}, p={self.p} and {self.steps} steps recorded every "
+                     f"{self.record_every}", self.estimated_memory(), force)
         problem = self.problem()
         n, m, _ = problem.sizes
         for name, size, limit in (("batch_size", self.batch_size, n), ("meta_batch_size", self.meta_batch_size, m)):

@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--overwrite", action="store_true",
                      help="replace an existing output directory (only one this toolkit wrote)")
     out.add_argument("--save-kernels", action="store_true", help="also write kernels.npz (K_XX, K_VX, K_VV, K_TX, K_TV)")
+    out.add_argument("--force", action="store_true",
+                     help="run even when the memory estimate exceeds what this machine has")
     return parser
 
 
@@ -149,7 +151,7 @@ def run(argv: list[str] | None = None) -> dict:
     config, args = parse_config(argv)
     # Everything a user can get wrong is checked before the slow imports (JAX, neural-tangents, matplotlib).
     try:
-        config.validate()
+        config.validate(force=args.force)
     except ValueError as error:
         raise UserError(_as_flags(str(error))) from None
     kind = "simulate" if args.seeds is None else "seeds"

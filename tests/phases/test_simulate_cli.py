@@ -121,6 +121,14 @@ def _cli(*args, cwd=None):
     (["--m", "3"], "m must be at least 4"),
     (["--batch-size", "5000"], "--batch-size"),
     (["--eta", "-1"], "eta"),
+    (["--depth", "1000000000000"], "--depth must be an integer in [0, 100]"),
+    (["--n", "1000000"], "GiB of memory"),
+    (["--steps", "100000000"], "GiB of memory"),
+    (["--perturb-draws", "1000000"], "--perturb-draws must be in [0, 1000]"),
+    (["--gamma", "nan"], "must be a finite number"),
+    (["--beta", "inf"], "must be a finite number"),
+    (["--record-every", "3000"], "--record-every must be at most steps"),
+    (["--seeds", "5-2"], "--seeds"),
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
     result = _cli(*args, "--out", str(tmp_path / "out"))
