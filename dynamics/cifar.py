@@ -69,8 +69,10 @@ class DataError(ValueError):
 
 def _read_sums(data_dir: Path) -> dict[str, str]:
     sums_path = data_dir / "SHA256SUMS"
-    if not sums_path.is_file():
-        return {}
+    if not sums_path.is_file() or not sums_path.read_text().strip():
+        state = "is empty" if sums_path.is_file() else "is missing"
+        raise DataError(f"{sums_path} {state}, so nothing can be verified; restore it, or pass verify=False "
+                        "(--no-verify) to read the data unverified")
     expected = {}
     for number, line in enumerate(sums_path.read_text().splitlines(), start=1):
         if not line.strip():
@@ -89,14 +91,17 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(file, "sha256").hexdigest()
 
 
-def verify_checksums(data_dir, names) -> tuple[str, ...]:
+def verify_checksums(data_dir, names, verify: bool = True) -> tuple[str, ...]:
     """Check the named files of ``data_dir`` against its ``SHA256SUMS``.
 
     Parameters
     ----------
-    data_dir : folder holding the files and (normally) ``SHA256SUMS``.
+    data_dir : folder holding the files and ``SHA256SUMS``.
     names : paths relative to ``data_dir``, with forward slashes, as listed in
         ``SHA256SUMS``.
+    verify : ``False`` reads every file unverified (with a warning); a
+        missing or empty ``SHA256SUMS`` is otherwise an error, never a silent
+        way to turn verification off.
 
     Returns
     -------
@@ -107,13 +112,17 @@ def verify_checksums(data_dir, names) -> tuple[str, ...]:
     Raises
     ------
     DataError
-        If a file is missing, or its SHA-256 differs from its entry.
+        If a file is missing, ``SHA256SUMS`` is missing or empty (with
+        ``verify``), or a file's SHA-256 differs from its entry.
     """
     data_dir = Path(data_dir)
     names = [str(PurePosixPath(name)) for name in names]
     for name in names:
         if not (data_dir / name).is_file():
             raise DataError(f"missing file {name} in {data_dir}")
+    if not verify:
+        warnings.warn(f"not verified (verify=False): {', '.join(names)}", stacklevel=2)
+        return tuple(names)
     expected = _read_sums(data_dir)
     for name in names:
         if name in expected:
@@ -406,7 +415,8 @@ def _load_images(data_dir: Path, image_files: tuple[str, ...], clean_label: np.n
     return _load_jpeg_tarball(path, stat.st_size, stat.st_mtime_ns, np.asarray(clean_label, dtype=np.int64).tobytes())
 
 
-def load_cifar10_images(data_dir=DEFAULT_DATA_DIR, *, clean_label: np.ndarray | None = None) -> CifarImages:
+def load_cifar10_images(data_dir=DEFAULT_DATA_DIR, *, clean_label: np.ndarray | None = None,
+                        verify: bool = True) -> CifarImages:
     """Decode all CIFAR-10 images of ``data_dir`` into uint8 arrays.
 
     The official ``cifar-10-batches-py/`` folder is used when present, else the
@@ -424,6 +434,7 @@ def load_cifar10_images(data_dir=DEFAULT_DATA_DIR, *, clean_label: np.ndarray | 
         it for the alignment and reads it from the folder's
         ``CIFAR-10_human.pt`` when it is not given; for the python batches it
         is checked against their labels when given.
+    verify : see :func:`verify_checksums`.
 
     Returns
     -------
@@ -434,7 +445,7 @@ def load_cifar10_images(data_dir=DEFAULT_DATA_DIR, *, clean_label: np.ndarray | 
     needed = list(image_files)
     if clean_label is None and image_files != _BATCH_FILES:
         needed.append(_label_file(data_dir))
-    verify_checksums(data_dir, needed)
+    verify_checksums(data_dir, needed, verify)
     if clean_label is None and image_files != _BATCH_FILES:
         clean_label = load_cifar10n_labels(data_dir / needed[-1])["clean_label"]
     return _load_images(data_dir, image_files, clean_label)
@@ -557,6 +568,7 @@ def cifar10n_problem(
     n_train: int | None = None,
     n_meta: int = 1000,
     n_test: int | None = None,
+    verify: bool = True,
 ) -> ImageProblem:
     """CIFAR-10 with one of the CIFAR-10N human label sets.
 
@@ -575,6 +587,7 @@ def cifar10n_problem(
     rng : draws the clean subset and the subsets.
     data_dir : see :func:`load_cifar10_images`.
     n_train, n_meta, n_test : sizes ``n``, ``m``, ``p``.
+    verify : see :func:`verify_checksums`.
 
     Returns
     -------
@@ -588,7 +601,7 @@ def cifar10n_problem(
     data_dir = Path(data_dir)
     image_files = _image_files(data_dir)
     label_file = _label_file(data_dir)
-    verify_checksums(data_dir, [label_file, *image_files])
+    verify_checksums(data_dir, [label_file, *image_files], verify)
     labels = load_cifar10n_labels(data_dir / label_file)
     clean = labels["clean_label"]
     data = _load_images(data_dir, image_files, clean)

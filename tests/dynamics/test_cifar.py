@@ -284,7 +284,7 @@ def test_missing_training_image_is_named(tmp_path, fake_labels):
     first = CIFAR10_CLASSES[fake_labels["clean_label"][0]]
     with pytest.warns(UserWarning, match="not verified"):
         with pytest.raises(DataError, match=f"missing train/{first}/0000.jpg"):
-            load_cifar10_images(tmp_path, clean_label=fake_labels["clean_label"])
+            load_cifar10_images(tmp_path, clean_label=fake_labels["clean_label"], verify=False)
 
 
 def test_truncated_tarball_is_a_data_error(tmp_path, jpeg_dir, fake_labels):
@@ -292,7 +292,21 @@ def test_truncated_tarball_is_a_data_error(tmp_path, jpeg_dir, fake_labels):
     (tmp_path / TARBALL).write_bytes((jpeg_dir / TARBALL).read_bytes()[:-500])
     with pytest.warns(UserWarning, match="not verified"):
         with pytest.raises(DataError, match="cannot read .*cifar10_jpg_q75.tar.gz"):
-            load_cifar10_images(tmp_path, clean_label=fake_labels["clean_label"])
+            load_cifar10_images(tmp_path, clean_label=fake_labels["clean_label"], verify=False)
+
+
+@pytest.mark.parametrize("sums", [None, "", "\n\n"])
+def test_a_missing_or_empty_checksum_file_is_an_error_unless_verification_is_declined(tmp_path, jpeg_dir, fake_labels,
+                                                                                      sums):
+    (tmp_path / "cifar10").mkdir()
+    (tmp_path / TARBALL).write_bytes((jpeg_dir / TARBALL).read_bytes())
+    if sums is not None:
+        (tmp_path / "SHA256SUMS").write_text(sums)
+    with pytest.raises(DataError, match="SHA256SUMS is (missing|empty), so nothing can be verified"):
+        load_cifar10_images(tmp_path, clean_label=fake_labels["clean_label"])
+    with pytest.warns(UserWarning, match="not verified"):
+        images = load_cifar10_images(tmp_path, clean_label=fake_labels["clean_label"], verify=False)
+    assert images.train_images.shape[0] == len(fake_labels["clean_label"])
 
 
 def test_unpickler_refuses_code(tmp_path, batches_dir):
