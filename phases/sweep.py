@@ -169,29 +169,61 @@ def load(path: str) -> dict:
     return payload
 
 
+def summary_frame(records: list[dict]):
+    """Mean and standard deviation over seeds per noise rate, as a pandas DataFrame.
+
+    Parameters
+    ----------
+    records : what :func:`sweep` returns (or the ``records`` of a ``sweep.json``).
+
+    Returns
+    -------
+    pandas.DataFrame indexed by noise rate (ascending), with columns
+    ``(quantity, "mean")`` and ``(quantity, "std")`` for every quantity of
+    :data:`RECORD_FIELDS` but ``noise`` and ``seed``, then ``("runs",
+    "count")`` and ``("no_plateau", "count")`` (runs whose clean-subset loss
+    never plateaued). Quantities that do not exist in a run (``None``, e.g.
+    ``T_filter`` without noise) are left out of its rate's mean; the standard
+    deviation has ``ddof=1`` and is NaN with fewer than two values.
+    """
+    import pandas as pd
+
+    quantities = [field for field in RECORD_FIELDS if field not in ("noise", "seed")]
+    frame = pd.DataFrame.from_records(records, columns=list(RECORD_FIELDS))
+    values = frame[quantities].astype(float)
+    by_rate = values.groupby(frame["noise"].astype(float), sort=True)
+    summary = by_rate.agg(["mean", "std"])
+    summary[("runs", "count")] = by_rate.size()
+    summary[("no_plateau", "count")] = values["plateau"].isna().groupby(frame["noise"].astype(float)).sum()
+    summary.columns.names = ["quantity", "statistic"]
+    summary.index.name = "noise"
+    return summary
+
+
 def summary_table(records: list[dict]) -> str:
-    """Mean over seeds per noise rate, one line each."""
-    header = (f"{'noise':>6}{'runs':>6}{'T_align':>9}{'T_filter':>10}{'no plateau':>12}{'noisy@0 @T_f':>14}"
-              f"{'noisy@0 end':>13}{'test acc':>10}")
-    lines = [header, "-" * len(header)]
+    """Mean +- standard deviation over seeds per noise rate (:func:`summary_frame`), one line each."""
+    frame = summary_frame(records)
+    columns = (("T_align", "T_align", ".1f"), ("T_filter", "T_filter", ".1f"),
+               ("frac_noisy_zero_at_filter", "noisy@0 @T_f", ".3f"), ("frac_noisy_zero_end", "noisy@0 end", ".3f"),
+               ("test_accuracy", "test acc", ".3f"))
 
-    def mean(values):
-        values = [v for v in values if v is not None]
-        return float(np.mean(values)) if values else None
+    def cell(rate, quantity, spec):
+        mean, std = frame.loc[rate, (quantity, "mean")], frame.loc[rate, (quantity, "std")]
+        if np.isnan(mean):
+            return "-"
+        return format(mean, spec) if np.isnan(std) else f"{mean:{spec}} ± {std:{spec}}"
 
-    def fmt(value, spec):
-        return "-" if value is None else format(value, spec)
-
-    for rate in sorted({r["noise"] for r in records}):
-        group = [r for r in records if r["noise"] == rate]
-        lines.append(
-            f"{rate:>6.2f}{len(group):>6}{fmt(mean([r['T_align'] for r in group]), '.1f'):>9}"
-            f"{fmt(mean([r['T_filter'] for r in group]), '.1f'):>10}{sum(r['plateau'] is None for r in group):>12}"
-            f"{fmt(mean([r['frac_noisy_zero_at_filter'] for r in group]), '.3f'):>14}"
-            f"{fmt(mean([r['frac_noisy_zero_end'] for r in group]), '.3f'):>13}"
-            f"{fmt(mean([r['test_accuracy'] for r in group]), '.3f'):>10}")
-    lines.append("Means over seeds. T_align, T_filter in steps; 'no plateau': runs whose clean-subset loss never "
-                 "plateaued; noisy@0: share of noisy examples at w = 0 at T_filter and at the last step.")
+    rows = [[f"{rate:.2f}", str(int(frame.loc[rate, ("runs", "count")])),
+             *[cell(rate, quantity, spec) for quantity, _, spec in columns[:2]],
+             str(int(frame.loc[rate, ("no_plateau", "count")])),
+             *[cell(rate, quantity, spec) for quantity, _, spec in columns[2:]]] for rate in frame.index]
+    header = ["noise", "runs", "T_align", "T_filter", "no plateau", "noisy@0 @T_f", "noisy@0 end", "test acc"]
+    widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(text.rjust(width) for text, width in zip(line, widths)) for line in [header, *rows]]
+    lines.insert(1, "-" * len(lines[0]))
+    lines.append("Mean ± standard deviation over seeds (ddof=1). T_align, T_filter in steps; 'no plateau': runs "
+                 "whose clean-subset loss never plateaued; noisy@0: share of noisy examples at w = 0 at T_filter and "
+                 "at the last step.")
     return "\n".join(lines)
 
 

@@ -145,3 +145,24 @@ def test_weight_rules_by_hand():
     assert_close(clipped_weights(w, dL_meta_dw, 0.5).numpy(), [0.7, 1.0, 0.0, 0.0])
     assert torch.equal(lookahead_weights("l2rw", w), torch.zeros(4, dtype=torch.float64))
     assert lookahead_weights("meta", w) is w
+
+
+@pytest.mark.parametrize("reset", [False, True])
+def test_a_loss_given_as_a_callable_reaches_every_term_of_the_step(reset):
+    """``loss=callable`` is used for the training losses, the clean term and the meta objective alike: with the
+    cross-entropy written out, the step equals the default (cross-entropy) one."""
+    model, x, y, w, x_meta, y_meta = _case("conv-batchnorm", 6, b=8, m=4)
+    twin = copy.deepcopy(model)
+
+    def written_out(outputs, targets):
+        return -torch.log_softmax(outputs, dim=1)[torch.arange(len(targets)), targets]
+
+    settings = dict(lr=0.2, clean_weight=0.5, beta=0.3, reset=reset)
+    expected_w, expected_loss = meta_step(model, torch.optim.SGD(model.parameters(), lr=0.2), x, y, w, x_meta,
+                                          y_meta, **settings)
+    new_w, loss = meta_step(twin, torch.optim.SGD(twin.parameters(), lr=0.2), x, y, w, x_meta, y_meta,
+                            loss=written_out, **settings)
+    assert_close(new_w.numpy(), expected_w.numpy())
+    assert_close(float(loss), float(expected_loss))
+    for (name, value), expected in zip(twin.state_dict().items(), model.state_dict().values()):
+        assert_close(value.numpy(), expected.numpy(), err_msg=name)

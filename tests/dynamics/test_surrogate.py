@@ -206,10 +206,18 @@ _VALID = dict(labels=np.array([0, 1, 2]), features=np.ones((3, 2)), meta_labels=
     (dict(meta_features=np.ones((0, 2)), meta_labels=np.array([], dtype=int)), "meta_features"),
     (dict(meta_features=np.ones((3, 3))), "meta_features"),
     (dict(labels=np.array([0, 1])), "labels"),
-    (dict(labels=np.array([0.0, 1.0, 2.0])), "labels"),
+    (dict(labels=np.array([0.0, 0.5, 2.0])), "labels"),
+    (dict(labels=np.array([0.0, np.nan, 2.0])), "labels"),
+    (dict(labels=np.array(["a", None, "b"], dtype=object)), "labels"),
+    (dict(labels=np.array(["a", float("nan"), "b"], dtype=object)), "labels"),
     (dict(labels=np.array([0, -1, 2])), "labels"),
     (dict(labels=np.array([0, 1, 3]), num_classes=3), "labels"),
-    (dict(meta_labels=np.array([0, 1, 1])), "meta_labels"),
+    # A training label (2) that the clean subset lacks: the classes are the clean subset's, so labels is at fault.
+    (dict(meta_labels=np.array([0, 1, 1])), "labels"),
+    (dict(meta_labels=np.array([0, 1, 1]), labels=np.array([0, 1, 1]), num_classes=3), "meta_labels"),
+    (dict(num_classes=4), "meta_labels"),
+    (dict(meta_labels=np.array(["a", "b", "c"]), labels=np.array(["a", "b", "c"]), num_classes=2), "num_classes"),
+    (dict(features=np.array([["x", "y"]] * 3)), "features"),
     (dict(meta_labels=np.array([0, 1])), "meta_labels"),
     (dict(labels=np.zeros(3, dtype=int), meta_labels=np.zeros(3, dtype=int)), "num_classes"),
     (dict(alpha0=-1.0), "alpha0"),
@@ -245,3 +253,161 @@ def test_surrogate_score_agrees_in_sign_with_initial_meta_gradient(seed):
     print(f"seed {seed}: sign agreement {rate:.3f} at alpha0=1/(C-1), {late_rate:.3f} at alpha0=0")
     assert rate == 1.0
     assert np.all(a[late_score > 0] > 0)
+
+
+# ----------------------------------------------------------------------------- what a practitioner has
+
+
+@given(problems(), st.integers(0, 2**32 - 1))
+def test_class_names_of_any_kind_give_the_integer_coded_result_and_come_back_in_result_classes(problem, seed):
+    labels, features, meta_labels, meta_features, C = problem
+    rng = np.random.default_rng(seed)
+    base = reweight(labels, features, meta_labels, meta_features)
+    names = np.array([f"class {k}" for k in rng.permutation(100)[:C]])
+    codings = {
+        "integer-valued floats": (labels.astype(float), meta_labels.astype(float)),
+        "numbered 1..C": (labels + 1, meta_labels + 1),
+        "sparse integers": (10 * labels - 7, 10 * meta_labels - 7),
+        "strings": (names[labels], names[meta_labels]),
+        "strings as objects": (names[labels].astype(object), names[meta_labels].astype(object)),
+        "python lists": (names[labels].tolist(), names[meta_labels].tolist()),
+    }
+    for coding, (named_labels, named_meta) in codings.items():
+        result = reweight(named_labels, features, named_meta, meta_features)
+        assert_close(result.weights, base.weights, atol=1e-8, err_msg=coding)
+        assert_close(result.score, base.score, atol=1e-8, err_msg=coding)
+        # The classes are the clean subset's distinct names, sorted; column k of S is classes[k].
+        distinct = sorted(set(np.asarray(named_meta).tolist()))
+        assert result.classes.tolist() == distinct, coding
+        code_of = dict(zip(np.asarray(named_meta).tolist(), meta_labels.tolist()))
+        order = [code_of[name] for name in distinct]
+        assert_close(result.similarities, base.similarities[:, order], atol=1e-12, err_msg=coding)
+        assert result.num_classes == C
+
+
+def test_unorderable_names_keep_first_appearance_order():
+    features, meta_features = np.array([[2.0, 0.0], [-1.0, 0.0]]), np.array([[1.0, 0.0], [-1.0, 0.0]])
+    mixed = reweight(np.array(["b", 1], dtype=object), features, np.array(["b", 1], dtype=object), meta_features)
+    coded = reweight([0, 1], features, [0, 1], meta_features)
+    assert mixed.classes.tolist() == ["b", 1]
+    assert_close(mixed.weights, coded.weights)
+
+
+def test_a_training_label_absent_from_the_clean_subset_names_it():
+    with pytest.raises(ValueError, match=r"^labels hold 1 class\(es\) that meta_labels .* such as \['dog'\]"):
+        reweight(["cat", "dog", "cat"], np.ones((3, 2)), ["cat", "bird"], np.eye(2))
+
+
+def test_pandas_inputs_equal_numpy_inputs_and_misaligned_indexes_are_refused():
+    pd = pytest.importorskip("pandas")
+    problem = gaussian_mixture(np.random.default_rng(1), n=50, m=20, p=1, dim=5)
+    base = reweight(problem.y_noisy, problem.X, problem.y_meta, problem.X_meta)
+    names = np.array(["ant", "bee", "cat", "dog"])
+    frame = pd.DataFrame(problem.X, columns=[f"f{k}" for k in range(5)], index=np.arange(100, 150))
+    labels = pd.Series(names[problem.y_noisy], index=frame.index, dtype="category")
+    meta = pd.DataFrame(problem.X_meta)
+    result = reweight(labels, frame, pd.Series(names[problem.y_meta]), meta)
+    assert_close(result.weights, base.weights)
+    assert result.classes.tolist() == names.tolist()
+    with pytest.raises(ValueError, match=r"^labels and features are pandas objects with different indexes"):
+        reweight(labels.sort_index(ascending=False), frame, problem.y_meta, meta)
+
+
+@pytest.mark.parametrize("linear", [True, False])
+def test_sparse_features_equal_dense_features(linear):
+    sparse = pytest.importorskip("scipy.sparse")
+    rng = np.random.default_rng(2)
+    dense = rng.standard_normal((40, 12)) * (rng.random((40, 12)) < 0.3)
+    meta_dense = rng.standard_normal((12, 12)) * (rng.random((12, 12)) < 0.5)
+    labels, meta_labels = rng.integers(0, 3, 40), np.arange(12) % 3
+    kernel_ = None if linear else (lambda a, b: (a @ b.T + 1.0) ** 2)
+    base = reweight(labels, dense, meta_labels, meta_dense, kernel=kernel_)
+    for as_sparse in (sparse.csr_matrix, sparse.csc_array, sparse.coo_matrix):
+        result = reweight(labels, as_sparse(dense), meta_labels, as_sparse(meta_dense), kernel=kernel_)
+        assert_close(result.similarities, base.similarities, err_msg=as_sparse.__name__)
+        assert_close(result.weights, base.weights, err_msg=as_sparse.__name__)
+    with pytest.raises(ValueError, match="^features contains non-finite values"):
+        reweight(labels, sparse.csr_matrix(np.where(dense != 0, np.inf, 0.0)), meta_labels, meta_dense)
+
+
+def test_repr_is_one_short_line():
+    rng = np.random.default_rng(3)
+    result = reweight(rng.integers(0, 50, 20_000), rng.standard_normal((20_000, 4)), np.arange(100) % 50,
+                      rng.standard_normal((100, 4)))
+    text = repr(result)
+    assert "\n" not in text and len(text) < 200, text
+    assert text.startswith("ReweightResult(n=20000, kept=") and "classes=[0, 1, 2, ..., 47, 48, 49] (50)" in text
+
+
+# ----------------------------------------------------------------------------- centring without the centred copy
+
+
+def _centred_copy_similarities(features, meta_features, meta_labels, C):
+    """The implementation before the rank-one fold: centre an (n, D) copy, then multiply."""
+    class_means = np.stack([meta_features[meta_labels == k].mean(axis=0) for k in range(C)])
+    mu = class_means.mean(axis=0)
+    return (features - mu) @ (class_means - mu).T
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_rank_one_centring_equals_the_centred_copy_to_1e_12(seed):
+    problem = gaussian_mixture(np.random.default_rng(seed), n=2000, m=200, p=1, dim=32, num_classes=5)
+    X, X_meta = problem.X + 3.0, problem.X_meta + 3.0  # an offset, so that centring matters
+    S_copy = _centred_copy_similarities(X, X_meta, problem.y_meta, 5)
+    # Both round the same mathematical quantity differently: agreement to ~1e-12 relative to the scale of S.
+    S = class_similarities(X, problem.y_meta, X_meta)
+    assert_close(S, S_copy, rtol=0, atol=1e-12 * np.abs(S_copy).max())
+    for alpha0 in (0.25, 0.0):
+        result = reweight(problem.y_noisy, X, problem.y_meta, X_meta, alpha0=alpha0)
+        expected = weights_from_scores(modulated_scores(S_copy, problem.y_noisy, alpha0))
+        assert_close(result.weights, expected, rtol=1e-12, atol=1e-12)
+    # float32 features: cast a block at a time, same numbers as casting the whole array first.
+    S32 = class_similarities(X.astype(np.float32), problem.y_meta, X_meta.astype(np.float32), block_rows=300)
+    assert_close(S32, _centred_copy_similarities(X.astype(np.float32).astype(np.float64),
+                                                 X_meta.astype(np.float32).astype(np.float64), problem.y_meta, 5),
+                 rtol=0, atol=1e-12 * np.abs(S_copy).max())
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_linear_path_allocates_no_copy_of_the_features(dtype):
+    """Peak memory of the linear path stays far below one (n, D) float64 array (the centred copy it avoids)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(4)
+    n, D, C = 10_000, 256, 10
+    features = rng.standard_normal((n, D)).astype(dtype)
+    meta_features, meta_labels = rng.standard_normal((500, D)).astype(dtype), np.arange(500) % C
+    labels = rng.integers(0, C, n)
+    tracemalloc.start()
+    try:
+        reweight(labels, features, meta_labels, meta_features)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    one_copy = n * D * 8
+    # What remains: (n, C) outputs and temporaries, O(D C), one block of rows cast to float64 for float32 input.
+    assert peak < one_copy / 3, f"peak {peak / 1e6:.1f} MB against {one_copy / 1e6:.1f} MB for one copy"
+
+
+def test_surrogate_imports_and_runs_with_numpy_alone():
+    """The lightweight install: dynamics.surrogate needs neither torch, JAX, pandas, scipy nor scikit-learn."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"torch", "jax", "jaxlib", "pandas", "scipy", "sklearn", "matplotlib", "kernels"}:
+            raise ImportError("blocked: " + name)
+sys.meta_path.insert(0, Block())
+import numpy as np
+from dynamics import reweight
+r = reweight(["a", "b", "a"], np.eye(3)[:, :2], ["a", "b"], np.eye(2))
+print(r.classes.tolist(), r.weights.tolist())
+"""
+    root = __import__("os").path.dirname(__import__("os").path.dirname(__import__("os").path.dirname(
+        __import__("os").path.abspath(__file__))))
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("['a', 'b']")

@@ -31,3 +31,69 @@ def test_weight_stats_match_sklearn(seed, n, rows):
             assert_close(stats["frac_clean_zero"][t], np.mean(w[t][clean] == 0))
         if noisy.any():
             assert_close(stats["frac_noisy_zero"][t], np.mean(w[t][noisy] == 0))
+
+
+def _trajectory(rng, T=7, n=11, m=3, p=5, C=4):
+    from dynamics.trajectory import Trajectory
+
+    series = {name: rng.standard_normal((T, n)) for name in ("w", "score", "residual_norm")}
+    series["w"] = np.clip(series["w"], 0, 1)  # exact zeros and ones, as clipped weights have
+    per_step = {name: rng.standard_normal(T) for name in ("clean_loss", "coupling_norm", "train_loss_clean",
+                                                            "train_loss_noisy", "test_loss")}
+    return Trajectory(step=np.arange(T, dtype=np.int64) * 3, **series, **per_step,
+                      test_accuracy=rng.random(T).astype(np.float32), flip_rate=rng.random(T).astype(np.float32),
+                      noisy=rng.random(n) < 0.4, label_similarity=rng.standard_normal(n),
+                      k_meta_norm=rng.random(n), outputs=rng.standard_normal((n, C)),
+                      meta_outputs=rng.standard_normal((m, C)), test_outputs=rng.standard_normal((p, C)),
+                      config={"beta": 1.0, "m": m, "eta": 0.1, "note": "x"})
+
+
+def _assert_same(loaded, original):
+    import dataclasses
+
+    for field in dataclasses.fields(original):
+        a, b = getattr(loaded, field.name), getattr(original, field.name)
+        if field.name == "config":
+            assert a == b
+            continue
+        assert a.dtype == b.dtype and a.shape == b.shape, field.name
+        np.testing.assert_array_equal(a, b, err_msg=field.name)  # bit for bit: the format is lossless
+        assert a.flags["C_CONTIGUOUS"], field.name
+
+
+def test_save_is_compressed_lossless_and_plain_npz(tmp_path):
+    import zipfile
+
+    from dynamics.trajectory import Trajectory
+
+    rng = np.random.default_rng(0)
+    trajectory = _trajectory(rng, T=400, n=300)
+    # A smooth, slowly varying series, as real trajectories are: compression must gain on it.
+    trajectory = Trajectory(**{**trajectory.__dict__, "w": np.clip(
+        0.5 + np.cumsum(1e-3 * rng.standard_normal((400, 300)), axis=0), 0, 1)})
+    path = tmp_path / "run.npz"
+    trajectory.save(path)
+    _assert_same(Trajectory.load(path), trajectory)
+    with zipfile.ZipFile(path) as archive:
+        assert {info.compress_type for info in archive.infolist()} == {zipfile.ZIP_DEFLATED}
+    with np.load(path) as data:  # readable without the toolkit: one plain array per field
+        np.testing.assert_array_equal(data["w"], trajectory.w)
+    import json
+
+    from dynamics.trajectory import _SERIES, _STATIC
+
+    uncompressed = tmp_path / "uncompressed.npz"  # the earlier format
+    np.savez(uncompressed, **{name: getattr(trajectory, name) for name in _SERIES + _STATIC},
+             config=np.array(json.dumps(trajectory.config)))
+    assert path.stat().st_size < uncompressed.stat().st_size
+
+
+def test_load_reads_files_of_the_earlier_uncompressed_format(tmp_path):
+    import json
+
+    from dynamics.trajectory import _SERIES, _STATIC, Trajectory
+
+    trajectory = _trajectory(np.random.default_rng(1))
+    arrays = {name: getattr(trajectory, name) for name in _SERIES + _STATIC}
+    np.savez(tmp_path / "old.npz", **arrays, config=np.array(json.dumps(trajectory.config, sort_keys=True)))
+    _assert_same(Trajectory.load(tmp_path / "old.npz"), trajectory)
