@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import zipfile
 
 import numpy as np
 
@@ -109,10 +110,29 @@ class Trajectory:
 
     @classmethod
     def load(cls, path) -> Trajectory:
-        """Read a file written by :meth:`save`, compressed (this version) or not (earlier versions)."""
-        with np.load(path, allow_pickle=False) as data:
-            fields = {name: np.ascontiguousarray(data[name]) for name in _SERIES + _STATIC}
-            config = json.loads(str(data["config"]))
+        """Read a file written by :meth:`save`, compressed (this version) or not (earlier versions).
+
+        Raises ``ValueError`` naming the file and the problem when it is not such a file (unreadable, a key
+        missing, arrays of inconsistent shapes, a configuration that is not JSON).
+        """
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                missing = [name for name in (*_SERIES, *_STATIC, "config") if name not in data.files]
+                if missing:
+                    raise ValueError(f"lacks {', '.join(missing[:5])}")
+                fields = {name: np.ascontiguousarray(data[name]) for name in _SERIES + _STATIC}
+                config = json.loads(str(data["config"]))
+        except (OSError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as error:
+            raise ValueError(f"{path} is not a saved trajectory: {' '.join(str(error).split())[:200]}") from None
+        except ValueError as error:
+            raise ValueError(f"{path} is not a saved trajectory: {' '.join(str(error).split())[:200]}") from None
+        T, n = fields["w"].shape if fields["w"].ndim == 2 else (None, None)
+        shapes = {"step": (T,), "score": (T, n), "residual_norm": (T, n), "clean_loss": (T,), "noisy": (n,),
+                  "label_similarity": (n,), "k_meta_norm": (n,)}
+        wrong = [name for name, shape in shapes.items() if T is None or fields[name].shape != shape]
+        if wrong or not isinstance(config, dict):
+            raise ValueError(f"{path} is not a saved trajectory: inconsistent arrays "
+                             f"({', '.join(wrong) or 'config'}) for w of shape {fields['w'].shape}")
         return cls(**fields, config=config)
 
 

@@ -20,6 +20,7 @@ captions) and ``gallery.md`` (the images with one-line captions).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -28,7 +29,8 @@ import tempfile
 import time
 import traceback
 
-from phases.cli import ArgumentParser, UserError, positive_int, run_main, versions, write_json, write_text
+from phases.cli import ArgumentParser, OutputDirectory, UserError, check_output_path, positive_int, run_main, versions, \
+    write_json, write_text
 
 PROG = "python -m figures"
 
@@ -43,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"figures to make, by name or number (default: all): {names}")
     parser.add_argument("--out", default=os.path.join("runs", "figures"),
                         help="output directory for PNG and CSV files (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out that an earlier python -m figures wrote")
+    parser.add_argument("--in-place", action="store_true",
+                        help="write into the existing directory --out file by file (e.g. docs/img), replacing only "
+                             "the files of the figures made")
     parser.add_argument("--from", dest="from_dir", default=None, metavar="DIR",
                         help="read saved results from DIR instead of running anything")
     parser.add_argument("--quick", action="store_true",
@@ -71,9 +78,8 @@ def _select(names: list[str]):
     return sorted(chosen, key=lambda module: module.NUMBER)
 
 
-def _check_args(args) -> None:
-    if os.path.isfile(args.out):
-        raise UserError(f"--out {args.out} is a file; give a directory path")
+def _check_args(args):
+    """Refuse bad arguments before any work; return the output (a staged directory, or ``--out`` in place)."""
     if args.from_dir is not None:
         if not os.path.isdir(args.from_dir):
             raise UserError(f"--from {args.from_dir} is not a directory")
@@ -81,17 +87,20 @@ def _check_args(args) -> None:
             raise UserError("--save-results keeps fresh runs; it cannot be combined with --from")
         if args.quick:
             raise UserError("--quick sets the sizes of fresh runs; it cannot be combined with --from")
-    if args.save_results is not None and os.path.isfile(args.save_results):
-        raise UserError(f"--save-results {args.save_results} is a file; give a directory path")
-    for flag, path in (("--out", args.out), ("--save-results", args.save_results)):
-        if path is None:
-            continue
+    if args.save_results is not None:
+        if not os.path.isdir(args.save_results):
+            check_output_path(args.save_results, option="--save-results")
         try:
-            os.makedirs(path, exist_ok=True)
+            os.makedirs(args.save_results, exist_ok=True)
         except OSError as error:
-            raise UserError(f"{flag} {path} cannot be created: {error.strerror}") from None
-        if not os.access(path, os.W_OK):
-            raise UserError(f"{flag} {path} is not writable")
+            raise UserError(f"--save-results {args.save_results} cannot be created: {error.strerror}") from None
+    if args.in_place:
+        if args.overwrite:
+            raise UserError("--in-place writes into an existing directory; it cannot be combined with --overwrite")
+        if not os.path.isdir(args.out) or not os.access(args.out, os.W_OK):
+            raise UserError(f"--in-place needs --out to be an existing writable directory, got {args.out}")
+        return contextlib.nullcontext(args.out)
+    return OutputDirectory(args.out, args.overwrite, command=" ".join([PROG, *sys.argv[1:]]))
 
 
 def _gallery(entries: list[dict]) -> str:
@@ -115,7 +124,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     from figures.results import MissingResults, Results
 
     modules = _select(args.names)
-    _check_args(args)
+    output = _check_args(args)
     temporary = None
     if args.from_dir is not None:
         root, fresh = args.from_dir, False
@@ -127,7 +136,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     entries = []
     try:
-        with tqdm(modules, desc="figures", unit="figure", file=sys.stderr, disable=None,
+        with output as out, tqdm(modules, desc="figures", unit="figure", file=sys.stderr, disable=None,
                   bar_format="{desc}: {n_fmt}/{total_fmt} |{bar:20}| {elapsed} {postfix}") as bar:
             results = Results(root, fresh=fresh, quick=args.quick, workers=args.workers, bar=bar)
             for module in bar:
@@ -136,7 +145,8 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
                 figure_started = time.perf_counter()
                 try:
                     fig, table = module.build(results)
-                    png, csv = style.save(fig, table, args.out, module.NAME)
+                    png, csv = style.save(fig, table, out, module.NAME)
+                    png, csv = (os.path.join(args.out, os.path.basename(path)) for path in (png, csv))
                     entry |= {"status": "written", "png": os.path.basename(png), "csv": os.path.basename(csv),
                               "csv_columns": list(table.columns)}
                     message = f"wrote {png} and {csv}"
@@ -150,21 +160,21 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
                 entries.append(entry)
                 bar.write(f"figure {module.NUMBER} ({module.NAME}): {message}", file=sys.stderr)
                 bar.set_postfix_str("")
+            elapsed = time.perf_counter() - started
+            manifest = {
+                "command": f"{PROG} " + " ".join(sys.argv[1:] if argv is None else argv),
+                "mode": "from saved results" if not fresh else ("fresh, quick" if args.quick else "fresh"),
+                "results": os.path.abspath(root) if temporary is None else None,
+                "sizes": dataclasses.asdict(results.sizes) if fresh else None,
+                "seconds": round(elapsed, 1),
+                "versions": versions(),
+                "figures": entries,
+            }
+            write_json(os.path.join(out, "figures.json"), manifest)
+            write_text(os.path.join(out, "gallery.md"), _gallery(entries))
     finally:
         if temporary is not None:
             shutil.rmtree(temporary, ignore_errors=True)
-    elapsed = time.perf_counter() - started
-    manifest = {
-        "command": f"{PROG} " + " ".join(sys.argv[1:] if argv is None else argv),
-        "mode": "from saved results" if not fresh else ("fresh, quick" if args.quick else "fresh"),
-        "results": os.path.abspath(root) if temporary is None else None,
-        "sizes": dataclasses.asdict(results.sizes) if fresh else None,
-        "seconds": round(elapsed, 1),
-        "versions": versions(),
-        "figures": entries,
-    }
-    write_json(os.path.join(args.out, "figures.json"), manifest)
-    write_text(os.path.join(args.out, "gallery.md"), _gallery(entries))
     counts = {status: sum(e["status"] == status for e in entries) for status in ("written", "skipped", "failed")}
     print(f"{counts['written']} figure(s) written to {args.out}/, {counts['skipped']} skipped, "
           f"{counts['failed']} failed, in {elapsed:.0f} s")

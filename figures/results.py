@@ -25,6 +25,7 @@ import glob
 import json
 import os
 import re
+import zipfile
 
 import numpy as np
 
@@ -140,6 +141,12 @@ class Results:
                 self._cache[key] = load()
             except MissingResults as error:
                 self._cache[key] = error
+            except (ValueError, KeyError, TypeError, OSError, zipfile.BadZipFile) as error:
+                # Saved results that exist but cannot be read: one line naming what, not a traceback.
+                name = key if isinstance(key, str) else "-".join(map(str, key))
+                text = " ".join(str(error).split())[:300]
+                self._cache[key] = MissingResults(f"the saved {name} results under {self.root} cannot be read: "
+                                                  f"{type(error).__name__}: {text}")
         value = self._cache[key]
         if isinstance(value, MissingResults):
             raise value
@@ -189,12 +196,15 @@ class Results:
 
             self._status(f"noise-rate sweep: 0/{total} runs")
             records = sweep_module.sweep(rates, seeds, settings, workers=self.workers, progress=progress)
-            sweep_module.write_json(path, {
-                "command": "figures (fresh regeneration" + (", --quick)" if self.quick else ")"),
-                "config": {"noise_rates": rates, "seeds": seeds, "workers": self.workers,
-                           "settings": sweep_module.settings_dict(settings)},
-                "records": records,
-            })
+            from phases.cli import OutputDirectory, write_json
+
+            with OutputDirectory(os.path.dirname(path), overwrite=True) as staging:
+                write_json(os.path.join(staging, "sweep.json"), {
+                    "command": "figures (fresh regeneration" + (", --quick)" if self.quick else ")"),
+                    "config": {"noise_rates": rates, "seeds": seeds, "workers": self.workers,
+                               "settings": sweep_module.settings_dict(settings)},
+                    "records": records,
+                })
         if not os.path.isfile(path):
             raise MissingResults(f"needs results of python -m phases.sweep --out {os.path.dirname(path)}")
         return sweep_module.load(path)

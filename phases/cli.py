@@ -113,6 +113,7 @@ def jsonable(value):
 def atomic_write(path, write: Callable[[str], object]) -> None:
     """Call ``write(temporary_path)``, then rename the temporary file to ``path``; on any error nothing is left."""
     directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     os.close(fd)
     try:

@@ -16,6 +16,8 @@ import shutil
 import struct
 import tarfile
 import zipfile
+import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -531,3 +533,16 @@ def test_real_problem(real_images, real_labels):
     assert_close(problem.noise_rate, NOISE_RATES["worse_label"], atol=0.01)
     np.testing.assert_array_equal(problem.images, real_images.train_images[problem.train_index])
     np.testing.assert_array_equal(problem.y_noisy, real_labels["worse_label"][problem.train_index])
+
+
+def test_a_decompression_bomb_header_is_one_data_error():
+    from dynamics.cifar import _decode_jpeg
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    data[16:24] = (100_000).to_bytes(4, "big") * 2  # IHDR claims 100000 x 100000 pixels
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
+    with pytest.raises(DataError, match="cannot decode bomb.jpg .*decompression bomb") as caught:
+        _decode_jpeg(bytes(data), "bomb.jpg", Path("cifar.tar.gz"))
+    assert len(str(caught.value)) < 400

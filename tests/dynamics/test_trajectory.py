@@ -1,12 +1,13 @@
 """Weight statistics of a trajectory against scikit-learn's metrics."""
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from sklearn.metrics import precision_score, recall_score, roc_auc_score
 from tolerance import assert_close
 
-from dynamics.trajectory import weight_stats
+from dynamics.trajectory import Trajectory, weight_stats
 
 
 @given(seed=st.integers(0, 2**16), n=st.integers(2, 60), rows=st.integers(1, 4))
@@ -97,3 +98,27 @@ def test_load_reads_files_of_the_earlier_uncompressed_format(tmp_path):
     arrays = {name: getattr(trajectory, name) for name in _SERIES + _STATIC}
     np.savez(tmp_path / "old.npz", **arrays, config=np.array(json.dumps(trajectory.config, sort_keys=True)))
     _assert_same(Trajectory.load(tmp_path / "old.npz"), trajectory)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "missing key", "inconsistent"])
+def test_a_damaged_file_is_one_clear_error(tmp_path, damage):
+    path = tmp_path / "trajectory.npz"
+    arrays = {name: np.zeros((3, 4)) if name in ("w", "score", "residual_norm") else np.zeros(3) for name in
+              ("step", "w", "score", "residual_norm", "clean_loss", "coupling_norm", "train_loss_clean",
+               "train_loss_noisy", "test_loss", "test_accuracy", "flip_rate")}
+    arrays |= {"noisy": np.zeros(4, bool), "label_similarity": np.zeros(4), "k_meta_norm": np.zeros(4),
+               "outputs": np.zeros((4, 2)), "meta_outputs": np.zeros((2, 2)), "test_outputs": np.zeros((2, 2)),
+               "config": np.array("{}")}
+    np.savez(path, **arrays)
+    Trajectory.load(path)  # the intact file loads
+    if damage == "garbage":
+        path.write_bytes(b"\x80\x04 not a zip" * 100)
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:200])
+    elif damage == "missing key":
+        np.savez(path, **{k: v for k, v in arrays.items() if k != "score"})
+    else:
+        np.savez(path, **(arrays | {"noisy": np.zeros(5, bool)}))
+    with pytest.raises(ValueError, match=r"trajectory.npz is not a saved trajectory") as caught:
+        Trajectory.load(path)
+    assert "\n" not in str(caught.value) and len(str(caught.value)) < 400

@@ -256,3 +256,34 @@ def test_methods_figure():
     cifar = table[table["dataset"] == "cifar10n"]
     assert set(cifar["label_set"]) == {"worse", "aggre"} and cifar["noise"].isna().all()
     assert methods.records_from_json({"something": "else"}) == []
+
+
+def test_damaged_saved_results_are_one_line_not_a_traceback(tmp_path):
+    root = tmp_path / "results"
+    (root / "gamma1").mkdir(parents=True)
+    for name in ("config.json", "problem.npz", "trajectory.npz"):
+        (root / "gamma1" / name).write_bytes(b"truncated")
+    (root / "sweep").mkdir()
+    (root / "sweep" / "sweep.json").write_text('{"records": [')
+    assert main(["weights", "phase_diagram", "--from", str(root), "--out", str(tmp_path / "out")]) == 0
+    manifest = json.loads((tmp_path / "out" / "figures.json").read_text())
+    for entry in manifest["figures"]:
+        assert entry["status"] == "skipped" and "cannot be read" in entry["message"], entry
+        assert "\n" not in entry["message"] and "Traceback" not in entry["message"]
+
+
+def test_figures_output_is_staged_marked_and_replaced_only_on_request(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "out"
+    argv = ["phase_diagram", "--from", str(empty), "--out", str(out)]
+    assert main(argv) == 0 and (out / "figures.json").is_file()
+    assert main(argv) == 2 and "--overwrite" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == 0
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "keep.png").write_bytes(b"mine")
+    assert main(["phase_diagram", "--from", str(empty), "--out", str(docs), "--overwrite"]) == 2
+    assert main(["phase_diagram", "--from", str(empty), "--out", str(docs), "--in-place"]) == 0
+    assert (docs / "keep.png").read_bytes() == b"mine" and (docs / "figures.json").is_file()
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(".")]
