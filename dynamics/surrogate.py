@@ -234,8 +234,12 @@ def _class_similarities(Phi, Psi, y_meta, C, kernel, block_rows):
         # (Phi - mu) @ (M - mu).T = Phi @ (M - mu).T - mu @ (M - mu).T: the centring is a rank-one correction,
         # so the centred (n, D) copy is never formed (memory O(D C) beyond inputs and output).
         directions = (class_means - mu).T  # (D, C)
-        S = _times(Phi, directions, block_rows)
-        S -= mu @ directions
+        with np.errstate(over="ignore", invalid="ignore"):
+            S = _times(Phi, directions, block_rows)
+            S -= mu @ directions
+        if not np.all(np.isfinite(S)):
+            raise ValueError("features are so large that their similarities overflow float64; rescale them "
+                             "(the weights do not change under scaling)")
         return S
     Psi_c = (Psi.toarray() if _is_sparse(Psi) else np.asarray(Psi, dtype=np.float64)) - mu
     S = np.empty((Phi.shape[0], C))

@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     runtime.add_argument("--data-dir", default=None,
                          help="CIFAR data folder (default: the shared data folder beside the repository, "
                               "dynamics.cifar.DEFAULT_DATA_DIR)")
+    runtime.add_argument("--no-verify", action="store_true",
+                         help="read the CIFAR files without checking them against SHA256SUMS (say so in any report)")
     runtime.add_argument("--device", default=None, help="torch device (default: cpu; cuda for --profile gpu)")
     runtime.add_argument("--jobs", type=positive_int, default=None,
                          help="runs trained in parallel processes (default: 2 on the CPU, one per core of a "
@@ -155,7 +157,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
     from phases.comparison import compare, format_table, realised_noise_rate, resolve_setup, write_results
 
     options = dict(profile=args.profile, epochs=args.epochs, noise_rate=args.noise, noise_type=args.noise_type,
-                   n_train=args.n_train, data_dir=args.data_dir, device=args.device,
+                   n_train=args.n_train, data_dir=args.data_dir, device=args.device, verify=not args.no_verify,
                    budget_overrides={key: getattr(args, key) for key in
                                      ("batch_size", "meta_batch_size", "lr", "gamma", "warmup_epochs")
                                      if getattr(args, key) is not None})

@@ -88,7 +88,7 @@ class Setup:
 def resolve_setup(data: str, profile: str = "cpu", *, epochs: int | None = None, noise_rate: float | None = None,
                   noise_type: str = "symmetric", n_train: int | None = None, data_dir=None,
                   budget_overrides: dict | None = None, params: Mapping[str, object] | None = None,
-                  device: str | None = None) -> Setup:
+                  device: str | None = None, verify: bool = True) -> Setup:
     """The problem, network and budget of ``data`` under ``profile``, with overrides applied.
 
     Parameters
@@ -138,6 +138,7 @@ def resolve_setup(data: str, profile: str = "cpu", *, epochs: int | None = None,
         from dynamics.cifar import DEFAULT_DATA_DIR
 
         data_dir = str(data_dir if data_dir is not None else DEFAULT_DATA_DIR)
+        problem["verify"] = bool(verify)
     else:
         base = dict(VECTOR)
         noise_rate = 0.4 if noise_rate is None else noise_rate
@@ -183,7 +184,7 @@ def _build_problem(setup: Setup, seed: int):
 
     return cifar10n_problem(setup.problem["label_set"], rng, data_dir=setup.data_dir,
                             n_train=setup.problem["n_train"], n_meta=setup.problem["n_meta"],
-                            n_test=setup.problem["n_test"])
+                            n_test=setup.problem["n_test"], verify=setup.problem["verify"])
 
 
 def _training_data(setup: Setup, problem):
@@ -277,7 +278,7 @@ def compare(data: str, methods: Sequence[str] | None = None, seeds: Sequence[int
             profile: str = "cpu", epochs: int | None = None, noise_rate: float | None = None,
             noise_type: str = "symmetric", n_train: int | None = None, data_dir=None,
             budget_overrides: dict | None = None, params: Mapping[str, object] | None = None,
-            device: str | None = None, jobs: int = 1, threads: int | None = 1,
+            device: str | None = None, jobs: int = 1, threads: int | None = 1, verify: bool = True,
             progress: Callable[[Progress], None] | None = None) -> dict:
     """Train each method on each seed's problem and summarise over seeds (docs/theory.md section 7).
 
@@ -291,6 +292,7 @@ def compare(data: str, methods: Sequence[str] | None = None, seeds: Sequence[int
         and the batches, identically for every method.
     profile, epochs, noise_rate, noise_type, n_train, data_dir,
     budget_overrides, params, device : see :func:`resolve_setup`.
+    verify : check the CIFAR files against ``SHA256SUMS`` (``False``: read them unverified).
     jobs : runs trained in parallel processes (1: in this process).
     threads : torch / BLAS threads per run (None: leave as is). One is
         fastest on a shared 2-core machine, where spare threads spin.
@@ -340,7 +342,7 @@ def compare(data: str, methods: Sequence[str] | None = None, seeds: Sequence[int
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     setup = resolve_setup(data, profile, epochs=epochs, noise_rate=noise_rate, noise_type=noise_type,
                           n_train=n_train, data_dir=data_dir, budget_overrides=budget_overrides, params=params,
-                          device=device)
+                          device=device, verify=verify)
     started_at = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     started = time.perf_counter()
     report = progress or (lambda event: None)

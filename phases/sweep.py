@@ -276,10 +276,15 @@ def run(argv: list[str] | None = None) -> list[dict]:
 
     started = time.perf_counter()
     total = len(rates) * args.seeds
+    from dynamics.simulator import DivergenceError
+
     with output as staging:
         with tqdm(total=total, unit="run", file=sys.stderr, disable=None) as bar:
-            records = sweep(rates, range(args.seeds), settings, workers=args.workers,
-                            progress=lambda record: bar.update())
+            try:
+                records = sweep(rates, range(args.seeds), settings, workers=args.workers,
+                                progress=lambda record: bar.update())
+            except DivergenceError as error:
+                raise UserError(str(error)) from None
         write_json(os.path.join(staging, "sweep.json"), {
             "command": command,
             "config": {"noise_rates": rates, "seeds": list(range(args.seeds)), "workers": args.workers,

@@ -411,3 +411,10 @@ print(r.classes.tolist(), r.weights.tolist())
     done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("['a', 'b']")
+
+
+def test_features_whose_similarities_overflow_are_refused_not_flagged():
+    features = np.full((6, 2), 1e200)
+    features[:, 1] = np.arange(6) * 1e200
+    with pytest.raises(ValueError, match="overflow float64; rescale them"):
+        reweight(np.array([0, 1, 0, 1, 0, 1]), features, np.array([0, 1]), features[:2])
