@@ -4,12 +4,13 @@ Public names are re-exported here and imported on first use, so that ``import
 dynamics`` does not load JAX or torch until a name that needs them is touched.
 """
 
-import importlib
+from kernels.lazy import lazy_exports
 
 _EXPORTS = {
     "dynamics.problem": ("Problem", "corrupt_labels", "digits", "gaussian_mixture", "transition_matrix"),
     "dynamics.trajectory": ("Trajectory", "weight_stats"),
-    "dynamics.simulator": ("DivergenceError", "MetaConfig", "SimState", "default_eta", "gp_prior_outputs",
+    "dynamics.config": ("MetaConfig",),
+    "dynamics.simulator": ("DivergenceError", "SimState", "default_eta", "gp_prior_outputs",
                            "meta_score", "predict_test", "simulate"),
     "dynamics.operators": ("FeatureKernel", "KernelBlocks"),
     "dynamics.surrogate": ("ReweightResult", "alpha0_schedule", "class_similarities", "modulated_scores", "reweight",
@@ -24,15 +25,4 @@ _EXPORTS = {
     "dynamics.methods": ("METHODS", "Method", "MethodResult", "MethodUnavailable", "TrainBudget", "TrainingData",
                          "TrainingDiverged", "train"),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name):
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module 'dynamics' has no attribute {name!r}")
-    return getattr(importlib.import_module(_MODULE_OF[name]), name)
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -38,7 +38,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from dynamics.problem import Problem, class_labels
+from dynamics.problem import Problem, Splits, class_labels
 
 # The repository root is the parent of this package; the data folder sits beside it.
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
@@ -456,7 +456,7 @@ def load_cifar10_images(data_dir=DEFAULT_DATA_DIR, *, clean_label: np.ndarray | 
 
 
 @dataclasses.dataclass(frozen=True)
-class ImageProblem:
+class ImageProblem(Splits):
     """A noisy-label problem on images (docs/theory.md section 0), before featurisation.
 
     Mirrors :class:`~dynamics.problem.Problem` with uint8 images in place of
@@ -477,6 +477,8 @@ class ImageProblem:
         python-batch order of the training split (disjoint).
     test_index : (p,) int64, positions in the test split of :class:`CifarImages`.
     """
+
+    _INPUTS = ("images", "meta_images", "test_images")
 
     images: np.ndarray
     y_noisy: np.ndarray
@@ -511,20 +513,6 @@ class ImageProblem:
             if positions.shape != (value.shape[0],) or not np.issubdtype(positions.dtype, np.integer):
                 raise ValueError(f"{index} must be {value.shape[0]} integers to match {images}")
             object.__setattr__(self, index, positions.astype(np.int64))
-
-    @property
-    def noisy(self) -> np.ndarray:
-        """(n,) bool, the noise mask ``y_noisy != y_true`` (for scoring only)."""
-        return self.y_noisy != self.y_true
-
-    @property
-    def noise_rate(self) -> float:
-        return float(self.noisy.mean())
-
-    @property
-    def sizes(self) -> tuple[int, int, int]:
-        """``(n, m, p)``."""
-        return len(self.images), len(self.meta_images), len(self.test_images)
 
     def to_problem(self, featurize) -> Problem:
         """The :class:`~dynamics.problem.Problem` of the features ``featurize`` gives.

@@ -120,6 +120,12 @@ def _new(cls, **fields):
 # Dense kernel blocks
 
 
+def _describe(operator, **extra) -> str:
+    """``Name(n=..., m=..., p=..., extra...)``: an operator's sizes, never its arrays."""
+    sizes = dict(zip("nmp", operator.sizes)) | extra
+    return f"{type(operator).__name__}({', '.join(f'{key}={value}' for key, value in sizes.items())})"
+
+
 @jax.tree_util.register_pytree_node_class
 @dataclasses.dataclass(frozen=True, init=False, repr=False, eq=False)
 class KernelBlocks:
@@ -166,8 +172,7 @@ class KernelBlocks:
         return _new(cls, **dict(zip(("K_X", "K_V", "K_TX", "K_TV"), leaves)))
 
     def __repr__(self):
-        n, m, p = self.sizes
-        return f"KernelBlocks(n={n}, m={m}, p={p})"
+        return _describe(self)
 
     @property
     def sizes(self) -> tuple[int, int, int]:
@@ -311,8 +316,7 @@ class FeatureKernel:
         return _new(cls, **dict(zip(("Phi", "Psi", "Phi_test"), leaves)))
 
     def __repr__(self):
-        n, m, p = self.sizes
-        return f"FeatureKernel(n={n}, m={m}, p={p}, D={self.D})"
+        return _describe(self, D=self.D)
 
     @property
     def sizes(self) -> tuple[int, int, int]:

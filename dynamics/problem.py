@@ -34,8 +34,33 @@ def class_labels(name: str, labels, size: int, num_classes: int | None = None) -
     return labels.astype(np.int64)
 
 
+class Splits:
+    """What every labelled problem shares: the noise mask, its rate, and the sizes ``(n, m, p)``.
+
+    Subclasses name their training, clean and test inputs in ``_INPUTS`` and hold ``y_noisy`` and ``y_true``
+    (numpy arrays or torch tensors).
+    """
+
+    _INPUTS = ("X", "X_meta", "X_test")
+
+    @property
+    def noisy(self) -> np.ndarray:
+        """(n,) bool, the noise mask ``y_noisy != y_true`` (for scoring only)."""
+        mask = self.y_noisy != self.y_true
+        return mask.cpu().numpy() if hasattr(mask, "cpu") else np.asarray(mask)
+
+    @property
+    def noise_rate(self) -> float:
+        return float(self.noisy.mean())
+
+    @property
+    def sizes(self) -> tuple[int, int, int]:
+        """``(n, m, p)``."""
+        return tuple(len(getattr(self, name)) for name in self._INPUTS)
+
+
 @dataclasses.dataclass(frozen=True)
-class Problem:
+class Problem(Splits):
     """A noisy-label classification problem (docs/theory.md section 0).
 
     Attributes
@@ -88,20 +113,6 @@ class Problem:
         if transition.shape != (C, C) or np.any(transition < 0) or not np.allclose(transition.sum(axis=1), 1.0):
             raise ValueError(f"transition must be a ({C}, {C}) row-stochastic matrix (non-negative rows summing to 1)")
         object.__setattr__(self, "transition", transition)
-
-    @property
-    def noisy(self) -> np.ndarray:
-        """(n,) bool, the noise mask ``y_noisy != y_true`` (for scoring only)."""
-        return self.y_noisy != self.y_true
-
-    @property
-    def noise_rate(self) -> float:
-        return float(self.noisy.mean())
-
-    @property
-    def sizes(self) -> tuple[int, int, int]:
-        """``(n, m, p)``."""
-        return self.X.shape[0], self.X_meta.shape[0], self.X_test.shape[0]
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The arrays of ``problem.npz``."""

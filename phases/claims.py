@@ -230,12 +230,17 @@ class RatePrediction:
 
 def predict_post_filtering_rate(problem, blocks, trajectory, phases: Phases, outputs_at_filter: np.ndarray
                                 ) -> RatePrediction | None:
-    """The C5' prediction from the kernel blocks and the outputs ``(n + m, C)`` of the run at ``T_filter``.
+    """The C5' prediction from the kernel and the outputs ``(n + m, C)`` of the run at ``T_filter``.
 
+    ``blocks``: the dense kernel blocks (:class:`dynamics.operators.KernelBlocks`), or explicit features
+    (:class:`dynamics.operators.FeatureKernel`), for which the prediction is made in the ``D``-dimensional
+    parameter space without forming the ``(n + m, n + m)`` kernel (:func:`_predict_on_features`).
     ``None`` where C5' says nothing (:func:`_no_rate_reason`).
     """
     if _no_rate_reason(trajectory, phases):
         return None
+    if hasattr(blocks, "Phi"):
+        return _predict_on_features(problem, blocks, trajectory, phases, outputs_at_filter)
     config = trajectory.config
     n, m, _ = problem.sizes
     C = problem.num_classes
@@ -254,6 +259,74 @@ def predict_post_filtering_rate(problem, blocks, trajectory, phases: Phases, out
     meta_residual = np.einsum("mk,tk,kc->tmc", V[n:], decay, coefficients) / np.sqrt(gamma)
     frozen_loss = 0.5 * np.sum(meta_residual ** 2, axis=(1, 2)) / m
     return RatePrediction(lambda_star, (1.0 - eta * lambda_star) ** 2, trajectory.step[post], frozen_loss)
+
+
+def _predict_on_features(problem, features, trajectory, phases: Phases, outputs_at_filter: np.ndarray
+                         ) -> RatePrediction:
+    """C5' for the linear kernel of features ``Phi (n, D)``, ``Psi (m, D)`` (docs/theory.md section 8).
+
+    With ``A = D^1/2 [Phi; Psi] : (n + m, D)``, ``M = D^1/2 K_joint D^1/2 = A A^T`` shares its nonzero spectrum
+    with ``B = A^T A = Phi^T diag(w) Phi + gamma Psi^T Psi : (D, D) = V diag(lambda) V^T``; its eigenvectors
+    are ``A V / sqrt(lambda)``. The frozen dynamics move the parameters, so after ``t`` steps the clean
+    residual is ``E_meta - Psi V diag(phi_t(lambda)) V^T a`` with ``a = Phi^T (w E) + gamma Psi^T E_meta : (D,
+    C)`` and ``phi_t(lambda) = (1 - (1 - eta lambda)^t) / lambda`` (``t eta`` at ``lambda = 0``): every
+    direction of ``M``, the null space included, with no division by a small eigenvalue. ``lambda_star`` takes
+    the energies ``||(A V)_meta,k||^2 ||c_k||^2 / lambda_k^2`` of the directions with ``lambda_k`` above
+    rounding, and the null space of ``M`` (eigenvalue 0) as one more direction whose energy is the squared norm
+    of the clean rows of the residual's null-space part (the dense route spreads it over a basis of that space).
+    Cost ``O((n + m) D C + D^3)``.
+    """
+    config = trajectory.config
+    n, m, _ = problem.sizes
+    C = problem.num_classes
+    eta, gamma = config["eta"], config["gamma"]
+    Phi, Psi = np.asarray(features.Phi, dtype=np.float64), np.asarray(features.Psi, dtype=np.float64)
+    w = trajectory.w[_at(trajectory, phases.T_filter)]
+    Y = np.eye(C)[np.concatenate([problem.y_noisy, problem.y_meta])]
+    E = outputs_at_filter - Y
+    E_train, E_meta = E[:n], E[n:]
+    B = Phi.T @ (w[:, None] * Phi) + gamma * (Psi.T @ Psi)
+    eigenvalues, V = np.linalg.eigh(B)
+    eigenvalues = np.maximum(eigenvalues, 0.0)
+    a = V.T @ (Phi.T @ (w[:, None] * E_train) + gamma * (Psi.T @ E_meta))  # (D, C), in the eigenbasis
+    PsiV = Psi @ V  # (m, D)
+
+    # lambda_star: the direction carrying most clean-residual energy (section 4.1).
+    nonzero = eigenvalues > eigenvalues.max(initial=0.0) * max(B.shape[0], n + m) * np.finfo(np.float64).eps
+    energy = gamma * np.sum(PsiV[:, nonzero] ** 2, axis=0) * np.sum(a[nonzero] ** 2, axis=1) / eigenvalues[nonzero] ** 2
+    null_meta = np.sqrt(gamma) * (E_meta - PsiV[:, nonzero] @ (a[nonzero] / eigenvalues[nonzero, None]))
+    candidates = np.concatenate([eigenvalues[nonzero], [0.0]])
+    lambda_star = float(candidates[np.argmax(np.concatenate([energy, [np.sum(null_meta ** 2)]]))])
+
+    post = _post_filtering(trajectory, phases)
+    steps = (trajectory.step[post] - phases.T_filter).astype(np.float64)
+    base = 1.0 - eta * eigenvalues
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # 1 - (1 - eta lambda)^t, through expm1/log1p where 0 < 1 - eta lambda (accurate for small lambda).
+        decayed = np.where(base[None, :] > 0,
+                           -np.expm1(steps[:, None] * np.log1p(-eta * np.minimum(eigenvalues, 1.0 / eta))[None, :]),
+                           1.0 - base[None, :] ** steps[:, None])
+        phi = np.where(eigenvalues[None, :] > 0, decayed / eigenvalues[None, :], eta * steps[:, None])  # (W, D)
+    meta_residual = E_meta[None] - np.einsum("mk,tk,kc->tmc", PsiV, phi, a)
+    frozen_loss = 0.5 * np.sum(meta_residual ** 2, axis=(1, 2)) / m
+    return RatePrediction(lambda_star, (1.0 - eta * lambda_star) ** 2, trajectory.step[post], frozen_loss)
+
+
+def feature_eigenvectors(features, k: int) -> np.ndarray | None:
+    """``(n, k)`` the top-``k`` eigenvectors of ``K_XX = Phi Phi^T``, descending, for C9 on explicit features.
+
+    They are the top-``k`` left singular vectors of ``Phi (n, D)``: with ``Phi^T Phi = V S^2 V^T`` (the ``(D,
+    D)`` Gram matrix the operator already holds for its step size), ``U = Phi V / S``. ``K`` is never formed.
+    ``None`` when the features have rank below ``k``.
+    """
+    Phi = np.asarray(features.Phi, dtype=np.float64)
+    gram = features._gram_train if hasattr(features, "_gram_train") else Phi.T @ Phi
+    eigenvalues, V = np.linalg.eigh(gram)
+    order = np.argsort(eigenvalues)[::-1][:k]
+    top = eigenvalues[order]
+    if len(order) < k or top[-1] <= top[0] * max(Phi.shape) * np.finfo(np.float64).eps:
+        return None
+    return Phi @ (V[:, order] / np.sqrt(top))
 
 
 def _no_rate_reason(trajectory, phases: Phases) -> str:

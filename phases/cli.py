@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import errno
 import json
 import math
@@ -73,6 +74,18 @@ def bounded(kind: type, low: float, strict: bool = False) -> Callable[[str], flo
 positive_int = bounded(int, 1)
 
 
+def add_size_arguments(group, *, n: int, m: int, p: int, classes: int, dim: int, mixture_only: str = "") -> None:
+    """The problem sizes every command takes: ``--n``, ``--m``, ``--p``, ``--classes``, ``--dim``.
+
+    ``mixture_only`` is appended to the help of the options that only the Gaussian mixture reads.
+    """
+    group.add_argument("--n", type=positive_int, default=n, help="training examples")
+    group.add_argument("--m", type=positive_int, default=m, help="clean-subset examples (class-balanced)")
+    group.add_argument("--p", type=positive_int, default=p, help=f"test examples{mixture_only}")
+    group.add_argument("--classes", type=positive_int, default=classes, help=f"number of classes C{mixture_only}")
+    group.add_argument("--dim", type=positive_int, default=dim, help=f"input dimension d{mixture_only}")
+
+
 def int_list(low: int) -> Callable[[str], list[int]]:
     """An argument type: comma-separated integers, each ``>= low``, returned sorted and without repeats."""
 
@@ -86,6 +99,40 @@ def int_list(low: int) -> Callable[[str], list[int]]:
         return values
 
     return parse
+
+
+def add_output_arguments(group, *, out_help: str, required: bool = False, saved_file: str | None = None) -> None:
+    """``--out`` and ``--overwrite`` (and ``--config`` when runs save their settings in ``saved_file``)."""
+    if saved_file is not None:
+        group.add_argument("--config", default=None, metavar="FILE",
+                           help=f"repeat the run saved in FILE (a {saved_file}, or its directory); flags override it")
+    group.add_argument("--out", required=required, default=None, help=out_help)
+    group.add_argument("--overwrite", action="store_true",
+                       help="replace an existing output directory (only one this toolkit wrote)")
+
+
+def parse_settings(parser: argparse.ArgumentParser, argv, config_class, read_settings: Callable[[str], dict],
+                   message: Callable[[str], str] = str):
+    """``(config, args)``: a frozen ``config_class`` from the command line, ``--config FILE`` first.
+
+    ``read_settings(FILE)`` returns the settings a saved run recorded (raising ``ValueError`` when it cannot);
+    they become the parser's defaults, so flags given beside ``--config`` override them. Every error is a
+    :class:`UserError` (``message`` may rename settings as flags).
+    """
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None) is not None:
+        try:
+            settings = read_settings(args.config)
+        except (TypeError, ValueError) as error:
+            raise UserError(message(str(error))) from None
+        parser.set_defaults(**settings)
+        args = parser.parse_args(argv)
+    fields = {field.name for field in dataclasses.fields(config_class)}
+    try:
+        config = config_class(**{name: value for name, value in vars(args).items() if name in fields})
+    except ValueError as error:
+        raise UserError(message(str(error))) from None
+    return config, args
 
 
 def versions() -> dict[str, str]:

@@ -21,7 +21,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from phases.cli import ArgumentParser, HelpFormatter, OutputDirectory, UserError, bounded, positive_int, run_main
+from phases.cli import ArgumentParser, HelpFormatter, OutputDirectory, UserError, add_output_arguments, bounded, \
+    positive_int, run_main
 from phases.comparison import CIFAR_CPU, CIFAR_GPU, DATASETS, PROFILES, VECTOR
 
 PROG = "python -m phases.compare"
@@ -119,9 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "2-core machine; 1 on CUDA)")
     runtime.add_argument("--threads", type=positive_int, default=1,
                          help="torch/BLAS threads per run (1 is fastest on a shared 2-core machine)")
-    runtime.add_argument("--out", default=None, help="output directory (default: runs/compare-<data>-<date>-<time>)")
-    runtime.add_argument("--overwrite", action="store_true",
-                         help="replace an existing output directory (only one this toolkit wrote)")
+    add_output_arguments(runtime, out_help="output directory (default: runs/compare-<data>-<date>-<time>)")
     return parser
 
 

@@ -21,11 +21,20 @@ from collections.abc import Callable
 
 import numpy as np
 
+from dynamics.config import MetaConfig
 from phases.detect import PhaseParams, Phases, detect_phases
 
-DATASETS = ("gmm", "digits")
+CIFAR10N_DATASETS = ("cifar10n-aggre", "cifar10n-random1", "cifar10n-random2", "cifar10n-random3", "cifar10n-worse")
+#: Datasets whose kernel is the linear kernel of explicit features (docs/theory.md section 8): a features file, or
+#: frozen CIFAR-10 embeddings with a CIFAR-10N label set.
+FEATURE_DATASETS = ("features", *CIFAR10N_DATASETS)
+DATASETS = ("gmm", "digits", *FEATURE_DATASETS)
+#: The claims that read the noise mask; without y_true they are n/a (docs/theory.md section 4.1).
+NEEDS_Y_TRUE = ("C3", "C6", "C6-end", "C9", "C12")
+NO_Y_TRUE = "n/a: no y_true"
 NOISE_TYPES = ("symmetric", "pair", "instance")
 INITS = ("zero", "gp")
+_DYNAMICS = MetaConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +49,21 @@ class SimulationConfig:
     :class:`dynamics.simulator.MetaConfig` plus ``init`` (initial outputs) and
     ``seed`` (problem, batches, perturbations). Phase detection: the fields of
     :class:`phases.detect.PhaseParams`.
+
+    Explicit features (docs/theory.md section 8; the kernel is then the linear
+    kernel of the features, a linear head, and the kernel fields are unused):
+    ``dataset="features"`` reads the ``.npz`` at ``features`` (which fixes ``n,
+    m, p`` and ``D``; the size fields are unused); ``dataset="cifar10n-<label
+    set>"`` takes frozen CIFAR-10 embeddings by ``extractor`` at ``image_size``
+    pixels (cached in ``cache_dir``, built on first use from the images in
+    ``data_dir``) and the reference split: ``n`` training images (45,000 at
+    most), a class-balanced clean subset of ``m`` drawn from the 5,000 held out,
+    ``p`` test images (:meth:`cifar10n` gives the reference sizes).
+
+    Left unset (``None``, as the command line does unless a flag gives them),
+    ``dataset`` is ``"features"`` when ``features`` is given and ``"gmm"``
+    otherwise, and ``n``, ``m``, ``p`` are the dataset's own sizes (the
+    reference split for CIFAR-10N, the field defaults otherwise).
     """
 
     dataset: str = "gmm"
@@ -57,32 +81,70 @@ class SimulationConfig:
     activation: str = "relu"
     w_std: float = math.sqrt(2.0)
     b_std: float = 0.0
-    variant: str = "meta"
-    loss: str = "mse"
-    eta: float | None = None
-    beta: float = 1.0
-    gamma: float = 1.0
-    w0: float = 0.5
+    # The dynamics: MetaConfig's own defaults, so the two cannot drift apart.
+    variant: str = _DYNAMICS.variant
+    loss: str = _DYNAMICS.loss
+    eta: float | None = _DYNAMICS.eta
+    beta: float = _DYNAMICS.beta
+    gamma: float = _DYNAMICS.gamma
+    w0: float = _DYNAMICS.w0
     init: str = "zero"
-    batch_size: int | None = None
-    meta_batch_size: int | None = None
-    steps: int = 2000
-    record_every: int = 1
-    perturb_draws: int = 4
+    batch_size: int | None = _DYNAMICS.batch_size
+    meta_batch_size: int | None = _DYNAMICS.meta_batch_size
+    steps: int = _DYNAMICS.steps
+    record_every: int = _DYNAMICS.record_every
+    perturb_draws: int = _DYNAMICS.perturb_draws
     seed: int = 0
     align_fraction: float = PhaseParams().align_fraction
     window: float = PhaseParams().window_fraction
     min_window: int = PhaseParams().min_window
     tau: float = PhaseParams().tau
     tau_w: float = PhaseParams().tau_w
+    features: str | None = None
+    data_dir: str | None = None
+    cache_dir: str | None = None
+    extractor: str = "efficientnet-lite0"
+    image_size: int = 160
 
     def __post_init__(self):
+        from dynamics.embeddings import EXTRACTOR_NAMES, IMAGE_SIZES
+
+        if self.dataset is None:  # the command line leaves it unset: a features file implies dataset "features"
+            object.__setattr__(self, "dataset", "gmm" if self.features is None else "features")
         for name, value, choices in (("dataset", self.dataset, DATASETS), ("noise_type", self.noise_type, NOISE_TYPES),
-                                     ("init", self.init, INITS)):
+                                     ("init", self.init, INITS), ("extractor", self.extractor, EXTRACTOR_NAMES),
+                                     ("image_size", self.image_size, IMAGE_SIZES)):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {value!r}")
         if self.record_every > self.steps:
             raise ValueError(f"record_every must be at most steps = {self.steps}, got {self.record_every}")
+        self._resolve_defaults()
+        if (self.dataset == "features") != (self.features is not None):
+            raise ValueError("features (a features file) goes with dataset 'features', and only with it"
+                             if self.features is not None else "dataset 'features' needs features (a .npz file)")
+
+    def _resolve_defaults(self) -> None:
+        """``n``, ``m``, ``p`` left unset (``None``, as the command line does) take the dataset's sizes: the
+        reference split for CIFAR-10N (45,000, 2,000, 10,000), the field defaults otherwise."""
+        from dynamics.embeddings import CIFAR10N_SIZES
+
+        sizes = CIFAR10N_SIZES if self.dataset in CIFAR10N_DATASETS else (_SIZES["n"], _SIZES["m"], _SIZES["p"])
+        for name, size in zip(("n", "m", "p"), sizes):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, size)
+
+    @classmethod
+    def cifar10n(cls, label_set: str, **settings) -> SimulationConfig:
+        """A CIFAR-10N run on frozen embeddings at the reference sizes (n, m, p = 45,000, 2,000, 10,000)."""
+        from dynamics.embeddings import CIFAR10N_SIZES
+
+        n, m, p = CIFAR10N_SIZES
+        return cls(**({"dataset": f"cifar10n-{label_set}", "n": n, "m": m, "p": p} | settings))
+
+    @property
+    def on_features(self) -> bool:
+        """Whether the kernel is the linear kernel of explicit features (a features file or CIFAR-10 embeddings)."""
+        return self.dataset in FEATURE_DATASETS
 
     @classmethod
     def from_dict(cls, values: dict) -> SimulationConfig:
@@ -106,9 +168,7 @@ class SimulationConfig:
     def phase_params(self) -> PhaseParams:
         return PhaseParams(self.align_fraction, self.window, self.min_window, self.tau, self.tau_w)
 
-    def meta_config(self):
-        from dynamics.simulator import MetaConfig
-
+    def meta_config(self) -> MetaConfig:
         return MetaConfig(loss=self.loss, variant=self.variant, eta=self.eta, beta=self.beta, gamma=self.gamma,
                           w0=self.w0, steps=self.steps, batch_size=self.batch_size,
                           meta_batch_size=self.meta_batch_size, record_every=self.record_every,
@@ -119,10 +179,21 @@ class SimulationConfig:
 
         return KernelSpec(self.depth, self.activation, self.w_std, self.b_std, self.kernel)
 
-    def problem(self):
-        """The problem, drawn from ``np.random.default_rng(seed)``."""
+    def problem(self, *, embedding_progress: Callable[[int, int], None] | None = None):
+        """The problem, drawn from ``np.random.default_rng(seed)``.
+
+        For the feature datasets a :class:`dynamics.embeddings.FeatureProblem`:
+        the features file, or CIFAR-10N on frozen embeddings (read from the
+        cache, or built first, calling ``embedding_progress(done, total)``).
+        """
         from dynamics.problem import digits, gaussian_mixture
 
+        if self.dataset == "features":
+            from dynamics.embeddings import load_features
+
+            return load_features(self.features)
+        if self.dataset in CIFAR10N_DATASETS:
+            return self._cifar10n_problem(embedding_progress)
         rng = np.random.default_rng(self.seed)
         if self.dataset == "gmm":
             return gaussian_mixture(rng, n=self.n, m=self.m, p=self.p, num_classes=self.classes, dim=self.dim,
@@ -130,11 +201,62 @@ class SimulationConfig:
                                     noise_type=self.noise_type)
         return digits(rng, n=self.n, m=self.m, noise_rate=self.noise, noise_type=self.noise_type)
 
+    def _cifar10n_problem(self, embedding_progress=None):
+        from dynamics.cifar import DEFAULT_DATA_DIR, _label_file, load_cifar10n_labels, verify_checksums
+        from dynamics.embeddings import cifar10_embeddings, cifar10n_feature_problem, make_extractor
+
+        data_dir = DEFAULT_DATA_DIR if self.data_dir is None else self.data_dir
+        label_file = _label_file(data_dir)
+        verify_checksums(data_dir, [label_file])
+        labels = load_cifar10n_labels(os.path.join(data_dir, label_file))
+        embeddings = cifar10_embeddings(make_extractor(self.extractor, self.image_size), data_dir=data_dir,
+                                        cache_dir=self.cache_dir, progress=embedding_progress)
+        label_set = self.dataset.removeprefix("cifar10n-")
+        name = (f"{embeddings.info.key['source']['name']}, CIFAR-10N {label_set}, {self.extractor} "
+                f"{self.image_size} px embeddings")
+        problem, split, test_index = cifar10n_feature_problem(label_set, embeddings, labels,
+                                                              np.random.default_rng(self.seed), n=self.n, m=self.m,
+                                                              p=self.p, name=name)
+        cache = dataclasses.asdict(embeddings.info)
+        cache.pop("key")
+        problem.source["cache"] = cache
+        problem.index.update(train_index=split.train, meta_index=split.meta, held_out_index=split.held_out,
+                             test_index=test_index)
+        return problem
+
+    def feature_sizes(self) -> tuple[int, int, int, int]:
+        """``(n, m, p, D)`` of a feature dataset, without loading it (a features file's headers)."""
+        if self.dataset == "features":
+            from dynamics.embeddings import FeaturesError, features_shapes
+
+            shapes = features_shapes(self.features)
+            missing = [key for key in ("X", "X_meta", "X_test") if key not in shapes]
+            if missing:
+                raise FeaturesError(f"{self.features} lacks {', '.join(missing)} (a features file holds X, "
+                                    f"y_noisy, X_meta, y_meta, X_test, y_test and optionally y_true)")
+            (n, D), (m, _), (p, _) = (shapes[key][0] + (0,) * (2 - len(shapes[key][0]))
+                                      for key in ("X", "X_meta", "X_test"))
+            return n, m, p, D
+        from dynamics.embeddings import EfficientNetLite0
+
+        return self.n, self.m, self.p, EfficientNetLite0.dim
+
     def estimated_memory(self) -> int:
         """Bytes the run is planned to need: kernel blocks (and their stacked copy), the eigendecompositions of
-        C9 and C5', and the recorded ``(T, n)`` series (weights, scores, residual norms, their statistics)."""
-        n, m, p = self.n, self.m, self.p
+        C9 and C5', and the recorded ``(T, n)`` series (weights, scores, residual norms, their statistics).
+
+        On features (docs/theory.md section 8) no kernel is formed: the float64 features (held, copied to the
+        JAX device, and read from their source), the ``(D, D)`` Gram matrices and eigenvectors, for CIFAR-10N
+        the cached float32 embeddings of all 60,000 images and their standardised float64 copy, and the
+        recorded series.
+        """
         recorded = self.steps // self.record_every + 2
+        if self.on_features:
+            n, m, p, D = self.feature_sizes()
+            features = 8 * (n + m + p) * D
+            images = 12 * 60_000 * D if self.dataset in CIFAR10N_DATASETS else 0
+            return 3 * features + images + 8 * 4 * D * D + 8 * 4 * (n + m) * self.classes + 48 * recorded * n
+        n, m, p = self.n, self.m, self.p
         return 8 * (2 * ((n + m) ** 2 + p * (n + m)) + 3 * (n + m) ** 2) + 48 * recorded * n
 
     def validate(self, force: bool = False):
@@ -146,6 +268,8 @@ class SimulationConfig:
 
         self.phase_params()
         self.meta_config()
+        if self.on_features:
+            return self._validate_features(force)
         self.kernel_spec()
         check_memory(f"a simulation with n={self.n}, m={self.m}, p={self.p} and {self.steps} steps recorded every "
                      f"{self.record_every}", self.estimated_memory(), force)
@@ -155,6 +279,41 @@ class SimulationConfig:
             if size is not None and size > limit:
                 raise ValueError(f"{name} must be at most {limit}, got {size}")
         return problem
+
+
+    def _validate_features(self, force: bool):
+        """:meth:`validate` for the feature datasets: the features file is read and checked (the problem is
+        returned); for CIFAR-10N the data folder, the extractor and the sizes are checked, and ``None`` is
+        returned (the embeddings may have to be built first: :func:`run_simulation` does that)."""
+        from dynamics.checks import check_memory
+
+        if self.dataset in CIFAR10N_DATASETS:
+            from dynamics.cifar import DEFAULT_DATA_DIR, _image_files, _label_file
+            from dynamics.embeddings import CIFAR10N_SIZES, ExtractorUnavailable, make_extractor
+
+            data_dir = DEFAULT_DATA_DIR if self.data_dir is None else self.data_dir
+            _image_files(data_dir), _label_file(data_dir)
+            try:
+                make_extractor(self.extractor, self.image_size).settings
+            except ExtractorUnavailable as error:
+                raise ValueError(str(error)) from None
+            for name, value, limit in (("n", self.n, CIFAR10N_SIZES[0]), ("m", self.m, 5_000),
+                                       ("p", self.p, CIFAR10N_SIZES[2])):
+                if not 1 <= value <= limit:
+                    raise ValueError(f"{name} must lie in [1, {limit}] for {self.dataset}, got {value}")
+            if self.m < 10:
+                raise ValueError(f"m must be at least 10 for {self.dataset} (one clean example per class), "
+                                 f"got {self.m}")
+        n, m, p, D = self.feature_sizes()
+        check_memory(f"a simulation on {D} features with n={n}, m={m}, p={p} and {self.steps} steps recorded every "
+                     f"{self.record_every}", self.estimated_memory(), force)
+        for name, size, limit in (("batch_size", self.batch_size, n), ("meta_batch_size", self.meta_batch_size, m)):
+            if size is not None and size > limit:
+                raise ValueError(f"{name} must be at most {limit}, got {size}")
+        return self.problem() if self.dataset == "features" else None
+
+
+_SIZES = {field.name: field.default for field in dataclasses.fields(SimulationConfig) if field.name in ("n", "m", "p")}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -179,6 +338,19 @@ class SimulationResult:
         from phases.cli import versions
 
         n, m, p = self.problem.sizes
+        if self.config is not None and self.config.on_features:
+            return {
+                "command": command or " ".join(["python -m phases.simulate", *self.config.argv()]),
+                "settings": dataclasses.asdict(self.config),
+                **self.trajectory.config,
+                "dataset": self.config.dataset, "realised_noise_rate": self.problem.noise_rate,
+                "y_true": self.problem.has_y_true, "problem_name": self.problem.name,
+                "problem": {"n": n, "m": m, "p": p, "num_classes": self.problem.num_classes, "D": self.problem.D,
+                            "source": self.problem.source},
+                "kernel": {"kind": "linear", "of": "the given features (a linear head)", "D": self.problem.D},
+                "phase_parameters": dataclasses.asdict(self.phases.params),
+                "versions": versions(),
+            }
         return {
             "command": command or " ".join(["python -m phases.simulate", *self.config.argv()]),
             "settings": dataclasses.asdict(self.config),
@@ -194,11 +366,21 @@ class SimulationResult:
         }
 
     def save(self, directory: str, *, kernels: bool = False, figure: bool = True, command: str | None = None) -> list[str]:
-        """Write the run into an existing ``directory``; return the file names written."""
+        """Write the run into an existing ``directory``; return the file names written.
+
+        A run on features saves its labels (and, for CIFAR-10N, the split's indices) in ``problem.npz``, not the
+        features themselves (``config.json`` names their source and checksum); it has no dense kernel blocks, so
+        ``kernels=True`` is a ``ValueError``.
+        """
         from phases.cli import write_json
 
+        on_features = hasattr(self.problem, "has_y_true")
+        if kernels and on_features:
+            raise ValueError("a run on features has no dense kernel blocks to save (its kernel is the features' "
+                             "linear kernel; K = Phi Phi^T would take (n, n) memory)")
         write_json(os.path.join(directory, "config.json"), self.config_json(command))
-        np.savez(os.path.join(directory, "problem.npz"), **self.problem.arrays())
+        arrays = self.problem.label_arrays() if on_features else self.problem.arrays()
+        np.savez(os.path.join(directory, "problem.npz"), **arrays)
         self.trajectory.save(os.path.join(directory, "trajectory.npz"))
         written = ["config.json", "problem.npz", "trajectory.npz", "summary.json"]
         if kernels:
@@ -211,8 +393,10 @@ class SimulationResult:
             from phases.plot import plot_trajectory
 
             meta = self.config
-            fig = plot_trajectory(self.trajectory, self.phases, title=f"{self.problem.name}: {meta.variant} "
-                                                                      f"reweighting, {meta.loss}, gamma={meta.gamma:g}")
+            title = f"{self.problem.name}: {meta.variant} reweighting, {meta.loss}, gamma={meta.gamma:g}"
+            if on_features and not self.problem.has_y_true:
+                title += f"\n({NO_Y_TRUE}: 'clean' curves show all training examples; noisy ones are unknown)"
+            fig = plot_trajectory(self.trajectory, self.phases, title=title)
             fig.savefig(os.path.join(directory, "trajectory.png"), dpi=110)
             plt.close(fig)
             written.append("trajectory.png")
@@ -220,7 +404,8 @@ class SimulationResult:
 
 
 def run_simulation(config: SimulationConfig = SimulationConfig(), *, progress: Callable[[int], None] | None = None,
-                   stage: Callable[[str], None] | None = None, claims: bool = True) -> SimulationResult:
+                   stage: Callable[[str], None] | None = None, claims: bool = True, problem=None,
+                   embedding_progress: Callable[[int, int], None] | None = None) -> SimulationResult:
     """Draw the problem, compute the kernel blocks, simulate, detect the phases and check the claims.
 
     Parameters
@@ -229,11 +414,18 @@ def run_simulation(config: SimulationConfig = SimulationConfig(), *, progress: C
     progress : called with the current step during the simulation.
     stage : called with a one-line description as each stage starts.
     claims : check the claims (``False`` skips them and the ``K_XX`` eigenvectors C9 needs).
+    problem : for the feature datasets, the problem ``config.validate()`` returned (so that a features file is
+        read once); ignored otherwise.
+    embedding_progress : called as ``(images done, images total)`` while CIFAR-10 embeddings are built (once;
+        later runs read them from the cache).
 
     Raises
     ------
     ValueError : a bad configuration.  dynamics.simulator.DivergenceError : an unstable step size.
     """
+    if config.on_features:
+        return _run_on_features(config, problem, progress=progress, announce=stage or (lambda text: None),
+                                claims=claims, embedding_progress=embedding_progress)
     from dynamics.simulator import KernelBlocks, gp_prior_outputs, simulate
     from kernels import eigh_kernel, kernel
     from phases.claims import check_claims, predict_post_filtering_rate
@@ -273,10 +465,106 @@ def run_simulation(config: SimulationConfig = SimulationConfig(), *, progress: C
     return SimulationResult(config, problem, blocks, trajectory, phases, summary(trajectory, phases, checked))
 
 
-def read_config(path: str) -> dict:
-    """``config.json`` of a run directory (or the file itself), as a dict; one-line ``ValueError`` if unreadable."""
+def _run_on_features(config: SimulationConfig, problem, *, progress, announce, claims, embedding_progress
+                     ) -> SimulationResult:
+    """:func:`run_simulation` on explicit features: the linear kernel through :class:`FeatureKernel`
+    (docs/theory.md section 8), C9 from the top singular vectors of the features, C5' in parameter space;
+    no ``(n, n)`` matrix is formed. Without ``y_true`` the scores that need the noise mask are n/a."""
+    from dynamics.simulator import FeatureKernel, simulate
+    from phases.claims import check_claims, feature_eigenvectors, predict_post_filtering_rate
+    from phases.report import summary
+
+    if problem is None:
+        problem = config.validate()
+    if problem is None:  # CIFAR-10N: the embeddings come from the cache, built on first use
+        announce(f"embeddings: {config.extractor} at {config.image_size} px of every CIFAR-10 image (cache "
+                 f"{config.cache_dir or 'default'})")
+        problem = config.problem(embedding_progress=embedding_progress)
+    n, m, p = problem.sizes
+    noise = f"{problem.noise_rate:.3f}" if problem.has_y_true else "unknown (no y_true)"
+    announce(f"problem: {problem.name}, n={n}, m={m}, p={p}, D={problem.D}, realised noise {noise}")
+    operator = FeatureKernel(problem.X, problem.X_meta, problem.X_test)
+    base = problem.problem()
+    initial_outputs = None
+    if config.init == "gp":
+        # The prior of a linear head: Theta ~ N(0, I), so F ~ GP(0, Phi Phi^T) exactly, with no kernel formed.
+        theta = np.random.default_rng([config.seed, 1]).standard_normal((problem.D, problem.num_classes))
+        initial_outputs = np.concatenate([problem.X @ theta, problem.X_meta @ theta, problem.X_test @ theta])
+    meta = config.meta_config()
+    announce(f"simulating {meta.steps} steps of {meta.variant} reweighting ({meta.loss}), linear kernel of "
+             f"{problem.D} features")
+    trajectory = simulate(base, operator, meta, seed=config.seed, initial_outputs=initial_outputs, progress=progress)
+    trajectory = dataclasses.replace(trajectory, config=trajectory.config | {
+        "init": config.init, "kernel": "linear (explicit features)", "D": problem.D, "y_true": problem.has_y_true})
+    announce("phases and claims")
+    phases = _detect(trajectory, config.phase_params())
+    checked = []
+    if claims:
+        eigenvectors = feature_eigenvectors(operator, problem.num_classes) if problem.has_y_true else None
+        prediction = None
+        if phases.T_filter is not None and phases.T_filter > 0:
+            # The state at T_filter, for C5': the same run, stopped there (the dynamics are deterministic).
+            head = dataclasses.replace(meta, eta=trajectory.config["eta"], steps=phases.T_filter,
+                                       record_every=phases.T_filter, perturb_draws=0)
+            stopped = simulate(base, operator, head, seed=config.seed, initial_outputs=initial_outputs)
+            outputs = np.concatenate([stopped.outputs, stopped.meta_outputs])
+            prediction = predict_post_filtering_rate(base, operator, trajectory, phases, outputs)
+        checked = check_claims(trajectory, phases, problem=base, eigenvectors=eigenvectors,
+                               rate_prediction=prediction)
+        if not problem.has_y_true:
+            checked = [_without_mask(claim) if claim.id in NEEDS_Y_TRUE else claim for claim in checked]
+    result = summary(trajectory, phases, checked) | {"y_true": problem.has_y_true}
+    if not problem.has_y_true:
+        result = _without_detection_scores(result)
+    return SimulationResult(config, problem, operator, trajectory, phases, result)
+
+
+def _detect(trajectory, params: PhaseParams) -> Phases:
+    """:func:`detect_phases`, or, for a run without ``y_true`` (``config["y_true"] is False``), the boundaries
+    that do not need the noise mask: ``T_align`` (the clean examples' mean weight) and ``T_freeze`` (the noisy
+    share at ``w = 0``) are unknown; the plateau of the clean-subset loss is searched from step 0 and taken as
+    ``T_filter`` (the labels are assumed noisy), so the filtering row spans alignment and filtering together."""
+    if trajectory.config.get("y_true", True) or trajectory.config.get("variant", "meta") != "meta":
+        return detect_phases(trajectory, params)
+    from phases.detect import Phase, detect
+
+    step = trajectory.step
+    found = detect(step, np.ones(len(step)), trajectory.clean_loss, True, params)
+    alignment = Phase("alignment", None, None, f"{NO_Y_TRUE}: T_align reads the mean weight of the clean examples")
+    return dataclasses.replace(found, T_align=None, T_freeze=None, phases=(alignment, *found.phases[1:]))
+
+
+def _without_mask(claim):
+    """A claim that reads the noise mask, reported n/a for a run without ``y_true``."""
+    from phases.claims import NOT_APPLICABLE
+
+    return dataclasses.replace(claim, measured={}, threshold="", verdict=NOT_APPLICABLE, margin=None,
+                               detail=f"{NO_Y_TRUE} (the claim reads the noise mask)")
+
+
+_MASK_SCORES = ("mean_w_clean", "mean_w_noisy", "frac_noisy_zero", "frac_clean_zero")
+
+
+def _without_detection_scores(summary: dict) -> dict:
+    """``summary.json`` of a run without ``y_true``: the scores that need the noise mask are null, and
+    ``unavailable`` says why; the mean weight of all training examples takes their place in the phase rows."""
+    for row in summary["phases"]:
+        for where in ("at_start", "at_end"):
+            if where in row:
+                row[where] = {"mean_w": row[where]["mean_w_clean"]} | {
+                    key: None if key in _MASK_SCORES else value for key, value in row[where].items()}
+    summary["final"] = {key: None if key in ("auc", "precision", "recall", "frac_noisy_zero", "frac_clean_zero")
+                        else value for key, value in summary["final"].items()}
+    summary["unavailable"] = {"reason": NO_Y_TRUE, "claims": list(NEEDS_Y_TRUE), "boundaries": ["T_align", "T_freeze"],
+                              "scores": ["auc", "precision", "recall", *_MASK_SCORES]}
+    return summary
+
+
+def read_config(path: str, file_name: str = "config.json") -> dict:
+    """A run's JSON record (``path`` is the file, or the directory holding ``file_name``), as a dict; a one-line
+    ``ValueError`` if it cannot be read."""
     if os.path.isdir(path):
-        path = os.path.join(path, "config.json")
+        path = os.path.join(path, file_name)
     try:
         with open(path) as handle:
             value = json.load(handle)
@@ -285,6 +573,15 @@ def read_config(path: str) -> dict:
     if not isinstance(value, dict):
         raise ValueError(f"{path} is not a run configuration (not a JSON object)")
     return value
+
+
+def read_settings(path: str, build: Callable[[dict], object], file_name: str, command: str) -> dict:
+    """The ``settings`` a saved run recorded, checked by building its configuration with ``build``."""
+    settings = read_config(path, file_name).get("settings")
+    if not isinstance(settings, dict):
+        raise ValueError(f"{path} holds no 'settings' (not written by {command})")
+    build(settings)
+    return settings
 
 
 def load_simulation(path: str) -> SimulationResult:
@@ -302,13 +599,30 @@ def load_simulation(path: str) -> SimulationResult:
     config = SimulationConfig.from_dict(values["settings"]) if "settings" in values else None
     trajectory = Trajectory.load(os.path.join(path, "trajectory.npz"))
     with np.load(os.path.join(path, "problem.npz")) as data:
-        problem = Problem.from_arrays(dict(data), name=values.get("problem_name", "problem"))
+        if config is not None and config.on_features:
+            problem = _feature_labels(dict(data), values)
+        else:
+            problem = Problem.from_arrays(dict(data), name=values.get("problem_name", "problem"))
     kernels_file = os.path.join(path, "kernels.npz")
     blocks = KernelBlocks.load(kernels_file) if os.path.isfile(kernels_file) else None
     params = PhaseParams(**values["phase_parameters"]) if "phase_parameters" in values else PhaseParams()
     with open(os.path.join(path, "summary.json")) as handle:
         summary = json.load(handle)
-    return SimulationResult(config, problem, blocks, trajectory, detect_phases(trajectory, params), summary)
+    return SimulationResult(config, problem, blocks, trajectory, _detect(trajectory, params), summary)
+
+
+def _feature_labels(arrays: dict, values: dict):
+    """The :class:`FeatureProblem` of a saved run on features: its labels and indices, with ``(k, 0)`` feature
+    arrays (the features are not saved in a run directory; ``config.json`` names their source)."""
+    from dynamics.embeddings import FeatureProblem
+
+    labels = ("y_noisy", "y_true", "y_meta", "y_test", "num_classes")
+    index = {key: value for key, value in arrays.items() if key not in labels}
+    return FeatureProblem(
+        X=np.empty((len(arrays["y_noisy"]), 0)), y_noisy=arrays["y_noisy"], X_meta=np.empty((len(arrays["y_meta"]), 0)),
+        y_meta=arrays["y_meta"], X_test=np.empty((len(arrays["y_test"]), 0)), y_test=arrays["y_test"],
+        y_true=arrays.get("y_true"), num_classes=int(arrays["num_classes"]), name=values.get("problem_name", "problem"),
+        source=values.get("problem", {}).get("source", {}), index=index)
 
 
 # ----------------------------------------------------------------------------- C8: finite widths
@@ -366,9 +680,7 @@ class FiniteWidthConfig:
 
         return KernelSpec(depth=self.depth, activation=self.activation, W_std=self.w_std, b_std=self.b_std)
 
-    def meta_config(self):
-        from dynamics.simulator import MetaConfig
-
+    def meta_config(self) -> MetaConfig:
         return MetaConfig(loss=self.loss, eta=self.eta, beta=self.beta, gamma=self.gamma, w0=self.w0,
                           steps=self.steps)
 

@@ -13,12 +13,11 @@ linearized.npz, finite_w<N>_s<seed>.npz and finite.png into --out.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 
-from phases.cli import ArgumentParser, HelpFormatter, OutputDirectory, UserError, bounded, int_list, positive_int, \
-    run_main
-from phases.experiments import FiniteWidthConfig, read_config
+from phases.cli import ArgumentParser, HelpFormatter, OutputDirectory, UserError, add_output_arguments, \
+    add_size_arguments, bounded, int_list, parse_settings, positive_int, run_main
+from phases.experiments import FiniteWidthConfig, read_settings
 
 PROG = "python -m phases.finite"
 
@@ -27,11 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = FiniteWidthConfig()
     parser = ArgumentParser(prog=PROG, formatter_class=HelpFormatter, description=__doc__.split("\n\n")[0])
     data = parser.add_argument_group("problem (Gaussian mixture of docs/theory.md section 5, smaller)")
-    data.add_argument("--n", type=positive_int, default=d.n, help="training examples")
-    data.add_argument("--m", type=positive_int, default=d.m, help="clean-subset examples (class-balanced)")
-    data.add_argument("--p", type=positive_int, default=d.p, help="test examples")
-    data.add_argument("--classes", type=positive_int, default=d.classes, help="number of classes C")
-    data.add_argument("--dim", type=positive_int, default=d.dim, help="input dimension d")
+    add_size_arguments(data, n=d.n, m=d.m, p=d.p, classes=d.classes, dim=d.dim)
     data.add_argument("--noise", type=float, default=d.noise, help="symmetric label-noise rate, in [0, (C-1)/C)")
     data.add_argument("--problem-seed", type=int, default=d.problem_seed, help="seed of the problem draw (numpy)")
     net = parser.add_argument_group("network (fully connected, NTK parametrisation)")
@@ -63,35 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="weight of the clean-subset loss in training")
     dyn.add_argument("--w0", type=float, default=d.w0, help="initial weight of every example, in [0, 1]")
     out = parser.add_argument_group("output")
-    out.add_argument("--config", default=None, metavar="FILE",
-                     help="repeat the run saved in FILE (a summary.json, or its directory); flags override it")
-    out.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
-    out.add_argument("--overwrite", action="store_true",
-                     help="replace an existing output directory (only one this toolkit wrote)")
+    add_output_arguments(out, out_help="output directory (must not exist unless --overwrite)", required=True,
+                         saved_file="summary.json")
     return parser
 
 
 def parse_config(argv: list[str] | None) -> tuple[FiniteWidthConfig, argparse.Namespace]:
     """The configuration the command line asks for: ``--config`` settings, overridden by explicit flags."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.config is not None:
-        path = args.config
-        try:
-            settings = read_config(path if path.endswith(".json") else f"{path}/summary.json").get("settings")
-            if not isinstance(settings, dict):
-                raise ValueError(f"{path} holds no 'settings' (not written by {PROG})")
-            FiniteWidthConfig(**settings)
-        except (TypeError, ValueError) as error:
-            raise UserError(str(error)) from None
-        parser.set_defaults(**settings)
-        args = parser.parse_args(argv)
-    fields = {field.name for field in dataclasses.fields(FiniteWidthConfig)}
-    try:
-        config = FiniteWidthConfig(**{name: value for name, value in vars(args).items() if name in fields})
-    except ValueError as error:
-        raise UserError(str(error)) from None
-    return config, args
+    def saved(path):
+        return read_settings(path, lambda settings: FiniteWidthConfig(**settings), "summary.json", PROG)
+
+    return parse_settings(build_parser(), argv, FiniteWidthConfig, saved)
 
 
 def run(argv: list[str] | None = None) -> dict:

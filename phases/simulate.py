@@ -19,8 +19,10 @@ import os
 import sys
 import time
 
-from phases.cli import ArgumentParser, HelpFormatter, OutputDirectory, UserError, bounded, positive_int, run_main
-from phases.experiments import DATASETS, INITS, NOISE_TYPES, SimulationConfig, read_config
+from phases.cli import ArgumentParser, HelpFormatter, OutputDirectory, UserError, add_output_arguments, \
+    add_size_arguments, bounded, parse_settings, positive_int, run_main
+from dynamics.embeddings import EXTRACTOR_NAMES, IMAGE_SIZES
+from phases.experiments import DATASETS, INITS, NOISE_TYPES, SimulationConfig, read_settings
 
 PROG = "python -m phases.simulate"
 
@@ -29,16 +31,31 @@ def build_parser() -> argparse.ArgumentParser:
     d = SimulationConfig()
     parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     data = parser.add_argument_group("problem")
-    data.add_argument("--dataset", choices=DATASETS, default=d.dataset,
-                      help="Gaussian mixture, or scikit-learn's bundled 8x8 digits (10 classes, 64 pixels)")
+    data.add_argument("--dataset", choices=DATASETS, default=None,
+                      help="gmm: Gaussian mixture (the default); digits: scikit-learn's bundled 8x8 digits (10 "
+                           "classes, 64 pixels); cifar10n-<label set>: frozen CIFAR-10 embeddings with one of "
+                           "CIFAR-10N's human label sets at the reference split (45,000 noisy training images, "
+                           "2,000 clean, 10,000 test); features: a --features file")
+    data.add_argument("--features", default=None, metavar="FILE.npz",
+                      help="explicit features: X (n, D), y_noisy (n,), X_meta (m, D), y_meta (m,), X_test (p, D), "
+                           "y_test (p,) and optionally y_true (n,); the kernel is their linear kernel (a linear "
+                           "head, docs/theory.md section 8) and the file fixes n, m, p")
     data.add_argument("--noise", type=float, default=d.noise, help="label noise rate, a fraction in [0, 1)")
     data.add_argument("--noise-type", choices=NOISE_TYPES, default=d.noise_type,
                       help="symmetric: to another class uniformly; pair: c -> c+1; instance: input-dependent rate")
-    data.add_argument("--classes", type=positive_int, default=d.classes, help="number of classes C (gmm)")
-    data.add_argument("--dim", type=positive_int, default=d.dim, help="input dimension d (gmm)")
-    data.add_argument("--n", type=positive_int, default=d.n, help="training examples")
-    data.add_argument("--m", type=positive_int, default=d.m, help="clean-subset examples (class-balanced)")
-    data.add_argument("--p", type=positive_int, default=d.p, help="test examples (gmm; digits uses the rest)")
+    # n, m, p default to the dataset's own sizes (SimulationConfig resolves None).
+    add_size_arguments(data, n=None, m=None, p=None, classes=d.classes, dim=d.dim, mixture_only=" (gmm)")
+    emb = parser.add_argument_group("CIFAR-10N on frozen embeddings (--dataset cifar10n-*)")
+    emb.add_argument("--extractor", choices=EXTRACTOR_NAMES, default=d.extractor,
+                     help="ImageNet-pretrained network whose penultimate layer gives the features (the "
+                          "embeddings extra)")
+    emb.add_argument("--image-size", type=int, choices=IMAGE_SIZES, default=d.image_size,
+                     help="pixels the 32x32 images are upsampled to before the extractor")
+    emb.add_argument("--data-dir", default=d.data_dir, metavar="DIR",
+                     help="the CIFAR-10 images and CIFAR-10N labels (default: ../shared/data)")
+    emb.add_argument("--cache-dir", default=d.cache_dir, metavar="DIR",
+                     help="where embeddings are cached (default: $METAREWEIGHT_CACHE, else "
+                          "~/.cache/metareweight); built once, on first use")
     data.add_argument("--separation", type=float, default=d.separation, help="norm of the class means (gmm)")
     data.add_argument("--spread", type=float, default=d.spread, help="standard deviation around each mean (gmm)")
     net = parser.add_argument_group("kernel (infinite-width fully connected network, NTK parametrisation)")
@@ -86,12 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--workers", type=positive_int, default=None,
                        help="processes for --seeds (default: the number of cores)")
     out = parser.add_argument_group("output")
-    out.add_argument("--config", default=None, metavar="FILE",
-                     help="repeat the run saved in FILE (a config.json, or its directory); flags override it")
-    out.add_argument("--out", default=None, help="output directory (default: runs/simulate-<date>-<time>)")
-    out.add_argument("--overwrite", action="store_true",
-                     help="replace an existing output directory (only one this toolkit wrote)")
-    out.add_argument("--save-kernels", action="store_true", help="also write kernels.npz (K_XX, K_VX, K_VV, K_TX, K_TV)")
+    add_output_arguments(out, out_help="output directory (default: runs/simulate-<date>-<time>)",
+                         saved_file="config.json")
+    out.add_argument("--save-kernels", action="store_true",
+                     help="also write kernels.npz (K_XX, K_VX, K_VV, K_TX, K_TV); not for features, whose kernel "
+                          "is never formed")
     out.add_argument("--force", action="store_true",
                      help="run even when the memory estimate exceeds what this machine has")
     return parser
@@ -114,24 +130,10 @@ def seed_list(text: str) -> list[int]:
 
 def parse_config(argv: list[str] | None) -> tuple[SimulationConfig, argparse.Namespace]:
     """The configuration the command line asks for: ``--config`` settings, overridden by explicit flags."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.config is not None:
-        try:
-            settings = read_config(args.config).get("settings")
-            if not isinstance(settings, dict):
-                raise ValueError(f"{args.config} holds no 'settings' (not written by {PROG})")
-            SimulationConfig.from_dict(settings)
-        except ValueError as error:
-            raise UserError(str(error)) from None
-        parser.set_defaults(**settings)
-        args = parser.parse_args(argv)
-    fields = {field.name for field in dataclasses.fields(SimulationConfig)}
-    try:
-        config = SimulationConfig(**{name: value for name, value in vars(args).items() if name in fields})
-    except ValueError as error:
-        raise UserError(_as_flags(str(error))) from None
-    return config, args
+    def saved(path):
+        return read_settings(path, SimulationConfig.from_dict, "config.json", PROG)
+
+    return parse_settings(build_parser(), argv, SimulationConfig, saved, _as_flags)
 
 
 def _as_flags(message: str) -> str:
@@ -141,17 +143,39 @@ def _as_flags(message: str) -> str:
     return f"--{name.replace('_', '-')}{message[len(name):]}" if name in fields else message
 
 
-def _stage(counter: list[int], text: str) -> None:
+def _stage(counter: list[int], text: str, total: int = 3) -> None:
     counter[0] += 1
-    print(f"[{counter[0]}/3] {text}", file=sys.stderr, flush=True)
+    print(f"[{counter[0]}/{total}] {text}", file=sys.stderr, flush=True)
+
+
+class _ImageBar:
+    """A progress bar over images, opened at the first call (only when embeddings are built)."""
+
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="image", file=sys.stderr, leave=False, disable=None,
+                            desc="embeddings (once)")
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def run(argv: list[str] | None = None) -> dict:
     """Run one simulation from command-line arguments; print the report; return the summary."""
     config, args = parse_config(argv)
     # Everything a user can get wrong is checked before the slow imports (JAX, neural-tangents, matplotlib).
+    if args.save_kernels and config.on_features:
+        raise UserError(f"--save-kernels does not apply to --dataset {config.dataset}: a run on features never "
+                        f"forms the (n, n) kernel (its kernel is the features' linear kernel)")
     try:
-        config.validate(force=args.force)
+        problem = config.validate(force=args.force)
     except ValueError as error:
         raise UserError(_as_flags(str(error))) from None
     kind = "simulate" if args.seeds is None else "seeds"
@@ -171,14 +195,24 @@ def run(argv: list[str] | None = None) -> dict:
     from phases.report import boundaries_line, claims_table, final_line, phase_table
 
     counter = [0]
+    stages = 4 if config.dataset.startswith("cifar10n-") else 3
+    images = _ImageBar()
     try:
         with output as staging:
             with tqdm(total=config.steps, unit="step", file=sys.stderr, leave=False, disable=None) as bar:
-                result = run_simulation(config, progress=lambda t: bar.update(int(t) - bar.n),
-                                        stage=lambda text: _stage(counter, text))
+                extra = {"problem": problem, "embedding_progress": images} if config.on_features else {}
+                try:
+                    result = run_simulation(config, progress=lambda t: bar.update(int(t) - bar.n),
+                                            stage=lambda text: _stage(counter, text, stages), **extra)
+                finally:
+                    images.close()
                 bar.update(config.steps - bar.n)
             written = result.save(staging, kernels=args.save_kernels, command=command)
     except DivergenceError as error:
+        raise UserError(str(error)) from None
+    except ValueError as error:  # a features run's data (labels file, images, cache folder) is checked as it is read
+        if not config.on_features:
+            raise
         raise UserError(str(error)) from None
 
     summary = result.summary
@@ -191,7 +225,18 @@ def run(argv: list[str] | None = None) -> dict:
     print("Claims (docs/theory.md section 4) measured on this run:")
     print(claims_table(summary["claims"]))
     print()
-    print(final_line(summary["final"]))
+    if summary.get("y_true", True):
+        print(final_line(summary["final"]))
+    else:
+        print(f"Final: test accuracy {summary['final']['test_accuracy']:.3f}. AUC, precision/recall and the noisy/clean "
+              f"shares at w = 0 (and C3, C6, C9, C12, T_align, T_freeze): n/a: no y_true in {config.features}; the "
+              f"filtering row spans alignment and filtering.")
+    cache = result.problem.source.get("cache") if config.on_features else None
+    if cache:
+        how = {"hit": "read from the cache", "built": "built and cached",
+               "rebuilt": f"rebuilt ({cache['reason']})"}[cache["status"]]
+        print(f"Embeddings: {how}: {cache['path']} (one-time cost {cache['seconds'] / 60:.1f} min, "
+              f"{cache['ms_per_image']:.1f} ms/image over {cache['images']} images)")
     print(f"Wrote {out}/: {' '.join(written)}")
     return summary
 

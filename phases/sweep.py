@@ -24,8 +24,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from phases.cli import ArgumentParser, HelpFormatter, OutputDirectory, UserError, positive_int, run_main, versions, \
-    write_json
+from phases.cli import ArgumentParser, HelpFormatter, OutputDirectory, UserError, add_output_arguments, \
+    add_size_arguments, positive_int, run_main, versions, write_json
 from phases.detect import PhaseParams
 from phases.executor import run_tasks
 
@@ -238,18 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = SweepSettings()
     parser = ArgumentParser(prog="python -m phases.sweep", description=__doc__.split("\n\n")[0],
                      formatter_class=HelpFormatter)
-    parser.add_argument("--out", required=True, help="output directory (sweep.json is written into it)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing output directory (only one this toolkit wrote)")
+    add_output_arguments(parser, out_help="output directory (sweep.json is written into it)", required=True)
     parser.add_argument("--noise-rates", type=_rates, default=None,
                         help="comma-separated noise rates (default: 0, 0.05, ... below (C-1)/C)")
     parser.add_argument("--seeds", type=positive_int, default=4, help="number of seeds per rate (seeds 0..k-1)")
     parser.add_argument("--workers", type=positive_int, default=None, help="processes (default: the core count)")
-    parser.add_argument("--classes", type=positive_int, default=defaults.num_classes, help="number of classes C")
-    parser.add_argument("--dim", type=positive_int, default=defaults.dim, help="input dimension d")
-    parser.add_argument("--n", type=positive_int, default=defaults.n, help="training examples")
-    parser.add_argument("--m", type=positive_int, default=defaults.m, help="clean-subset examples")
-    parser.add_argument("--p", type=positive_int, default=defaults.p, help="test examples")
+    add_size_arguments(parser, n=defaults.n, m=defaults.m, p=defaults.p, classes=defaults.num_classes,
+                       dim=defaults.dim)
     parser.add_argument("--steps", type=positive_int, default=defaults.steps, help="steps per run")
     parser.add_argument("--record-every", type=positive_int, default=defaults.record_every,
                         help="record every k-th step (phase boundaries are read at this resolution, in steps)")

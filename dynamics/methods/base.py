@@ -38,6 +38,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from dynamics.problem import Splits
 from dynamics.trajectory import weight_stats
 
 
@@ -118,7 +119,7 @@ class NoParams:
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainingData:
+class TrainingData(Splits):
     """A noisy-label problem as torch tensors, ready for training (docs/theory.md section 0).
 
     Attributes
@@ -151,20 +152,6 @@ class TrainingData:
         missing = set(range(self.num_classes)) - set(self.y_meta.tolist())
         if missing:
             raise ValueError(f"the clean subset has no example of classes {sorted(missing)}")
-
-    @property
-    def noisy(self) -> np.ndarray:
-        """(n,) bool, the noise mask (for scoring only)."""
-        return (self.y_noisy != self.y_true).cpu().numpy()
-
-    @property
-    def noise_rate(self) -> float:
-        return float(self.noisy.mean())
-
-    @property
-    def sizes(self) -> tuple[int, int, int]:
-        """``(n, m, p)``."""
-        return len(self.X), len(self.X_meta), len(self.X_test)
 
     def to(self, device) -> TrainingData:
         """The same problem with every tensor on ``device``."""
@@ -303,6 +290,12 @@ class Method:
     def resolve(self, data: TrainingData, budget: TrainBudget) -> Method:
         """This method with the settings that default to the problem or budget filled in (what gets recorded)."""
         return self
+
+    def with_default(self, name: str, value) -> Method:
+        """This method with its parameter ``name`` set to ``value`` when the user left it ``None``."""
+        if getattr(self.params, name) is not None:
+            return self
+        return type(self)(dataclasses.replace(self.params, **{name: value}))
 
     def init(self, context: Context) -> MethodState:
         """The state before the first epoch: every weight 1."""

@@ -54,9 +54,7 @@ class SmallLoss(Method):
     Params = SmallLossParams
 
     def resolve(self, data: TrainingData, budget: TrainBudget) -> SmallLoss:
-        if self.params.forget_rate is not None:
-            return self
-        return type(self)(dataclasses.replace(self.params, forget_rate=data.noise_rate))
+        return self.with_default("forget_rate", data.noise_rate)
 
     def init(self, context: Context) -> SelectionState:
         return SelectionState(super().init(context).weights)

@@ -76,9 +76,7 @@ class Surrogate(Method):
     Params = SurrogateParams
 
     def resolve(self, data: TrainingData, budget: TrainBudget) -> Surrogate:
-        if self.params.alpha0_epochs is not None:
-            return self
-        return type(self)(dataclasses.replace(self.params, alpha0_epochs=budget.warmup_epochs))
+        return self.with_default("alpha0_epochs", budget.warmup_epochs)
 
     def on_epoch(self, state: MethodState, epoch: int, context: Context) -> MethodState:
         data, batch_size = context.data, context.budget.eval_batch_size
