@@ -49,9 +49,9 @@ from dynamics.operators import BatchKernel, FeatureKernel, KernelBlocks, KernelO
 from dynamics.problem import Problem
 from dynamics.trajectory import Trajectory
 
-__all__ = ["LOSSES", "VARIANTS", "INITS", "DivergenceError", "FeatureKernel", "KernelBlocks", "KernelOperator",
+__all__ = ["LOSSES", "VARIANTS", "INITS", "CompilationCacheError", "DivergenceError", "FeatureKernel", "KernelBlocks", "KernelOperator",
            "MetaConfig", "SimState", "default_eta", "gp_prior_outputs", "init", "meta_score", "predict_test",
-           "simulate", "step"]
+           "refuse_persistent_cache", "simulate", "step"]
 
 INITS = ("zero", "gp")
 _PROGRESS_REPORTS = 100  # segments per run, so progress (and a keyboard interrupt) comes about a hundred times
@@ -61,11 +61,32 @@ class DivergenceError(RuntimeError):
     """A run whose losses stopped being finite: the step size was too large."""
 
 
+#: jax versions whose persistent compilation cache returns wrong results for the simulator's loops: an
+#: executable with a loop of traced bounds, loaded from the cache, leaves its input unchanged (a run in which
+#: nothing moves). Reproduced by ``tests/dynamics/test_simulator.py::test_the_persistent_cache_is_refused``.
+CACHE_AFFECTED_JAX = ("0.5.3",)
+
+
+class CompilationCacheError(RuntimeError):
+    """JAX's persistent compilation cache is on, and the installed jax loads wrong executables from it."""
+
+
+def refuse_persistent_cache() -> None:
+    """Raise :class:`CompilationCacheError` when the persistent cache is on and the installed jax is affected."""
+    if jax.__version__ in CACHE_AFFECTED_JAX and jax.config.jax_compilation_cache_dir:
+        raise CompilationCacheError(
+            f"JAX's persistent compilation cache is on ({jax.config.jax_compilation_cache_dir}), and jax "
+            f"{jax.__version__} loads cached executables of the simulator that return runs in which nothing moves; "
+            "unset JAX_COMPILATION_CACHE_DIR (or jax.config.update('jax_compilation_cache_dir', None))")
+
+
 def _float64(function):
-    """Run ``function`` with JAX in x64 mode, scoped to the call (see the module docstring)."""
+    """Run ``function`` with JAX in x64 mode, scoped to the call (see the module docstring); refuse to run with
+    an affected persistent compilation cache (:data:`CACHE_AFFECTED_JAX`)."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
+        refuse_persistent_cache()
         if jax.config.jax_enable_x64:
             return function(*args, **kwargs)
         with jax.experimental.enable_x64():

@@ -337,6 +337,16 @@ class OutputDirectory:
             shutil.rmtree(trash, ignore_errors=True)
 
 
+def refuse_jax_cache() -> None:
+    """One line and exit 2, before any work, when JAX's persistent cache would corrupt the simulator's runs."""
+    from dynamics.simulator import CompilationCacheError, refuse_persistent_cache
+
+    try:
+        refuse_persistent_cache()
+    except CompilationCacheError as error:
+        raise UserError(str(error)) from None
+
+
 class Interrupted(BaseException):
     """SIGINT or SIGTERM arrived: unwind (staging directories are removed on the way out), exit ``128 + signal``."""
 

@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from phases.cli import ArgumentParser, HelpFormatter, OutputDirectory, UserError, add_output_arguments, \
-    add_size_arguments, bounded, int_list, parse_settings, positive_int, run_main
+    add_size_arguments, bounded, int_list, parse_settings, positive_int, refuse_jax_cache, run_main
 from phases.experiments import FiniteWidthConfig, read_settings
 
 PROG = "python -m phases.finite"
@@ -78,6 +78,7 @@ def run(argv: list[str] | None = None) -> dict:
         config.validate()
     except ValueError as error:
         raise UserError(str(error)) from None
+    refuse_jax_cache()
     command = " ".join([PROG, *(sys.argv[1:] if argv is None else argv)])
     output = OutputDirectory(args.out, args.overwrite, command=command)
 
@@ -114,6 +115,7 @@ def run(argv: list[str] | None = None) -> dict:
     print(f"slope of the weight gap vs width: {summary['slope']:.3f} +/- {summary['slope_stderr']:.3f} "
           f"({summary['points']} points); wrote {args.out}/ in {summary['runtime_s']:.0f} s")
     return summary
+
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ import sys
 import time
 
 from phases.cli import ArgumentParser, HelpFormatter, OutputDirectory, UserError, add_output_arguments, \
-    add_size_arguments, bounded, parse_settings, positive_int, run_main
+    add_size_arguments, bounded, parse_settings, positive_int, refuse_jax_cache, run_main
 from dynamics.embeddings import EXTRACTOR_NAMES, IMAGE_SIZES
 from phases.experiments import DATASETS, INITS, NOISE_TYPES, SimulationConfig, read_settings
 
@@ -178,6 +178,7 @@ def run(argv: list[str] | None = None) -> dict:
         problem = config.validate(force=args.force)
     except ValueError as error:
         raise UserError(_as_flags(str(error))) from None
+    refuse_jax_cache()
     kind = "simulate" if args.seeds is None else "seeds"
     out = args.out or os.path.join("runs", time.strftime(f"{kind}-%Y%m%d-%H%M%S"))
     command = " ".join([PROG, *(sys.argv[1:] if argv is None else argv)])
@@ -283,6 +284,7 @@ def _seeds_csv(records: list[dict]) -> str:
         lines.append(",".join("" if cell is None else f"{cell:.6g}" if isinstance(cell, float) else str(cell)
                               for cell in cells))
     return "\n".join(lines) + "\n"
+
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from phases.cli import ArgumentParser, HelpFormatter, OutputDirectory, UserError, add_output_arguments, \
-    add_size_arguments, positive_int, run_main, versions, write_json
+    add_size_arguments, positive_int, refuse_jax_cache, run_main, versions, write_json
 from phases.detect import PhaseParams
 from phases.executor import run_tasks
 
@@ -265,6 +265,7 @@ def run(argv: list[str] | None = None) -> list[dict]:
         raise UserError(f"--m must be at least the class count {args.classes}, got {args.m}")
     if args.record_every > args.steps:
         raise UserError(f"--record-every must be at most --steps = {args.steps}, got {args.record_every}")
+    refuse_jax_cache()
     command = "python -m phases.sweep " + " ".join(sys.argv[1:] if argv is None else argv)
     output = OutputDirectory(args.out, args.overwrite, command=command)
     from tqdm import tqdm
@@ -290,6 +291,7 @@ def run(argv: list[str] | None = None) -> list[dict]:
     print(summary_table(records))
     print(f"Wrote {os.path.join(args.out, 'sweep.json')} ({total} runs, {time.perf_counter() - started:.0f} s)")
     return records
+
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 state-and-step interface."""
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from tolerance import assert_close
 
 import dynamics.simulator
 from dynamics.problem import Problem
-from dynamics.simulator import (DivergenceError, FeatureKernel, KernelBlocks, MetaConfig, init, meta_score,
+from dynamics.simulator import (CACHE_AFFECTED_JAX, DivergenceError, FeatureKernel, KernelBlocks, MetaConfig, init, meta_score,
                                predict_test, simulate, step)
 from phases.claims import c4_bound
 
@@ -348,3 +349,44 @@ def test_float64_without_switching_jax_to_x64_for_the_process():
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     result = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+_CACHED_LOOP = """
+import jax, jax.numpy as jnp
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+@jax.jit
+def loop(x, A, start, stop):
+    return jax.lax.fori_loop(start, stop, lambda t, y: A @ y + 1.0, x)
+
+print(loop(jnp.zeros(4), jnp.eye(4) * 0.5, 0, 3).tolist())
+"""
+
+_CACHED_SIMULATION = """
+import numpy as np
+from dynamics.problem import gaussian_mixture
+from dynamics.simulator import CompilationCacheError, KernelBlocks, MetaConfig, simulate
+problem = gaussian_mixture(np.random.default_rng(0), n=20, m=8, p=5, dim=4)
+blocks = KernelBlocks.from_problem(problem, lambda a, b: a @ b.T)
+try:
+    simulate(problem, blocks, MetaConfig(steps=5, perturb_draws=0))
+    print("ran")
+except CompilationCacheError as error:
+    print("refused:", error)
+"""
+
+
+def test_the_persistent_cache_is_refused(tmp_path):
+    """jax 0.5.3 loads a cached loop of traced bounds that leaves its input unchanged; the simulator refuses."""
+    env = os.environ | {"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "cache")}
+    runs = [subprocess.run([sys.executable, "-c", _CACHED_LOOP], env=env, capture_output=True, text=True,
+                           timeout=120) for _ in range(2)]
+    fresh, cached = (json.loads(run.stdout.strip()) for run in runs)
+    assert fresh == [1.75] * 4
+    if jax.__version__ in CACHE_AFFECTED_JAX:
+        assert cached == [0.0] * 4, "the bug is gone: CACHE_AFFECTED_JAX can drop this version"
+    guarded = subprocess.run([sys.executable, "-c", _CACHED_SIMULATION], env=env, capture_output=True, text=True,
+                             timeout=120)
+    expected = "refused:" if jax.__version__ in CACHE_AFFECTED_JAX else "ran"
+    assert guarded.stdout.startswith(expected), guarded.stdout + guarded.stderr
