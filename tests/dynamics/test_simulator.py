@@ -17,8 +17,8 @@ from tolerance import assert_close
 
 import dynamics.simulator
 from dynamics.problem import Problem
-from dynamics.simulator import (CACHE_AFFECTED_JAX, DivergenceError, FeatureKernel, KernelBlocks, MetaConfig, init, meta_score,
-                               predict_test, simulate, step)
+from dynamics.simulator import (CACHE_AFFECTED_JAX, DivergenceError, FeatureKernel, KernelBlocks, MetaConfig, init,
+                                meta_score, predict_test, simulate, step)
 from phases.claims import c4_bound
 
 
