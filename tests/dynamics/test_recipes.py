@@ -9,7 +9,8 @@ the noisy examples, for every seed of a range.
 """
 
 import copy
-import textwrap
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -230,64 +231,21 @@ def test_training_with_exact_meta_reweighting_lowers_noisy_weights(loss, seed):
     assert noisy_w < clean_w - 0.1, (noisy_w, clean_w)
 
 
-README_EXAMPLE = '''
-import numpy as np
-import torch
-from torch.nn import functional as F
-from torch.utils.data import DataLoader, TensorDataset
-from dynamics import alpha0_schedule, clean_subset_features, gaussian_mixture, surrogate_batch_weights
-
-# A noisy training set (40% of the labels flipped) and a small trusted subset.
-problem = gaussian_mixture(np.random.default_rng(0), n=1000, m=100, dim=16, noise_rate=0.4)
-X, y = torch.tensor(problem.X, dtype=torch.float32), torch.tensor(problem.y_noisy)
-X_clean, y_clean = torch.tensor(problem.X_meta, dtype=torch.float32), torch.tensor(problem.y_meta)
-X_test = torch.tensor(problem.X_test, dtype=torch.float32)
-loader = DataLoader(TensorDataset(X, y), batch_size=64, shuffle=True)
-
-def new_model():  # penultimate features: every layer but the last
-    return torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), torch.nn.ReLU(),
-                               torch.nn.Linear(64, 4))
-
-torch.manual_seed(0)
-model = new_model()
-optimiser = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-for epoch in range(10):
-    clean_features = clean_subset_features(model, X_clean)  # once per epoch
-    for x, labels in loader:
-        if epoch < 2:  # warm-up: every weight 1/2
-            w = torch.full((len(x),), 0.5)
-        else:  # the paper's protocol: weights from scratch for every batch
-            w = surrogate_batch_weights(model, x, labels, clean_features, y_clean,
-                                        alpha0=alpha0_schedule(epoch, 4, warmup_epochs=5))
-        loss = (w * F.cross_entropy(model(x), labels, reduction="none")).mean()
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-print(f"surrogate: test accuracy {(model(X_test).argmax(1).numpy() == problem.y_test).mean():.3f}")
-'''
-
-README_META_EXAMPLE = '''
-from dynamics import IndexedDataset, MetaReweighter
-
-model = new_model()
-optimiser = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-reweighter = MetaReweighter(len(X), loss="ce")  # or "mse", or a callable (outputs, targets) -> (N,)
-indexed = DataLoader(IndexedDataset(TensorDataset(X, y)), batch_size=64, shuffle=True)
-for epoch in range(10):
-    for x, labels, index in indexed:  # the batch's weights move, then the model steps with them
-        reweighter.step(model, optimiser, x, labels, index, X_clean, y_clean)
-w, noisy = reweighter.weights, problem.noisy
-print(f"meta: test accuracy {(model(X_test).argmax(1).numpy() == problem.y_test).mean():.3f}, "
-      f"mean weight noisy {w[noisy].mean():.2f}, clean {w[~noisy].mean():.2f}")
-'''
+def _readme_examples() -> list[str]:
+    """The python blocks of the README's torch-loop section, in order."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Reweighting in your own torch loop", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
 
 
 def test_readme_examples_run_and_train(capsys):
     """The README's torch examples, verbatim: they run, and reweighting does what the README says."""
     namespace = {}
     with torch.random.fork_rng():  # the example seeds torch's global generator; leave it as it was
-        exec(compile(textwrap.dedent(README_EXAMPLE), "README example", "exec"), namespace)
-        exec(compile(textwrap.dedent(README_META_EXAMPLE), "README meta example", "exec"), namespace)
+        blocks = _readme_examples()
+        assert len(blocks) == 2
+        for number, block in enumerate(blocks):
+            exec(compile(block, f"README torch example {number + 1}", "exec"), namespace)
     printed = capsys.readouterr().out
     accuracies = [float(part.split()[0].rstrip(",")) for part in printed.split("test accuracy ")[1:]]
     # Training with every weight at 1/2 instead reaches 0.88 on this problem.
