@@ -25,6 +25,10 @@ def _single_threaded_worker() -> None:
         os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
     for name in _THREAD_VARIABLES:
         os.environ.setdefault(name, "1")
+    # numpy may already be loaded (spawn re-imports the parent's main module): limit its BLAS pool directly.
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
     # Ctrl-C reaches the whole process group: the parent decides, and terminates the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 
@@ -104,3 +105,14 @@ def test_simulate_stops_inside_the_compiled_loop(tmp_path):
     status, stderr, took = _interrupt(tmp_path, args, signal.SIGINT, wait_for="[2/3]")
     _assert_clean_exit(tmp_path, status, stderr, signal.SIGINT, "python -m phases.simulate")
     assert took < 5, f"took {took:.1f} s to stop"
+
+
+def test_figures_stops_on_sigterm_and_removes_its_temporary_results(tmp_path):
+    args = ["figures", "--quick", "--out", "out"]
+    temporary = tempfile.gettempdir()
+    before = set(os.listdir(temporary))
+    status, stderr, took = _interrupt(tmp_path, args, signal.SIGTERM, wait_for=1, timeout=60)
+    assert status == 128 + signal.SIGTERM, stderr
+    assert stderr.strip().splitlines()[-1].startswith("python -m figures: interrupted by SIGTERM")
+    assert not os.path.exists(tmp_path / "out") and not [n for n in os.listdir(tmp_path) if n.startswith(".")]
+    assert not [name for name in set(os.listdir(temporary)) - before if name.startswith("figures-results-")]
