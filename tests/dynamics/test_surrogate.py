@@ -390,7 +390,8 @@ def test_linear_path_allocates_no_copy_of_the_features(dtype):
 
 
 def test_surrogate_imports_and_runs_with_numpy_alone():
-    """The lightweight install: dynamics.surrogate needs neither torch, JAX, pandas, scipy nor scikit-learn."""
+    """The lightweight install: dynamics.surrogate needs neither torch, JAX, neural-tangents, pandas, scipy nor
+    scikit-learn (the ``kernels`` package itself loads nothing heavy until a kernel is asked for)."""
     import subprocess
     import sys
 
@@ -398,7 +399,8 @@ def test_surrogate_imports_and_runs_with_numpy_alone():
 import sys
 class Block:
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {"torch", "jax", "jaxlib", "pandas", "scipy", "sklearn", "matplotlib", "kernels"}:
+        if name.split(".")[0] in {"torch", "jax", "jaxlib", "neural_tangents", "pandas", "scipy", "sklearn",
+                                  "matplotlib"} or name in {"kernels.infinite", "kernels.empirical", "kernels._nt"}:
             raise ImportError("blocked: " + name)
 sys.meta_path.insert(0, Block())
 import numpy as np
