@@ -9,6 +9,20 @@ tables and writes ``config.json``, ``problem.npz``, ``trajectory.npz``,
 ``summary.json`` and ``trajectory.png`` (and ``kernels.npz`` with
 ``--save-kernels``) into ``--out``. ``--config DIR/config.json`` repeats a
 saved run (flags given beside it override its settings).
+
+On explicit features the kernel is their linear kernel (a linear head,
+docs/theory.md section 8) and no ``(n, n)`` matrix is formed, so n = 50,000
+runs in minutes:
+
+    python -m phases.simulate --features FILE.npz --steps 500 --record-every 5
+    python -m phases.simulate --dataset cifar10n-worse --steps 1000 --record-every 10
+
+``--features`` reads ``X, y_noisy, X_meta, y_meta, X_test, y_test`` (and
+optionally ``y_true``; without it the scores that need the noise mask are
+reported as n/a). ``--dataset cifar10n-<label set>`` embeds every CIFAR-10
+image once with an ImageNet-pretrained EfficientNet-Lite0 (the ``embeddings``
+extra; cached on disk) and uses the reference split. A run on features saves
+its labels, not its features, in ``problem.npz``.
 """
 
 from __future__ import annotations

@@ -222,3 +222,63 @@ def test_the_spectral_prediction_equals_iterating_the_frozen_dynamics():
         E = E - trajectory.config["eta"] * K @ (D[:, None] * E)
     expected = np.array([losses[int(step)] for step in prediction.frozen_step])
     np.testing.assert_allclose(prediction.frozen_loss, expected, rtol=1e-9, atol=1e-15)
+
+
+@pytest.mark.parametrize("dim, gamma", [(6, 1.0), (90, 0.5)])  # D < n + m (a null space) and D > n + m
+def test_the_spectral_prediction_on_features_equals_iterating_the_frozen_dynamics(dim, gamma):
+    """C5' on explicit features, in the D-dimensional parameter space, against the plain recurrence on the
+    (n + m, n + m) kernel K = Phi_joint Phi_joint^T (formed here only) and against the dense route."""
+    import dataclasses
+
+    from dynamics.problem import gaussian_mixture
+    from dynamics.simulator import FeatureKernel, KernelBlocks, MetaConfig, simulate
+    from phases.claims import predict_post_filtering_rate
+
+    problem = gaussian_mixture(np.random.default_rng(3), n=60, m=12, p=20, num_classes=3, dim=dim, noise_rate=0.4)
+    features = FeatureKernel(problem.X, problem.X_meta, problem.X_test)
+    meta = MetaConfig(steps=300, perturb_draws=0, gamma=gamma)
+    trajectory = simulate(problem, features, meta, seed=3)
+    phases = detect_phases(trajectory)
+    assert phases.T_filter is not None and phases.T_filter < 250
+    head = simulate(problem, features, dataclasses.replace(meta, eta=trajectory.config["eta"], steps=phases.T_filter,
+                                                           record_every=phases.T_filter), seed=3)
+    outputs = np.concatenate([head.outputs, head.meta_outputs])
+    prediction = predict_post_filtering_rate(problem, features, trajectory, phases, outputs)
+
+    n, m, _ = problem.sizes
+    joint = np.concatenate([problem.X, problem.X_meta])
+    K = joint @ joint.T
+    D = np.concatenate([trajectory.w[phases.T_filter], np.full(m, gamma)])
+    Y = np.eye(problem.num_classes)[np.concatenate([problem.y_noisy, problem.y_meta])]
+    E, losses = outputs - Y, {}
+    for t in range(int(trajectory.step[-1]) - phases.T_filter + 1):
+        losses[phases.T_filter + t] = 0.5 * np.sum(E[n:] ** 2) / m
+        E = E - trajectory.config["eta"] * K @ (D[:, None] * E)
+    expected = np.array([losses[int(step)] for step in prediction.frozen_step])
+    np.testing.assert_allclose(prediction.frozen_loss, expected, rtol=1e-9, atol=1e-15)
+
+    X, V, T = problem.X, problem.X_meta, problem.X_test
+    dense = predict_post_filtering_rate(problem, KernelBlocks(X @ X.T, V @ X.T, V @ V.T, T @ X.T, T @ V.T),
+                                        trajectory, phases, outputs)
+    np.testing.assert_allclose(prediction.frozen_loss, dense.frozen_loss, rtol=1e-9, atol=1e-15)
+    np.testing.assert_array_equal(prediction.frozen_step, dense.frozen_step)
+    # The dominant direction: the same eigenvalue, or both in the null space (0 here, rounding there).
+    assert prediction.lambda_star == pytest.approx(dense.lambda_star, rel=1e-8, abs=1e-10 * trajectory.config[
+        "lambda_joint"])
+
+
+def test_c9_on_features_uses_the_top_singular_vectors():
+    """C9's eigenvectors from the features' SVD span the top eigen-directions of K_XX = Phi Phi^T."""
+    from dynamics.problem import gaussian_mixture
+    from dynamics.simulator import FeatureKernel
+    from kernels import eigh_kernel
+    from kernels.spectral import top_energy_share
+    from phases.claims import feature_eigenvectors
+
+    problem = gaussian_mixture(np.random.default_rng(4), n=80, m=12, p=10, num_classes=4, dim=12, noise_rate=0.3)
+    U = feature_eigenvectors(FeatureKernel(problem.X, problem.X_meta, problem.X_test), 4)
+    _, V = eigh_kernel(problem.X @ problem.X.T)
+    np.testing.assert_allclose(U.T @ U, np.eye(4), atol=1e-10)
+    np.testing.assert_allclose(np.abs(U.T @ V[:, :4]), np.eye(4), atol=1e-8)
+    Y = np.eye(4)[problem.y_true]
+    assert top_energy_share(U, Y, 4) == pytest.approx(top_energy_share(V, Y, 4), rel=1e-10)

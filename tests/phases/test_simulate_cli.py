@@ -223,3 +223,89 @@ def test_claims_over_seeds_equal_the_single_runs(tmp_path, capsys):
         assert (row["holds"], row["fails"], row["n/a"]) == tuple(verdicts.count(v) for v in ("holds", "fails", "n/a"))
         assert claim_id in table
     assert len((study / "seeds.csv").read_text().splitlines()) == 3
+
+
+class _StandIn:
+    """A tiny stand-in for the CIFAR-10 extractor: per-channel means and deviations (6 features)."""
+
+    name = "stand-in"
+    dim = 6
+    batch_size = 10_000
+    settings = {"version": 1}
+
+    def __call__(self, images):
+        pixels = images.reshape(len(images), -1, 3).astype(np.float32)
+        return np.concatenate([pixels.mean(axis=1), pixels.std(axis=1)], axis=1)
+
+
+def _fake_cifar_cache(cache_dir):
+    """Cache stand-in embeddings of fake 2x2 images whose colour follows the clean class, under the key of the real
+    data folder, so that the command reads them instead of decoding and embedding 60,000 images."""
+    from dynamics.cifar import DEFAULT_DATA_DIR, load_cifar10n_labels
+    from dynamics.embeddings import cached_embeddings, cifar10_source
+
+    clean = load_cifar10n_labels(DEFAULT_DATA_DIR / "cifar10n" / "CIFAR-10_human.pt")["clean_label"]
+    test_labels = np.repeat(np.arange(10), 1000)  # the JPEG test files, class by class
+    rng = np.random.default_rng(0)
+
+    def images(labels):
+        colour = np.stack([labels * 20, (labels % 3) * 60, (labels % 4) * 50], axis=1)[:, None, None, :]
+        return np.clip(colour + rng.normal(0, 40, (len(labels), 2, 2, 3)), 0, 255).astype(np.uint8)
+
+    return cached_embeddings(lambda: (images(clean), images(test_labels), test_labels),
+                             cifar10_source(DEFAULT_DATA_DIR), _StandIn(), (50_000, 10_000), cache_dir=cache_dir)
+
+
+requires_cifar_data = pytest.mark.skipif(
+    not os.path.isfile(os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "SHA256SUMS")),
+    reason="no CIFAR-10 data beside the repository")
+
+
+@requires_cifar_data
+def test_cifar10n_runs_on_cached_embeddings(tmp_path, monkeypatch, capsys):
+    import dynamics.embeddings
+
+    built = _fake_cifar_cache(tmp_path / "cache")
+    monkeypatch.setattr(dynamics.embeddings, "make_extractor", lambda name, size: _StandIn())
+    out = tmp_path / "run"
+    assert main(["--dataset", "cifar10n-worse", "--n", "400", "--m", "50", "--p", "200", "--steps", "150",
+                 "--perturb-draws", "1", "--record-every", "3", "--cache-dir", str(tmp_path / "cache"),
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"Embeddings: read from the cache: {built.info.path}" in printed
+    config = json.loads((out / "config.json").read_text())
+    assert config["settings"]["dataset"] == "cifar10n-worse" and config["problem"]["D"] == 6
+    assert config["problem"]["source"]["images"] == "CIFAR-10 (JPEG q75)"
+    assert 0.3 < config["realised_noise_rate"] < 0.5
+    with np.load(out / "problem.npz") as saved:
+        assert "X" not in saved.files
+        assert len(saved["train_index"]) == 400 and len(saved["meta_index"]) == 50
+        assert not set(saved["train_index"]) & set(saved["held_out_index"])
+        assert set(saved["meta_index"]) <= set(saved["held_out_index"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert {claim["id"] for claim in summary["claims"]} >= {"C3", "C5'", "C9", "C12"}
+    assert summary["y_true"] is True and summary["final"]["auc"] is not None
+
+
+@requires_cifar_data
+@pytest.mark.parametrize("args, message", [
+    (["--data-dir", "/nonexistent"], "no CIFAR-10 images"),
+    (["--n", "46000"], "--n must lie in [1, 45000]"),
+    (["--save-kernels"], "--save-kernels does not apply"),
+])
+def test_cifar10n_bad_input_is_one_line(tmp_path, capsys, args, message):
+    assert main(["--dataset", "cifar10n-aggre", *args, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not os.listdir(tmp_path)
+
+
+def test_cifar10n_without_the_embeddings_extra_is_one_line(tmp_path, monkeypatch, capsys):
+    import dynamics.embeddings
+
+    def unavailable(name, size):
+        raise dynamics.embeddings.ExtractorUnavailable("the efficientnet-lite0 extractor needs the embeddings extra")
+
+    monkeypatch.setattr(dynamics.embeddings, "make_extractor", unavailable)
+    assert main(["--dataset", "cifar10n-random1", "--out", str(tmp_path / "out")]) == 2
+    assert "embeddings extra" in capsys.readouterr().err and not os.listdir(tmp_path)
