@@ -700,14 +700,28 @@ class FiniteWidthConfig:
 
         return [NetworkConfig(width=width, spec=self.kernel_spec(), device=self.device) for width in self.widths]
 
-    def validate(self):
-        """Build everything cheap that a bad value breaks (raises ``ValueError``); return the problem."""
+    def estimated_memory(self) -> int:
+        """Bytes the widest network's run is planned to need: the analytic kernel blocks of the linearized twin,
+        the parameters (and their gradients and the look-ahead's copies), and the activations of every input."""
+        inputs, width = self.n + self.m + self.p, max(self.widths)
+        parameters = width * (self.dim + width * (self.depth - 1) + self.classes)
+        return 8 * (3 * inputs ** 2 + 6 * parameters + 6 * inputs * width * self.depth)
+
+    def validate(self, force: bool = False):
+        """Build everything cheap that a bad value breaks (raises ``ValueError``); return the problem.
+
+        A run planned to need more memory than the machine has is refused with the estimate, unless ``force``.
+        """
         import torch
+
+        from dynamics.checks import check_memory
 
         self.meta_config()
         self.networks()
         if torch.device(self.device).type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {self.device}: torch sees no CUDA device here")
+        check_memory(f"the finite-width check with n={self.n}, m={self.m}, p={self.p} and width {max(self.widths)}",
+                     self.estimated_memory(), force)
         return self.problem()
 
 

@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     out = parser.add_argument_group("output")
     add_output_arguments(out, out_help="output directory (must not exist unless --overwrite)", required=True,
                          saved_file="summary.json")
+    out.add_argument("--force", action="store_true",
+                     help="run even when the memory estimate exceeds what this machine has")
     return parser
 
 
@@ -75,7 +77,7 @@ def run(argv: list[str] | None = None) -> dict:
     """Run the C8 comparison from command-line arguments; print its table; return the summary."""
     config, args = parse_config(argv)
     try:
-        config.validate()
+        config.validate(force=args.force)
     except ValueError as error:
         raise UserError(str(error)) from None
     refuse_jax_cache()

@@ -78,6 +78,19 @@ def _number(value) -> float | None:
     return None if math.isnan(value) else value
 
 
+def simulation_config(noise: float, seed: int, settings: SweepSettings):
+    """The :class:`phases.experiments.SimulationConfig` of one run of the sweep (no C7 perturbation draws)."""
+    from phases.experiments import SimulationConfig
+
+    params = settings.phase_params
+    return SimulationConfig(noise=float(noise), seed=int(seed), n=settings.n, m=settings.m, p=settings.p,
+                            classes=settings.num_classes, dim=settings.dim, separation=settings.separation,
+                            spread=settings.spread, depth=settings.depth, gamma=settings.gamma, steps=settings.steps,
+                            record_every=settings.record_every, perturb_draws=0,
+                            align_fraction=params.align_fraction, window=params.window_fraction,
+                            min_window=params.min_window, tau=params.tau, tau_w=params.tau_w)
+
+
 def run_one(noise: float, seed: int, settings: SweepSettings) -> dict:
     """One run of the sweep: problem, kernel blocks, simulation, phases; return its record.
 
@@ -85,17 +98,10 @@ def run_one(noise: float, seed: int, settings: SweepSettings) -> dict:
     inputs are the same at every noise rate and only the label flips differ,
     so curves against the noise rate are not blurred by a new data set per rate.
     """
-    from phases.experiments import SimulationConfig, run_simulation
+    from phases.experiments import run_simulation
 
     started = time.perf_counter()
-    params = settings.phase_params
-    config = SimulationConfig(noise=float(noise), seed=int(seed), n=settings.n, m=settings.m, p=settings.p,
-                              classes=settings.num_classes, dim=settings.dim, separation=settings.separation,
-                              spread=settings.spread, depth=settings.depth, gamma=settings.gamma,
-                              steps=settings.steps, record_every=settings.record_every, perturb_draws=0,
-                              align_fraction=params.align_fraction, window=params.window_fraction,
-                              min_window=params.min_window, tau=params.tau, tau_w=params.tau_w)
-    result = run_simulation(config, claims=False)
+    result = run_simulation(simulation_config(noise, seed, settings), claims=False)
     problem, trajectory, phases = result.problem, result.trajectory, result.phases
     stats = trajectory.weight_stats()
 
@@ -265,6 +271,11 @@ def run(argv: list[str] | None = None) -> list[dict]:
         raise UserError(f"--m must be at least the class count {args.classes}, got {args.m}")
     if args.record_every > args.steps:
         raise UserError(f"--record-every must be at most --steps = {args.steps}, got {args.record_every}")
+    try:  # every run's configuration, memory estimate included, before any work
+        for rate in rates:
+            simulation_config(rate, 0, settings).validate()
+    except ValueError as error:
+        raise UserError(str(error)) from None
     refuse_jax_cache()
     command = "python -m phases.sweep " + " ".join(sys.argv[1:] if argv is None else argv)
     output = OutputDirectory(args.out, args.overwrite, command=command)

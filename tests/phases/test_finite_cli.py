@@ -71,3 +71,12 @@ def test_cli_bad_arguments_exit_2_with_one_line(tmp_path, capsys):
         assert code == 2, bad
         assert len(error.strip().splitlines()) == 1 and error.startswith("python -m phases.finite: error:"), bad
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("bad, message", [(["--widths", "64,100000000"], "GiB of memory"),
+                                          (["--n", "10000000"], "GiB of memory")])
+def test_runs_the_machine_cannot_hold_are_refused_up_front(tmp_path, capsys, bad, message):
+    assert main(["--out", str(tmp_path / "never"), *bad]) == 2
+    error = capsys.readouterr().err
+    assert len(error.strip().splitlines()) == 1 and message in error
+    assert os.listdir(tmp_path) == []
