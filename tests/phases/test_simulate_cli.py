@@ -300,6 +300,7 @@ def test_cifar10n_bad_input_is_one_line(tmp_path, capsys, args, message):
     assert not os.listdir(tmp_path)
 
 
+@requires_cifar_data
 def test_cifar10n_without_the_embeddings_extra_is_one_line(tmp_path, monkeypatch, capsys):
     import dynamics.embeddings
 
