@@ -8,7 +8,7 @@ the library is :mod:`phases.comparison`. Prints the table (mean and standard
 deviation over seeds of test accuracy, clean-detection precision, recall and
 F1 of ``{w > 0}``, AUC of the weights, weight mass on noisy examples, wall
 time per epoch, peak memory) and writes ``results.json`` (every per-seed
-number, the full configuration and package versions), ``results.md`` and
+number, the full configuration and package versions), ``results.md``, ``results.csv`` and
 ``weights.npz`` (final and per-epoch weights) into ``--out``.
 """
 

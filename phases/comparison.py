@@ -507,14 +507,17 @@ def format_markdown(results: dict, command: str | None = None) -> str:
 def write_results(results: dict, directory: str, command: str | None = None) -> list[str]:
     """Write a comparison into the existing ``directory``; return the file names written.
 
-    ``results.json`` (everything but the weights; NaN as null), ``results.md``
-    and ``weights.npz``: ``METHOD/seedS`` the final weights ``(n,)`` and
-    ``METHOD/seedS/epochs`` the weights after every epoch ``(epochs, n)``.
+    ``results.json`` (everything but the weights; NaN as null), ``results.md``,
+    ``results.csv`` (:func:`results_frame`: mean and standard deviation over
+    seeds per method and metric) and ``weights.npz``: ``METHOD/seedS`` the
+    final weights ``(n,)`` and ``METHOD/seedS/epochs`` the weights after every
+    epoch ``(epochs, n)``.
     """
     payload = {key: value for key, value in results.items() if key not in ("weights", "epoch_weights")}
     payload["command"] = command
     write_json(os.path.join(directory, "results.json"), payload)
     write_text(os.path.join(directory, "results.md"), format_markdown(results, command))
+    write_text(os.path.join(directory, "results.csv"), results_frame(results).to_csv(float_format="%.6g"))
     arrays = {}
     for method, per_seed in results["weights"].items():
         for seed, w in per_seed.items():
@@ -526,7 +529,7 @@ def write_results(results: dict, directory: str, command: str | None = None) -> 
             np.savez_compressed(handle, **arrays)
 
     atomic_write(os.path.join(directory, "weights.npz"), save)
-    return ["results.json", "results.md", "weights.npz"]
+    return ["results.json", "results.md", "results.csv", "weights.npz"]
 
 
 __all__ = ["CIFAR_CPU", "CIFAR_GPU", "DATASETS", "METRICS", "PROFILES", "Progress", "SCHEMA", "Setup", "VECTOR",

@@ -49,7 +49,15 @@ def test_compare_returns_the_documented_schema_and_reports_progress(tmp_path):
     finished = [event for event in events if event.finished is not None]
     assert [event.runs_done for event in finished] == list(range(1, 7)) and finished[-1].runs_total == 6
 
-    assert write_results(results, str(tmp_path), "a command") == ["results.json", "results.md", "weights.npz"]
+    assert write_results(results, str(tmp_path), "a command") == ["results.json", "results.md", "results.csv",
+                                                                  "weights.npz"]
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "results.csv", header=[0, 1], index_col=0)
+    for method, metrics in results["summary"].items():
+        if metrics.get("test_accuracy"):
+            assert table.loc[method, ("test_accuracy", "mean")] == pytest.approx(
+                np.mean(metrics["test_accuracy"]["values"]), rel=1e-5)
     with np.load(tmp_path / "weights.npz") as weights:
         assert np.array_equal(weights["oracle/seed1"], results["weights"]["oracle"][1])
         assert np.array_equal(weights["small-loss/seed0/epochs"], results["epoch_weights"]["small-loss"][0])
@@ -87,7 +95,7 @@ def test_cli_writes_json_markdown_and_weights(tmp_path, capsys):
     assert "test acc" in captured.out and "oracle" in captured.out
     assert "[6/6]" in captured.err  # one line per finished run
     assert sorted(name for name in os.listdir(out) if not name.startswith(".")) == \
-        ["results.json", "results.md", "weights.npz"]
+        ["results.csv", "results.json", "results.md", "weights.npz"]
     with open(out / "results.json") as handle:
         results = json.loads(handle.read(), parse_constant=lambda name: pytest.fail(f"non-JSON constant {name}"))
     assert results["command"].startswith(f"{PROG} --data digits")
