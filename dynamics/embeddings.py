@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import tempfile
 import time
@@ -653,7 +654,8 @@ def cifar10n_feature_problem(label_set: str, embeddings: Embeddings, labels: dic
     name : the problem's name in reports.
 
     The features are standardised per dimension with the mean and deviation of
-    all training-split embeddings (no label is read). Returns the problem
+    all training-split embeddings (no label is read), then divided by
+    ``sqrt(D)`` so that ``k(x, x)`` is 1 on average. Returns the problem
     (``y_true`` = the CIFAR-10 clean labels), the split, and the test indices
     (positions in ``embeddings.test``).
     """
@@ -680,6 +682,11 @@ def cifar10n_feature_problem(label_set: str, embeddings: Embeddings, labels: dic
     else:
         raise ValueError(f"p must lie in [1, {P}], got {p}")
     everything, test = standardize(embeddings.train, embeddings.test[test_index])
+    # Unit mean squared norm: k(x, x) = ||phi(x)||^2 is 1 on average, as for a normalised kernel. The function-space
+    # dynamics do not depend on this scale (eta = 1 / lambda_max absorbs it), but the weight step (beta / m) * score
+    # grows with it: at the standardised scale (k(x, x) = D = 1280) beta = 1 would clip every weight at the first step.
+    scale = math.sqrt(everything.shape[1])
+    everything, test = everything / scale, test / scale
     info = embeddings.info
     problem = FeatureProblem(
         X=everything[split.train], y_noisy=labels[LABEL_SETS[label_set]][split.train], X_meta=everything[split.meta],
@@ -688,7 +695,8 @@ def cifar10n_feature_problem(label_set: str, embeddings: Embeddings, labels: dic
         source={"kind": "cifar10n", "label_set": label_set, "images": info.key["source"].get("name"),
                 "extractor": info.key["extractor"], "settings": info.key["settings"], "embeddings": info.path,
                 "D": int(embeddings.train.shape[1]),
-                "standardised": "per feature, with the mean and deviation of all training-split embeddings"})
+                "standardised": "per feature, with the mean and deviation of all training-split embeddings, "
+                                "then divided by sqrt(D) (unit mean squared norm)"})
     return problem, split, test_index
 
 

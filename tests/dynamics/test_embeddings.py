@@ -212,10 +212,13 @@ def test_the_cifar10n_problem_on_embeddings(cifar10n_labels):
     np.testing.assert_array_equal(problem.y_meta, clean[split.meta])
     assert 0.39 < problem.noise_rate < 0.41  # CIFAR-10N worse: 0.4021 over all 50,000
     everything, test = standardize(embeddings.train, embeddings.test)
+    np.testing.assert_allclose(everything.mean(axis=0), 0, atol=1e-10)
+    scale = np.sqrt(everything.shape[1])  # unit mean squared norm: k(x, x) = 1 on average
+    everything, test = everything / scale, test / scale
+    np.testing.assert_allclose(np.mean(np.sum(everything ** 2, axis=1)), 1.0, rtol=1e-10)
     np.testing.assert_allclose(problem.X, everything[split.train])
     np.testing.assert_allclose(problem.X_meta, everything[split.meta])
     np.testing.assert_allclose(problem.X_test, test)
-    np.testing.assert_allclose(everything.mean(axis=0), 0, atol=1e-10)
     small, small_split, small_test = cifar10n_feature_problem("aggre", embeddings, cifar10n_labels,
                                                               np.random.default_rng(1), n=300, m=50, p=100)
     assert small.sizes == (300, 50, 100) and set(small_split.train) <= set(split.train)
