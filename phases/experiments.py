@@ -294,10 +294,6 @@ class SimulationConfig:
 
             data_dir = Path(DEFAULT_DATA_DIR if self.data_dir is None else self.data_dir)
             _image_files(data_dir), _label_file(data_dir)
-            try:
-                make_extractor(self.extractor, self.image_size).settings
-            except ExtractorUnavailable as error:
-                raise ValueError(str(error)) from None
             for name, value, limit in (("n", self.n, CIFAR10N_SIZES[0]), ("m", self.m, 5_000),
                                        ("p", self.p, CIFAR10N_SIZES[2])):
                 if not 1 <= value <= limit:
@@ -305,6 +301,10 @@ class SimulationConfig:
             if self.m < 10:
                 raise ValueError(f"m must be at least 10 for {self.dataset} (one clean example per class), "
                                  f"got {self.m}")
+            try:
+                make_extractor(self.extractor, self.image_size).settings
+            except ExtractorUnavailable as error:
+                raise ValueError(str(error)) from None
         n, m, p, D = self.feature_sizes()
         check_memory(f"a simulation on {D} features with n={n}, m={m}, p={p} and {self.steps} steps recorded every "
                      f"{self.record_every}", self.estimated_memory(), force)
