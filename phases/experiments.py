@@ -429,7 +429,7 @@ def run_simulation(config: SimulationConfig = SimulationConfig(), *, progress: C
                                 claims=claims, embedding_progress=embedding_progress)
     from dynamics.simulator import KernelBlocks, gp_prior_outputs, simulate
     from kernels import kernel
-    from phases.claims import check_claims, predict_post_filtering_rate
+    from phases.claims import check_claims
     from phases.report import summary
 
     announce = stage or (lambda text: None)
@@ -453,17 +453,25 @@ def run_simulation(config: SimulationConfig = SimulationConfig(), *, progress: C
     checked = []
     if claims:
         eigenvectors = _top_eigenvectors(blocks.K_XX, problem.num_classes)
-        prediction = None
-        if phases.T_filter is not None and phases.T_filter > 0:
-            # The state at T_filter, for C5': the same run, stopped there (the dynamics are deterministic).
-            head = dataclasses.replace(meta, eta=trajectory.config["eta"], steps=phases.T_filter,
-                                       record_every=phases.T_filter, perturb_draws=0)
-            stopped = simulate(problem, blocks, head, seed=config.seed, initial_outputs=initial_outputs)
-            outputs = np.concatenate([stopped.outputs, stopped.meta_outputs])
-            prediction = predict_post_filtering_rate(problem, blocks, trajectory, phases, outputs)
+        prediction = _rate_prediction(problem, blocks, meta, trajectory, phases, config.seed, initial_outputs)
         checked = check_claims(trajectory, phases, problem=problem, eigenvectors=eigenvectors,
                                rate_prediction=prediction)
     return SimulationResult(config, problem, blocks, trajectory, phases, summary(trajectory, phases, checked))
+
+
+def _rate_prediction(problem, operator, meta, trajectory, phases: Phases, seed: int, initial_outputs):
+    """C5''s prediction, from the state of the run at ``T_filter``: the same run stopped there (the dynamics are
+    deterministic); ``None`` without a filtering boundary."""
+    from dynamics.simulator import simulate
+    from phases.claims import predict_post_filtering_rate
+
+    if phases.T_filter is None or phases.T_filter == 0:
+        return None
+    head = dataclasses.replace(meta, eta=trajectory.config["eta"], steps=phases.T_filter,
+                               record_every=phases.T_filter, perturb_draws=0)
+    stopped = simulate(problem, operator, head, seed=seed, initial_outputs=initial_outputs)
+    outputs = np.concatenate([stopped.outputs, stopped.meta_outputs])
+    return predict_post_filtering_rate(problem, operator, trajectory, phases, outputs)
 
 
 def _run_on_features(config: SimulationConfig, problem, *, progress, announce, claims, embedding_progress
@@ -472,7 +480,7 @@ def _run_on_features(config: SimulationConfig, problem, *, progress, announce, c
     (docs/theory.md section 8), C9 from the top singular vectors of the features, C5' in parameter space;
     no ``(n, n)`` matrix is formed. Without ``y_true`` the scores that need the noise mask are n/a."""
     from dynamics.simulator import FeatureKernel, simulate
-    from phases.claims import check_claims, feature_eigenvectors, predict_post_filtering_rate
+    from phases.claims import check_claims, feature_eigenvectors
     from phases.report import summary
 
     if problem is None:
@@ -502,14 +510,7 @@ def _run_on_features(config: SimulationConfig, problem, *, progress, announce, c
     checked = []
     if claims:
         eigenvectors = feature_eigenvectors(operator, problem.num_classes) if problem.has_y_true else None
-        prediction = None
-        if phases.T_filter is not None and phases.T_filter > 0:
-            # The state at T_filter, for C5': the same run, stopped there (the dynamics are deterministic).
-            head = dataclasses.replace(meta, eta=trajectory.config["eta"], steps=phases.T_filter,
-                                       record_every=phases.T_filter, perturb_draws=0)
-            stopped = simulate(base, operator, head, seed=config.seed, initial_outputs=initial_outputs)
-            outputs = np.concatenate([stopped.outputs, stopped.meta_outputs])
-            prediction = predict_post_filtering_rate(base, operator, trajectory, phases, outputs)
+        prediction = _rate_prediction(base, operator, meta, trajectory, phases, config.seed, initial_outputs)
         checked = check_claims(trajectory, phases, problem=base, eigenvectors=eigenvectors,
                                rate_prediction=prediction)
         if not problem.has_y_true:
