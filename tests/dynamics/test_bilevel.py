@@ -11,6 +11,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from bilevel_oracle import FD_TOLERANCE, finite_differences, meta_loss_by_explicit_step
 from tolerance import assert_close
 from torch import nn
 from torch.nn import functional as F
@@ -54,32 +55,10 @@ def _case(architecture, seed, b=6, m=5):
     return model.train(), x, y, w, x_meta, y_meta
 
 
-def _meta_loss_by_explicit_step(model, x, y, w, x_meta, y_meta, lr, clean_weight):
-    """L_meta(w) by an ordinary SGD step on a copy of the network: independent of torch.func."""
-    copy_ = copy.deepcopy(model)
-    losses = F.cross_entropy(copy_(x), y, reduction="none")
-    loss = (w * losses).sum() / len(y) + clean_weight * F.cross_entropy(copy_(x_meta), y_meta)
-    grads = torch.autograd.grad(loss, list(copy_.parameters()))
-    with torch.no_grad():
-        for p, g in zip(copy_.parameters(), grads):
-            p -= lr * g
-        return float(F.cross_entropy(copy_(x_meta), y_meta))
+def _ce(outputs, targets):
+    return F.cross_entropy(outputs, targets, reduction="none")
 
 
-def _finite_differences(model, x, y, w, x_meta, y_meta, lr, clean_weight, h=1e-5):
-    """(b,) central differences of L_meta at w."""
-    result = []
-    for i in range(len(w)):
-        step = torch.zeros_like(w)
-        step[i] = h
-        plus = _meta_loss_by_explicit_step(model, x, y, w + step, x_meta, y_meta, lr, clean_weight)
-        minus = _meta_loss_by_explicit_step(model, x, y, w - step, x_meta, y_meta, lr, clean_weight)
-        result.append((plus - minus) / (2 * h))
-    return np.array(result)
-
-
-# Central differences carry an O(h^2) truncation error and O(eps / h) rounding: ~1e-9 absolute here.
-_FD = {"rtol": 1e-6, "atol": 1e-9}
 
 
 @pytest.mark.parametrize("architecture", ["mlp", "conv-batchnorm"])
@@ -93,8 +72,9 @@ def test_meta_gradient_equals_finite_differences_of_the_meta_objective(architect
 
     for k, v in model.named_buffers():
         assert torch.equal(v, buffers_before[k]), f"meta_weight_gradient moved buffer {k}"
-    assert_close(meta_loss, _meta_loss_by_explicit_step(model, x, y, w, x_meta, y_meta, lr, clean_weight))
-    assert_close(dL_meta_dw.numpy(), _finite_differences(model, x, y, w, x_meta, y_meta, lr, clean_weight), **_FD)
+    assert_close(meta_loss, meta_loss_by_explicit_step(model, x, y, w, x_meta, y_meta, lr, clean_weight, _ce))
+    expected = finite_differences(model, x, y, w, x_meta, y_meta, lr, clean_weight, _ce)
+    assert_close(dL_meta_dw.numpy(), expected, **FD_TOLERANCE)
 
 
 @pytest.mark.parametrize("reset", [False, True])
@@ -106,7 +86,7 @@ def test_meta_step_applies_its_rule_to_the_finite_difference_gradient_then_takes
     before = copy.deepcopy(model)
     # L2RW looks ahead at w = 0 (Ren et al.'s eps = 0), whatever the batch's current weights.
     w_ahead = torch.zeros_like(w) if reset else w
-    gradient = _finite_differences(before, x, y, w_ahead, x_meta, y_meta, lr, clean_weight)
+    gradient = finite_differences(before, x, y, w_ahead, x_meta, y_meta, lr, clean_weight, _ce)
     if reset:
         positive = np.maximum(-gradient, 0.0)
         expected = positive / positive.sum()
@@ -117,7 +97,7 @@ def test_meta_step_applies_its_rule_to_the_finite_difference_gradient_then_takes
                             x, y, w, x_meta, y_meta, lr=lr, clean_weight=clean_weight, beta=beta, reset=reset)
 
     assert 0 < np.count_nonzero(expected) < b or not reset  # a batch where L2RW keeps some examples and drops some
-    assert_close(new_w.numpy(), expected, **_FD)
+    assert_close(new_w.numpy(), expected, **FD_TOLERANCE)
     if reset:
         assert_close(float(new_w.sum()), 1.0)
     # The model step: one plain optimiser step on the weighted loss with the new weights, on a copy.

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from bilevel_oracle import FD_TOLERANCE, finite_differences, meta_loss_by_explicit_step
 from tolerance import assert_close
 from torch import nn
 from torch.nn import functional as F
@@ -51,30 +52,6 @@ def _mse_by_hand(outputs, targets):
     return 0.5 * ((outputs - targets) ** 2).sum(dim=1)
 
 
-def _meta_loss_by_explicit_step(model, x, y, w, x_meta, y_meta, lr, clean_weight):
-    """L_meta(w) under MSE by an ordinary SGD step on a copy of the network."""
-    copy_ = copy.deepcopy(model)
-    loss = (w * _mse_by_hand(copy_(x), y)).sum() / len(y) + clean_weight * _mse_by_hand(copy_(x_meta), y_meta).mean()
-    grads = torch.autograd.grad(loss, list(copy_.parameters()))
-    with torch.no_grad():
-        for p, g in zip(copy_.parameters(), grads):
-            p -= lr * g
-        return float(_mse_by_hand(copy_(x_meta), y_meta).mean())
-
-
-def _finite_differences(model, x, y, w, x_meta, y_meta, lr, clean_weight, h=1e-5):
-    result = []
-    for i in range(len(w)):
-        step = torch.zeros_like(w)
-        step[i] = h
-        plus = _meta_loss_by_explicit_step(model, x, y, w + step, x_meta, y_meta, lr, clean_weight)
-        minus = _meta_loss_by_explicit_step(model, x, y, w - step, x_meta, y_meta, lr, clean_weight)
-        result.append((plus - minus) / (2 * h))
-    return np.array(result)
-
-
-# Central differences carry an O(h^2) truncation error and O(eps / h) rounding: ~1e-9 absolute here.
-_FD = {"rtol": 1e-6, "atol": 1e-9}
 
 
 @pytest.mark.parametrize("targets", ["classes", "values"])
@@ -86,11 +63,12 @@ def test_mse_meta_gradient_equals_finite_differences(targets, clean_weight):
         y = torch.randn(len(y), 3, generator=generator, dtype=torch.float64)
         y_meta = torch.randn(len(y_meta), 3, generator=generator, dtype=torch.float64)
     lr = 0.3
-    expected = _finite_differences(model, x, y, w, x_meta, y_meta, lr, clean_weight)
+    expected = finite_differences(model, x, y, w, x_meta, y_meta, lr, clean_weight, _mse_by_hand)
     dL_meta_dw, meta_loss = meta_weight_gradient(model, x, y, w, x_meta, y_meta, lr=lr, clean_weight=clean_weight,
                                                  loss="mse")
-    assert_close(dL_meta_dw.numpy(), expected, **_FD)
-    assert_close(meta_loss, _meta_loss_by_explicit_step(model, x, y, w, x_meta, y_meta, lr, clean_weight))
+    assert_close(dL_meta_dw.numpy(), expected, **FD_TOLERANCE)
+    explicit = meta_loss_by_explicit_step(model, x, y, w, x_meta, y_meta, lr, clean_weight, _mse_by_hand)
+    assert_close(meta_loss, explicit)
     # A callable loss computing the same thing gives the same gradient.
     same, _ = meta_weight_gradient(model, x, y, w, x_meta, y_meta, lr=lr, clean_weight=clean_weight,
                                    loss=_mse_by_hand)
@@ -101,11 +79,11 @@ def test_mse_meta_step_applies_the_rule_to_the_finite_difference_gradient_then_a
     model, x, y, w, x_meta, y_meta = _case(13, b=8, m=4)
     b, lr, beta, clean_weight = len(y), 0.2, 0.3, 0.5
     before = copy.deepcopy(model)
-    expected_w = np.clip(w.numpy() - beta * b / lr * _finite_differences(before, x, y, w, x_meta, y_meta, lr,
-                                                                           clean_weight), 0.0, 1.0)
+    expected_w = np.clip(w.numpy() - beta * b / lr * finite_differences(before, x, y, w, x_meta, y_meta, lr,
+                                                                           clean_weight, _mse_by_hand), 0.0, 1.0)
     new_w, loss = meta_step(model, torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9), x, y, w, x_meta,
                             y_meta, lr=lr, clean_weight=clean_weight, beta=beta, loss="mse")
-    assert_close(new_w.numpy(), expected_w, **_FD)
+    assert_close(new_w.numpy(), expected_w, **FD_TOLERANCE)
     reference = copy.deepcopy(before)
     optimiser = torch.optim.SGD(reference.parameters(), lr=lr, momentum=0.9)
     reference_loss = ((new_w * _mse_by_hand(reference(x), y)).sum() / b
