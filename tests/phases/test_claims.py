@@ -190,11 +190,24 @@ def test_t_freeze_is_where_the_noisy_share_at_zero_stops_growing():
     assert detect_phases(_trajectory(w=w)).T_freeze == 200
 
 
+def _frozen_recurrence(problem, K, trajectory, phases, outputs, gamma, steps) -> np.ndarray:
+    """The clean-subset loss at ``steps`` by iterating ``E <- E - eta K diag(w, gamma) E`` (MSE), weights frozen at
+    ``T_filter``: the plain oracle of C5''s eigen-expansion."""
+    n, m, _ = problem.sizes
+    D = np.concatenate([trajectory.w[phases.T_filter], np.full(m, gamma)])
+    Y = np.eye(problem.num_classes)[np.concatenate([problem.y_noisy, problem.y_meta])]
+    E, losses = outputs - Y, {}
+    for t in range(int(trajectory.step[-1]) - phases.T_filter + 1):
+        losses[phases.T_filter + t] = 0.5 * np.sum(E[n:] ** 2) / m
+        E = E - trajectory.config["eta"] * K @ (D[:, None] * E)
+    return np.array([losses[int(step)] for step in steps])
+
+
 def test_the_spectral_prediction_equals_iterating_the_frozen_dynamics():
     """C5''s eigen-expansion against the plain recurrence E <- E - eta K_joint diag(w, gamma) E (MSE)."""
     import dataclasses
 
-    from dynamics.simulator import KernelBlocks, MetaConfig, simulate
+    from dynamics.simulator import KernelBlocks, simulate
     from kernels import KernelSpec, kernel
     from phases.claims import predict_post_filtering_rate
     from phases.experiments import SimulationConfig
@@ -211,16 +224,8 @@ def test_the_spectral_prediction_equals_iterating_the_frozen_dynamics():
     outputs = np.concatenate([head.outputs, head.meta_outputs])
     prediction = predict_post_filtering_rate(problem, blocks, trajectory, phases, outputs)
 
-    n, m, _ = problem.sizes
     K = np.block([[blocks.K_XX, blocks.K_VX.T], [blocks.K_VX, blocks.K_VV]])
-    w = trajectory.w[phases.T_filter]
-    D = np.concatenate([w, np.ones(m)])
-    Y = np.eye(problem.num_classes)[np.concatenate([problem.y_noisy, problem.y_meta])]
-    E, losses = outputs - Y, {}
-    for t in range(int(trajectory.step[-1]) - phases.T_filter + 1):
-        losses[phases.T_filter + t] = 0.5 * np.sum(E[n:] ** 2) / m
-        E = E - trajectory.config["eta"] * K @ (D[:, None] * E)
-    expected = np.array([losses[int(step)] for step in prediction.frozen_step])
+    expected = _frozen_recurrence(problem, K, trajectory, phases, outputs, gamma=1.0, steps=prediction.frozen_step)
     np.testing.assert_allclose(prediction.frozen_loss, expected, rtol=1e-9, atol=1e-15)
 
 
@@ -245,16 +250,8 @@ def test_the_spectral_prediction_on_features_equals_iterating_the_frozen_dynamic
     outputs = np.concatenate([head.outputs, head.meta_outputs])
     prediction = predict_post_filtering_rate(problem, features, trajectory, phases, outputs)
 
-    n, m, _ = problem.sizes
     joint = np.concatenate([problem.X, problem.X_meta])
-    K = joint @ joint.T
-    D = np.concatenate([trajectory.w[phases.T_filter], np.full(m, gamma)])
-    Y = np.eye(problem.num_classes)[np.concatenate([problem.y_noisy, problem.y_meta])]
-    E, losses = outputs - Y, {}
-    for t in range(int(trajectory.step[-1]) - phases.T_filter + 1):
-        losses[phases.T_filter + t] = 0.5 * np.sum(E[n:] ** 2) / m
-        E = E - trajectory.config["eta"] * K @ (D[:, None] * E)
-    expected = np.array([losses[int(step)] for step in prediction.frozen_step])
+    expected = _frozen_recurrence(problem, joint @ joint.T, trajectory, phases, outputs, gamma, prediction.frozen_step)
     np.testing.assert_allclose(prediction.frozen_loss, expected, rtol=1e-9, atol=1e-15)
 
     X, V, T = problem.X, problem.X_meta, problem.X_test
