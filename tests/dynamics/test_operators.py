@@ -10,25 +10,16 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from random_problems import feature_problem
 from tolerance import assert_close
 
 import dynamics.simulator
 from dynamics.operators import FeatureKernel, KernelBlocks
-from dynamics.problem import Problem
 from dynamics.simulator import MetaConfig, default_eta, init, simulate, step
 
 
-def _problem(rng, n, m, p, C, D):
-    """A problem whose inputs are explicit features ``phi : (., D)`` (their linear kernel is ``phi phi^T``)."""
-    y_true = rng.integers(0, C, n)
-    y_noisy = np.where(rng.random(n) < 0.3, rng.integers(0, C, n), y_true)
-    y_meta = np.concatenate([np.arange(C), rng.integers(0, C, m - C)])
-    return Problem(rng.standard_normal((n, D)) / np.sqrt(D), y_noisy, y_true, rng.standard_normal((m, D)) / np.sqrt(D),
-                   y_meta, rng.standard_normal((p, D)) / np.sqrt(D), rng.integers(0, C, p), C, np.eye(C))
-
-
 problems = st.builds(
-    lambda seed, n, m_extra, p, C, D: _problem(np.random.default_rng(seed), n, C + m_extra, p, C, D),
+    lambda seed, n, m_extra, p, C, D: feature_problem(np.random.default_rng(seed), n, C + m_extra, p, C, D),
     seed=st.integers(0, 2**16), n=st.integers(4, 24), m_extra=st.integers(0, 6), p=st.integers(1, 8),
     C=st.integers(2, 4), D=st.integers(1, 40))
 
@@ -182,7 +173,7 @@ def _shapes(jaxpr):
 def test_feature_route_never_forms_a_kernel_matrix():
     """Memory O((n + m + p) D): no value of a step or of a recorded segment has two of the dims n, m, p."""
     n, m, p, C, D = 37, 11, 7, 3, 5
-    problem = _problem(np.random.default_rng(0), n, m, p, C, D)
+    problem = feature_problem(np.random.default_rng(0), n, m, p, C, D)
     features = _features(problem)
     sizes = (n, m, p, n + m)
     forbidden = {(a, b) for a in sizes for b in sizes}

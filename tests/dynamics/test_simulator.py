@@ -13,22 +13,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from random_problems import feature_problem
 from tolerance import assert_close
 
 import dynamics.simulator
-from dynamics.problem import Problem
 from dynamics.simulator import (CACHE_AFFECTED_JAX, DivergenceError, FeatureKernel, KernelBlocks, MetaConfig, init,
                                 meta_score, predict_test, simulate, step)
 from phases.claims import c4_bound
-
-
-def _problem(rng, n, m, p, C, D):
-    """A problem whose inputs are explicit features ``phi`` (the linear kernel is then ``phi phi^T``)."""
-    y_true = rng.integers(0, C, n)
-    y_noisy = np.where(rng.random(n) < 0.3, rng.integers(0, C, n), y_true)
-    y_meta = np.concatenate([np.arange(C), rng.integers(0, C, m - C)])
-    return Problem(rng.standard_normal((n, D)) / np.sqrt(D), y_noisy, y_true, rng.standard_normal((m, D)) / np.sqrt(D),
-                   y_meta, rng.standard_normal((p, D)) / np.sqrt(D), rng.integers(0, C, p), C, np.eye(C))
 
 
 def _linear_blocks(problem):
@@ -39,7 +30,7 @@ def _linear_blocks(problem):
 whole_runs = settings(max_examples=6)
 
 problems = st.builds(
-    lambda seed, n, m_extra, p, C, D: _problem(np.random.default_rng(seed), n, C + m_extra, p, C, D),
+    lambda seed, n, m_extra, p, C, D: feature_problem(np.random.default_rng(seed), n, C + m_extra, p, C, D),
     seed=st.integers(0, 2**16), n=st.integers(4, 24), m_extra=st.integers(0, 6), p=st.integers(1, 8),
     C=st.integers(2, 4), D=st.integers(3, 40))
 
@@ -208,7 +199,7 @@ def test_c10_fixed_weights_equal_matrix_power(problem, gamma, w0):
 def test_c10_small_eta_limit_is_neural_tangents_gradient_descent():
     from kernels._nt import nt
 
-    problem = _problem(np.random.default_rng(3), 20, 8, 6, 3, 12)
+    problem = feature_problem(np.random.default_rng(3), 20, 8, 6, 3, 12)
     n, m, _ = problem.sizes
     blocks = _linear_blocks(problem)
     K = np.block([[blocks.K_XX, blocks.K_VX.T], [blocks.K_VX, blocks.K_VV]])
@@ -240,7 +231,7 @@ def test_minibatch_of_everything_equals_full_batch(problem, loss, seed):
 
 
 def test_same_seed_same_trajectory_bit_for_bit(tmp_path):
-    problem = _problem(np.random.default_rng(0), 30, 10, 5, 3, 8)
+    problem = feature_problem(np.random.default_rng(0), 30, 10, 5, 3, 8)
     blocks = _linear_blocks(problem)
     config = MetaConfig(steps=40, batch_size=7, meta_batch_size=4, record_every=3, perturb_draws=2)
     first, second = simulate(problem, blocks, config, seed=5), simulate(problem, blocks, config, seed=5)
@@ -257,7 +248,7 @@ def test_same_seed_same_trajectory_bit_for_bit(tmp_path):
 
 
 def test_divergence_names_the_step_and_the_remedy():
-    problem = _problem(np.random.default_rng(1), 20, 6, 4, 3, 10)
+    problem = feature_problem(np.random.default_rng(1), 20, 6, 4, 3, 10)
     blocks = _linear_blocks(problem)
     with pytest.raises(DivergenceError, match=r"diverged by step \d+.*eta below"):
         simulate(problem, blocks, MetaConfig(eta=50.0 / blocks.lambda_max(1.0), steps=400, record_every=10,
@@ -265,7 +256,7 @@ def test_divergence_names_the_step_and_the_remedy():
 
 
 def test_default_eta_is_stable_and_follows_theory():
-    problem = _problem(np.random.default_rng(2), 40, 10, 4, 3, 30)
+    problem = feature_problem(np.random.default_rng(2), 40, 10, 4, 3, 30)
     blocks = _linear_blocks(problem)
     run = simulate(problem, blocks, MetaConfig(steps=5, perturb_draws=0))
     assert run.config["eta"] * run.config["lambda_joint"] < 2.0
@@ -303,12 +294,12 @@ def test_init_and_step_reproduce_simulate(problem, variant, loss, mini, features
 
 
 def test_step_needs_a_resolved_eta_and_a_matching_operator():
-    problem = _problem(np.random.default_rng(0), 10, 4, 3, 2, 5)
+    problem = feature_problem(np.random.default_rng(0), 10, 4, 3, 2, 5)
     blocks = _linear_blocks(problem)
     state = init(problem, blocks, MetaConfig())
     with pytest.raises(ValueError, match="needs config.eta"):
         step(state, problem, blocks, MetaConfig())
-    other = _problem(np.random.default_rng(0), 11, 4, 3, 2, 5)
+    other = feature_problem(np.random.default_rng(0), 11, 4, 3, 2, 5)
     with pytest.raises(ValueError, match=r"operator is for \(n, m, p\) = \(10, 4, 3\)"):
         simulate(other, blocks, MetaConfig(steps=2))
     with pytest.raises(TypeError, match="kernel operator"):
@@ -316,7 +307,7 @@ def test_step_needs_a_resolved_eta_and_a_matching_operator():
 
 
 def test_progress_reports_between_segments_without_recompiling():
-    problem = _problem(np.random.default_rng(4), 12, 5, 3, 3, 6)
+    problem = feature_problem(np.random.default_rng(4), 12, 5, 3, 3, 6)
     blocks = _linear_blocks(problem)
     config = MetaConfig(steps=450, record_every=2, perturb_draws=1)
     calls = []
