@@ -1,4 +1,4 @@
-"""The record every run returns (docs/theory.md section 3), saved and loaded without loss."""
+"""The record every run returns (docs/theory.md section 3), saved compactly and loaded back."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ _SERIES = (
     "step", "w", "score", "residual_norm", "clean_loss", "coupling_norm",
     "train_loss_clean", "train_loss_noisy", "test_loss", "test_accuracy", "flip_rate",
 )
+# Stored as float32 (see Trajectory.save), under NAME + _PLANES.
+_FLOAT32 = ("w", "score", "residual_norm")
+_PLANES = "_f32planes"
 # Once per run.
 _STATIC = ("noisy", "label_similarity", "k_meta_norm", "outputs", "meta_outputs", "test_outputs")
 
@@ -91,36 +94,51 @@ class Trajectory:
         return self.__dict__["_weight_stats"]
 
     def save(self, path) -> None:
-        """Write ``path``: a compressed npz, lossless, one plain array per field (``np.load`` reads it).
+        """Write ``path``: an npz archive (bzip2-compressed members) that :meth:`load` reads back.
 
-        The ``(T, n)`` series are stored column-major (``fortran_order`` in the
-        ``.npy`` header), so that each example's series over the steps is
-        contiguous and zlib sees smooth runs; ``np.load`` returns the same
-        values and shape. Not atomic on its own: the commands write into a
-        staging directory that :class:`phases.cli.OutputDirectory` publishes whole.
+        Storage precision: the ``(T, n)`` series ``w``, ``score`` and
+        ``residual_norm`` are stored as float32 (relative rounding <= 6e-8),
+        everything else as computed. The dynamics run in float64; a run's
+        summary, phases and claims come from the in-memory float64 record, so
+        the rounding touches only what is read back later (figures, reloaded
+        runs). Rounding keeps the sets that phases are read from: a weight
+        that is exactly 0 or 1 stays so, and one strictly between stays
+        strictly between (it is moved to the nearest float32 inside (0, 1)).
 
-        Lossless is the constraint: float64 series carry about 4-5 bytes of
-        entropy per value in their low mantissa bits, so the default run's
-        48 MB of uncompressed series shrink to about 36 MB (25%); the saved
-        weights must equal the in-memory ones bit for bit.
+        Why: float64 series carry 4-5 bytes of entropy per value in their low
+        mantissa bits, so the default run's 48 MB of series compress only to
+        36 MB losslessly. As float32 split into byte planes (the shuffle filter
+        of HDF5 and Blosc: each byte position of all values stored together,
+        the exponents and high mantissa bytes compress well) and bzip2, they
+        take about 7 MB. Each such series is stored under ``NAME_f32planes``
+        as uint8 of shape ``(4, n, T)``; every other field is a plain array.
+        Not atomic on its own: the commands write into a staging directory
+        that :class:`phases.cli.OutputDirectory` publishes whole.
         """
-        arrays = {name: _column_major(getattr(self, name)) for name in _SERIES + _STATIC}
+        arrays = {name: np.asarray(getattr(self, name)) for name in _SERIES + _STATIC if name not in _FLOAT32}
+        arrays |= {f"{name}{_PLANES}": _byte_planes(getattr(self, name), exact_ends=name == "w") for name in _FLOAT32}
         arrays["config"] = np.array(json.dumps(self.config, sort_keys=True))
-        np.savez_compressed(path, **arrays)
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_BZIP2, compresslevel=9) as archive:
+            for name, array in arrays.items():
+                with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, array, allow_pickle=False)
 
     @classmethod
     def load(cls, path) -> Trajectory:
-        """Read a file written by :meth:`save`, compressed (this version) or not (earlier versions).
+        """Read a file written by :meth:`save` (this version: float32 series, read back as float64; earlier
+        versions: every field a plain float64 array).
 
         Raises ``ValueError`` naming the file and the problem when it is not such a file (unreadable, a key
         missing, arrays of inconsistent shapes, a configuration that is not JSON).
         """
         try:
             with np.load(path, allow_pickle=False) as data:
-                missing = [name for name in (*_SERIES, *_STATIC, "config") if name not in data.files]
+                missing = [name for name in (*_SERIES, *_STATIC, "config") if name not in data.files
+                           and f"{name}{_PLANES}" not in data.files]
                 if missing:
                     raise ValueError(f"lacks {', '.join(missing[:5])}")
-                fields = {name: np.ascontiguousarray(data[name]) for name in _SERIES + _STATIC}
+                fields = {name: np.ascontiguousarray(data[name]) if name in data.files
+                          else _from_byte_planes(data[f"{name}{_PLANES}"]) for name in _SERIES + _STATIC}
                 config = json.loads(str(data["config"]))
         except (OSError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as error:
             raise ValueError(f"{path} is not a saved trajectory: {' '.join(str(error).split())[:200]}") from None
@@ -136,9 +154,28 @@ class Trajectory:
         return cls(**fields, config=config)
 
 
-def _column_major(array) -> np.ndarray:
-    array = np.asarray(array)
-    return np.asfortranarray(array) if array.ndim == 2 else array
+def _byte_planes(series, exact_ends: bool) -> np.ndarray:
+    """``(T, n)`` values -> ``(4, n, T)`` uint8: the bytes of their little-endian float32, one plane per byte.
+
+    ``exact_ends``: values strictly inside (0, 1) stay strictly inside (float32 would round 1 - 1e-9 up to 1 and
+    1e-50 down to 0, changing which weights count as saturated).
+    """
+    series = np.asarray(series, dtype=np.float64)
+    single = series.astype("<f4")
+    if exact_ends:
+        inside = (series > 0) & (series < 1)
+        single = np.where(inside & (single == 0), np.float32(np.finfo(np.float32).smallest_subnormal), single)
+        single = np.where(inside & (single == 1), np.nextafter(np.float32(1), np.float32(0)), single).astype("<f4")
+    n, T = series.shape[1], series.shape[0]
+    return np.ascontiguousarray(np.ascontiguousarray(single.T).view(np.uint8).reshape(n, T, 4).transpose(2, 0, 1))
+
+
+def _from_byte_planes(planes: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`_byte_planes`: ``(T, n)`` float64."""
+    if planes.dtype != np.uint8 or planes.ndim != 3 or planes.shape[0] != 4:
+        raise ValueError(f"byte planes of shape {planes.shape} and type {planes.dtype}")
+    single = np.ascontiguousarray(planes.transpose(1, 2, 0)).view("<f4")[..., 0]  # (n, T)
+    return np.ascontiguousarray(single.T, dtype=np.float64)
 
 
 def weight_stats(w: np.ndarray, noisy: np.ndarray) -> dict[str, np.ndarray]:

@@ -12,7 +12,7 @@ claim with several parts reports its smallest margin) and its ``kind``:
 - ``theory``: a prediction that a wrong theory would miss (C3, C4', C5',
   C6 at ``T_filter`` and at the end, C7, C12). Only these carry evidence.
 
-Thresholds are the documented defaults of :class:`Thresholds`.
+Thresholds are the fields of :class:`Thresholds` (documented defaults; settable per run).
 """
 
 from __future__ import annotations
@@ -29,23 +29,30 @@ HOLDS, FAILS, NOT_APPLICABLE = "holds", "fails", "n/a"
 IDENTITY, PROBLEM, THEORY = "identity", "problem", "theory"
 
 
+#: Each threshold of :class:`Thresholds`: its meaning and unit, and the range of values that make sense.
+THRESHOLD_DOCS = {
+    "c3_first_step_auc": ("C3: least AUC of the first weight step as a clean-vs-noisy score (a step blind to the "
+                          "labels scores 1/2)", 0.0, 1.0),
+    "c4_velocity_fall": ("C4': least factor by which the largest weight velocity falls over the run when gamma > 0 "
+                         "(and most, when gamma = 0)", 1.0, math.inf),
+    "c4_ratio_spread": ("C4': largest max/min over post-filtering of velocity / sqrt(L_meta) (1: exact "
+                        "proportionality)", 1.0, math.inf),
+    "c5_rate_error": ("C5': largest error of the predicted post-filtering contraction rate rho, as a fraction of "
+                      "1 - rho", 0.0, math.inf),
+    "c6_noisy_zero": ("C6: least share of noisy examples at w = 0, at T_filter and at the end", 0.0, 1.0),
+    "c6_clean_zero": ("C6: largest share of clean examples at w = 0, at T_filter and at the end", 0.0, 1.0),
+    "c7_alignment_flip": ("C7: largest mean flip rate of the weight velocity's sign in alignment", 0.0, 1.0),
+    "c12_auc_drop": ("C12: least fall of the AUC of w from its peak to the end", 0.0, 1.0),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Thresholds:
     """What each claim under test is held to (docs/theory.md section 4.1), each chosen so that a wrong theory misses.
 
-    c3_first_step_auc : least AUC of the first weight step as a clean-vs-noisy
-        score (a step blind to the labels scores 1/2).
-    c4_velocity_fall : least factor by which the largest weight velocity falls
-        over the run when ``gamma > 0`` (and most, when ``gamma = 0``).
-    c4_ratio_spread : largest max/min over post-filtering of ``velocity /
-        sqrt(L_meta)`` (proportionality; 1 is exact).
-    c5_rate_error : largest error of the predicted post-filtering rate
-        ``rho``, relative to ``1 - rho`` (the kernel's eigenvalues span orders
-        of magnitude, so a wrong spectrum or moving weights miss by far more).
-    c6_noisy_zero, c6_clean_zero : least share of noisy and largest share of
-        clean examples at ``w = 0``, at ``T_filter`` and at the end.
-    c7_alignment_flip : largest mean C7 flip rate in alignment.
-    c12_auc_drop : least fall of the AUC of ``w`` from its peak to the end.
+    :data:`THRESHOLD_DOCS` gives each field's meaning, unit and sensible range; ``python -m phases.simulate``
+    sets them with ``--c3-first-step-auc`` and so on. The C5' rate error is relative because the kernel's
+    eigenvalues span orders of magnitude, so a wrong spectrum or moving weights miss by far more.
     """
 
     c3_first_step_auc: float = 0.75
@@ -56,6 +63,12 @@ class Thresholds:
     c6_clean_zero: float = 0.1
     c7_alignment_flip: float = 0.01
     c12_auc_drop: float = 0.02
+
+    def __post_init__(self):
+        for name, (_, low, high) in THRESHOLD_DOCS.items():
+            value = getattr(self, name)
+            if not low <= value <= high or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number in [{low:g}, {high:g}], got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -57,15 +57,16 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def bounded(kind: type, low: float, strict: bool = False) -> Callable[[str], float]:
-    """An argument type: a finite ``kind(text)`` that must be ``> low`` (``strict``) or ``>= low``."""
+def bounded(kind: type, low: float, high: float = math.inf, *, strict: bool = False) -> Callable[[str], float]:
+    """An argument type: a finite ``kind(text)`` that must be ``> low`` (``strict``) or ``>= low``, and ``<= high``."""
 
     def parse(text):
         value = kind(text)
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-        if value < low or (strict and value == low):
-            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low}, got {text}")
+        if value < low or (strict and value == low) or value > high:
+            bounds = f"{'>' if strict else '>='} {low:g}" + ("" if high == math.inf else f" and <= {high:g}")
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
         return value
 
     return parse

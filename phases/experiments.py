@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from dynamics.config import MetaConfig
+from phases.claims import Thresholds
 from phases.detect import PhaseParams, Phases, detect_phases
 
 CIFAR10N_DATASETS = ("cifar10n-aggre", "cifar10n-random1", "cifar10n-random2", "cifar10n-random3", "cifar10n-worse")
@@ -101,6 +102,15 @@ class SimulationConfig:
     min_window: int = PhaseParams().min_window
     tau: float = PhaseParams().tau
     tau_w: float = PhaseParams().tau_w
+    # Claim thresholds (phases.claims.THRESHOLD_DOCS; docs/theory.md section 4.1).
+    c3_first_step_auc: float = Thresholds().c3_first_step_auc
+    c4_velocity_fall: float = Thresholds().c4_velocity_fall
+    c4_ratio_spread: float = Thresholds().c4_ratio_spread
+    c5_rate_error: float = Thresholds().c5_rate_error
+    c6_noisy_zero: float = Thresholds().c6_noisy_zero
+    c6_clean_zero: float = Thresholds().c6_clean_zero
+    c7_alignment_flip: float = Thresholds().c7_alignment_flip
+    c12_auc_drop: float = Thresholds().c12_auc_drop
     features: str | None = None
     data_dir: str | None = None
     cache_dir: str | None = None
@@ -168,6 +178,9 @@ class SimulationConfig:
 
     def phase_params(self) -> PhaseParams:
         return PhaseParams(self.align_fraction, self.window, self.min_window, self.tau, self.tau_w)
+
+    def thresholds(self) -> Thresholds:
+        return Thresholds(**{field.name: getattr(self, field.name) for field in dataclasses.fields(Thresholds)})
 
     def meta_config(self) -> MetaConfig:
         return MetaConfig(loss=self.loss, variant=self.variant, eta=self.eta, beta=self.beta, gamma=self.gamma,
@@ -268,6 +281,7 @@ class SimulationConfig:
         from dynamics.checks import check_memory
 
         self.phase_params()
+        self.thresholds()
         self.meta_config()
         if self.on_features:
             return self._validate_features(force)
@@ -455,7 +469,7 @@ def run_simulation(config: SimulationConfig = SimulationConfig(), *, progress: C
         eigenvectors = _top_eigenvectors(blocks.K_XX, problem.num_classes)
         prediction = _rate_prediction(problem, blocks, meta, trajectory, phases, config.seed, initial_outputs)
         checked = check_claims(trajectory, phases, problem=problem, eigenvectors=eigenvectors,
-                               rate_prediction=prediction)
+                               rate_prediction=prediction, thresholds=config.thresholds())
     return SimulationResult(config, problem, blocks, trajectory, phases, summary(trajectory, phases, checked))
 
 
@@ -512,7 +526,7 @@ def _run_on_features(config: SimulationConfig, problem, *, progress, announce, c
         eigenvectors = feature_eigenvectors(operator, problem.num_classes) if problem.has_y_true else None
         prediction = _rate_prediction(base, operator, meta, trajectory, phases, config.seed, initial_outputs)
         checked = check_claims(trajectory, phases, problem=base, eigenvectors=eigenvectors,
-                               rate_prediction=prediction)
+                               rate_prediction=prediction, thresholds=config.thresholds())
         if not problem.has_y_true:
             checked = [_without_mask(claim) if claim.id in NEEDS_Y_TRUE else claim for claim in checked]
     result = summary(trajectory, phases, checked) | {"y_true": problem.has_y_true}

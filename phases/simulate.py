@@ -36,6 +36,7 @@ import time
 from phases.cli import ArgumentParser, HelpFormatter, OutputDirectory, UserError, add_output_arguments, \
     add_size_arguments, bounded, parse_settings, positive_int, refuse_jax_cache, run_main
 from dynamics.embeddings import EXTRACTOR_NAMES, IMAGE_SIZES
+from phases.claims import THRESHOLD_DOCS
 from phases.experiments import DATASETS, INITS, NOISE_TYPES, SimulationConfig, read_settings
 
 PROG = "python -m phases.simulate"
@@ -110,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="plateau: L_meta fell by less than tau * L_meta(0) over the window")
     ph.add_argument("--tau-w", type=float, default=d.tau_w,
                     help="T_freeze: the share of noisy examples at w = 0 never again grows by tau_w or more")
+    thresholds = parser.add_argument_group("claim thresholds (docs/theory.md section 4.1)")
+    for name, (meaning, low, high) in THRESHOLD_DOCS.items():
+        thresholds.add_argument(f"--{name.replace('_', '-')}", type=bounded(float, low, high),
+                                default=getattr(d, name), metavar="X", help=meaning)
     study = parser.add_argument_group("claims over seeds")
     study.add_argument("--seeds", type=seed_list, default=None, metavar="SEEDS",
                        help="run the configuration at every seed of SEEDS (e.g. 0-19 or 0,3,7) and report each "

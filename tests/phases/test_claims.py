@@ -279,3 +279,10 @@ def test_c9_on_features_uses_the_top_singular_vectors():
     np.testing.assert_allclose(np.abs(U.T @ V[:, :4]), np.eye(4), atol=1e-8)
     Y = np.eye(4)[problem.y_true]
     assert top_energy_share(U, Y, 4) == pytest.approx(top_energy_share(V, Y, 4), rel=1e-10)
+
+
+@pytest.mark.parametrize("name, value", [("c3_first_step_auc", 1.5), ("c4_velocity_fall", 0.5),
+                                         ("c6_clean_zero", -0.1), ("c12_auc_drop", float("nan"))])
+def test_a_threshold_outside_its_range_is_refused(name, value):
+    with pytest.raises(ValueError, match=name):
+        Thresholds(**{name: value})
