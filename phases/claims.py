@@ -21,6 +21,7 @@ import dataclasses
 import math
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from kernels.spectral import top_energy_share
 from phases.detect import NO_PHASES, Phases
@@ -261,7 +262,8 @@ def predict_post_filtering_rate(problem, blocks, trajectory, phases: Phases, out
     w = trajectory.w[_at(trajectory, phases.T_filter)]
     root = np.sqrt(np.concatenate([w, np.full(m, gamma)]))
     K = np.block([[blocks.K_XX, blocks.K_VX.T], [blocks.K_VX, blocks.K_VV]])
-    eigenvalues, V = np.linalg.eigh(root[:, None] * K * root[None, :])
+    with threadpool_limits(1):  # as phases.experiments._top_eigenvectors: threads only slow eigh down here
+        eigenvalues, V = np.linalg.eigh(root[:, None] * K * root[None, :])
     Y = np.eye(C)[np.concatenate([problem.y_noisy, problem.y_meta])]
     coefficients = V.T @ (root[:, None] * (outputs_at_filter - Y))  # (n + m, C)
     energy = np.sum(V[n:] ** 2, axis=0) * np.sum(coefficients ** 2, axis=1)

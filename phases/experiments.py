@@ -580,9 +580,13 @@ def _top_eigenvectors(K: np.ndarray, k: int) -> np.ndarray:
     """``(n, k)``: the eigenvectors of the top ``k`` eigenvalues of ``K``, descending (all C9 reads; a full
     ``eigh`` costs several times more)."""
     import scipy.linalg
+    from threadpoolctl import threadpool_limits
 
     n = K.shape[0]
-    _, vectors = scipy.linalg.eigh(K, subset_by_index=[max(n - k, 0), n - 1])
+    # One BLAS thread: the reduction to tridiagonal form is a chain of small operations, which threads slow down
+    # (0.1 s alone, up to 10 s when other processes share the cores).
+    with threadpool_limits(1):
+        _, vectors = scipy.linalg.eigh(K, subset_by_index=[max(n - k, 0), n - 1])
     return vectors[:, ::-1]
 
 
