@@ -112,7 +112,8 @@ def build_parser() -> ArgumentParser:
                              f"(default {DEFAULT_STEPS} by size, else 20); the plain-product loop runs as many")
     parser.add_argument("--feature-sizes", type=_size, nargs="*", default=list(DEFAULT_FEATURE_SIZES),
                         help="training set sizes n of the feature route (none: skip it)")
-    parser.add_argument("--feature-width", type=positive_int, default=1024, help="number of features D")
+    parser.add_argument("--feature-width", type=positive_int, nargs="+", default=[1024, 4096],
+                        help="numbers of features D of the feature route; every size runs at every D")
     parser.add_argument("--feature-steps", type=positive_int, nargs="+", default=None,
                         help=f"timed steps per feature size, as --steps (default {DEFAULT_FEATURE_STEPS} by size, "
                              "else 10)")
@@ -130,6 +131,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--feature-worker", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker-steps", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-width", type=int, default=None, help=argparse.SUPPRESS)
     return parser
 
 
@@ -172,6 +174,54 @@ def _status_mb(field):
 
 def _maxrss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+
+
+def yardstick(array_mb=512, gemm_n=2048, repeats=3):
+    """This process's measured limits, taken just before a size is timed (same machine state):
+
+    * ``copy_gb_s``: a STREAM-like copy of a ``array_mb`` float64 array (far beyond the caches), split over
+      ``os.cpu_count()`` threads (numpy releases the GIL in the copy); bytes counted as read + write;
+    * ``gemm_gflop_s``: a ``gemm_n``-square float64 matrix product through numpy's BLAS (all its threads).
+
+    Best of ``repeats`` each: a limit is what the machine can reach, so the fastest try estimates it best.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    size = array_mb * 2**20 // 8
+    source, target = np.ones(size), np.empty(size)
+    threads = os.cpu_count() or 1
+    chunks = np.array_split(np.arange(size), threads)
+    bounds = [(int(c[0]), int(c[-1]) + 1) for c in chunks if len(c)]
+    copy = []
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            list(pool.map(lambda b: np.copyto(target[b[0]:b[1]], source[b[0]:b[1]]), bounds))
+            copy.append(time.perf_counter() - start)
+    del source, target
+    a = np.random.default_rng(0).standard_normal((gemm_n, gemm_n))
+    gemm = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ a
+        gemm.append(time.perf_counter() - start)
+    return dict(copy_gb_s=2 * size * 8 / min(copy) / 1e9, copy_threads=threads,
+                gemm_gflop_s=2 * gemm_n**3 / min(gemm) / 1e9)
+
+
+def against_limits(result: dict, step_bytes: int) -> None:
+    """Add the step's achieved GB/s and GFLOP/s, each limit's floor time per step, which one binds, and the share
+    of that floor the step reaches (1: at the limit)."""
+    limits = result["limits"]
+    seconds = 1 / result["steps_per_second"]
+    floors = {"bandwidth": step_bytes / (limits["copy_gb_s"] * 1e9),
+              "flops": result["step_flops"] / (limits["gemm_gflop_s"] * 1e9)}
+    binding = max(floors, key=floors.get)
+    result.update(step_bytes=step_bytes, achieved_gb_s=step_bytes / seconds / 1e9,
+                  achieved_gflop_s=result["step_flops"] / seconds / 1e9, binding_limit=binding,
+                  share_of_limit=floors[binding] / seconds)
 
 
 def step_flops(n, m, C):
@@ -476,6 +526,8 @@ def run_size(n, steps, rounds, compare, widths, repeats, seed):
     device_blocks = jax.block_until_ready(jax.device_put(blocks))
     result["transfer_seconds"] = time.perf_counter() - start
 
+    _progress(f"n={n}: the machine's limits (copy bandwidth, matrix-product peak)")
+    result["limits"] = yardstick()
     _progress(f"n={n}: compiling the step and the plain-product loop")
     step_loop = _step_loop(problem, device_blocks, config_eta, steps)
     plain = _plain_product_loop(device_blocks.K_X, n, steps)
@@ -486,7 +538,7 @@ def run_size(n, steps, rounds, compare, widths, repeats, seed):
                   step_flops=step_flops(n, m, C),
                   # Each step reads K_X and K_V once and their clean-subset rows K_VX, K_VV once more in the score.
                   step_kernel_bytes=8 * ((n + m) * (n + m) + 2 * m * n + m * m))
-    result["effective_bandwidth_gb_s"] = result["step_kernel_bytes"] * result["steps_per_second"] / 1e9
+    against_limits(result, result["step_kernel_bytes"])
     del device_blocks
 
     _progress(f"n={n}: simulate() end to end (a compiling call, then a timed one)")
@@ -501,12 +553,39 @@ def run_size(n, steps, rounds, compare, widths, repeats, seed):
                   # What one simulate() call needs on top of what was resident (the blocks, the step loop's state).
                   simulate_extra_rss_mb=peak - rss_before if peak and rss_before else None,
                   final_clean_loss=float(trajectory.clean_loss[-1]))
+    result["float32"] = _float32_kernel(problem, blocks, config, config_eta, steps, rounds, step_loop, trajectory)
     if compare:
         _progress(f"n={n}: closed-form weight step against autodiff")
         result["comparisons"] = _compare_weight_steps(trajectory, problem, blocks, seed, widths, repeats)
     result["maxrss_mb"] = _maxrss_mb()
     result["load_end"] = _load()
     return result
+
+
+def _float32_kernel(problem, blocks, config, config_eta, steps, rounds, float64_loop, reference):
+    """The same size with the blocks stored in float32 (``--kernel-dtype float32``): steps/s of the public step,
+    timed in rounds alternating with the float64 loop ``float64_loop`` (the speed-up is the median of the
+    per-round ratios), the blocks' bytes, and the largest weight difference of a whole ``simulate()`` run against
+    the float64 one (``reference``)."""
+    import jax
+    import numpy as np
+
+    from dynamics.operators import KernelBlocks
+    from dynamics.simulator import simulate
+
+    n = problem.sizes[0]
+    single = KernelBlocks(*(block.astype(np.float32) for block in blocks.arrays().values()))
+    _progress(f"n={n}: float32 blocks, {steps} steps")
+    device = jax.block_until_ready(jax.device_put(single))
+    float32_loop = _step_loop(problem, device, config_eta, steps)
+    pairs = [(float64_loop()[0], float32_loop()[0]) for _ in range(rounds)]
+    del device, float32_loop
+    trajectory = simulate(problem, single, config)
+    return dict(steps_per_second=steps / float(np.median([pair[1] for pair in pairs])),
+                speedup=float(np.median([pair[0] / pair[1] for pair in pairs])),
+                kernel_block_bytes=sum(a.nbytes for a in (single.K_X, single.K_V, single.K_TX, single.K_TV)),
+                max_weight_difference=float(np.abs(trajectory.w - reference.w).max()),
+                same_zero_set=bool(np.array_equal(trajectory.w[-1] == 0, reference.w[-1] == 0)))
 
 
 def run_features(n, D, steps, rounds, seed):
@@ -542,6 +621,8 @@ def run_features(n, D, steps, rounds, seed):
     device_features = jax.block_until_ready(jax.device_put(features))
     result["transfer_seconds"] = time.perf_counter() - start
 
+    _progress(f"features n={n}, D={D}: the machine's limits (copy bandwidth, matrix-product peak)")
+    result["limits"] = yardstick()
     _progress(f"features n={n}: compiling the step and the plain-product loop")
     step_loop = _step_loop(problem, device_features, config, steps)
     plain = _plain_feature_loop(device_features.Phi, steps)
@@ -551,6 +632,8 @@ def run_features(n, D, steps, rounds, seed):
     result.update(_summary(rounds_out), rounds=rounds_out, plain_seconds=plain_seconds, eta=eta,
                   step_flops=feature_step_flops(n, m, D, C), final_weight_mean=float(np.mean(state.w)),
                   maxrss_mb=_maxrss_mb(), load_end=_load())
+    # Each product of feature_step_flops streams its feature matrix once: Phi four times, Psi five.
+    against_limits(result, 8 * D * (4 * n + 5 * m))
     return result
 
 
@@ -561,7 +644,8 @@ def run_features(n, D, steps, rounds, seed):
 def _format_tables(results, features):
     lines = []
     header = (f"{'n':>5} {'m=p':>4} {'steps':>5} {'steps/s':>8} {'GFLOP/step':>10} {'GFLOP/s':>8} "
-              f"{'plain GFLOP/s':>13} {'ratio':>5} {'ratio range':>11} {'GB/s':>5} {'e2e steps/s':>11} "
+              f"{'plain GFLOP/s':>13} {'ratio':>5} {'ratio range':>11} {'GB/s':>5} {'limit':>9} {'share':>5} "
+              f"{'e2e steps/s':>11} "
               f"{'eta solve s':>11} {'kernel MB':>9} {'sim +RSS MB':>11} {'maxrss MB':>9}")
     if results:
         lines += ["Dense route (KernelBlocks; full batch, C=10, MSE, meta variant; public step on device-resident "
@@ -572,7 +656,8 @@ def _format_tables(results, features):
             f"{r['n']:>5} {r['m']:>4} {r['steps']:>5} {r['steps_per_second']:>8.2f} {r['step_flops'] / 1e9:>10.3f} "
             f"{r['achieved_flops_per_second'] / 1e9:>8.2f} {r['plain_flops_per_second'] / 1e9:>13.2f} "
             f"{r['flops_ratio']:>5.2f} {r['flops_ratio_range'][0]:>5.2f}-{r['flops_ratio_range'][1]:<5.2f} "
-            f"{r['effective_bandwidth_gb_s']:>5.2f} {r['end_to_end_steps_per_second']:>11.2f} "
+            f"{r['achieved_gb_s']:>5.1f} {r['binding_limit']:>9} {r['share_of_limit']:>5.2f} "
+            f"{r['end_to_end_steps_per_second']:>11.2f} "
             f"{r['default_eta_seconds']:>11.2f} {r['kernel_block_bytes'] / 2**20:>9.0f} "
             f"{'n/a' if extra is None else f'{extra:.0f}':>11} {r['maxrss_mb']:>9.0f}")
     if results:
@@ -581,32 +666,53 @@ def _format_tables(results, features):
             "rounds; nothing subtracted.",
             "ratio: achieved FLOP/s over that of a jitted loop of plain (n+m, n) @ (n, C) products timed just before "
             "and after it in the same process; median and range over the rounds.",
+            "GB/s: kernel bytes a step reads (K_X, K_V, and the clean rows once more) per second; limit: which of the "
+            "machine's limits measured in the same process binds (bandwidth: a threaded STREAM-like copy; flops: a "
+            "float64 BLAS matrix product), share: that limit's floor time per step over the measured time (1: at "
+            "the limit).",
             "e2e steps/s: steps over a whole simulate() call (record_every = steps), which also solves lambda_max "
             "twice (eta solve s), copies the blocks to the device and records twice.",
             "kernel MB: the stored blocks (K_X = [K_XX; K_VX], K_V = [K_VX^T; K_VV], K_TX, K_TV); sim +RSS: resident "
             "high-water mark of the timed simulate() call above what was resident before it; maxrss: ru_maxrss of "
             "the whole process (kernel construction included).",
         ]
+    if results:
+        header = f"{'n':>5} {'f64 steps/s':>11} {'f32 steps/s':>11} {'speed-up':>8} {'f32 kernel MB':>13} " \
+                 f"{'max |w32 - w64|':>15} {'same w=0 set':>12}"
+        lines += ["", "Kernel stored in float32 (--kernel-dtype float32; products in float32, state float64)", header,
+                  "-" * len(header)]
+        for r in results:
+            f = r["float32"]
+            lines.append(f"{r['n']:>5} {r['steps_per_second']:>11.2f} {f['steps_per_second']:>11.2f} "
+                         f"{f['speedup']:>7.2f}x {f['kernel_block_bytes'] / 2**20:>13.0f} "
+                         f"{f['max_weight_difference']:>15.1e} {str(f['same_zero_set']):>12}")
+        lines.append("f32 steps/s: median of --rounds loops of the same steps, each right after a float64 loop; "
+                     "speed-up: median of the per-round ratios; max |w32 - w64|: over every recorded step of a whole "
+                     "simulate() run.")
     if features:
         dense = max(results, key=lambda r: r["n"]) if results else None
         header = (f"{'n':>6} {'m=p':>5} {'D':>5} {'steps':>5} {'steps/s':>8} {'GFLOP/step':>10} {'GFLOP/s':>8} "
-                  f"{'plain GFLOP/s':>13} {'ratio':>5} {'eta solve s':>11} {'features MB':>11} {'maxrss MB':>9} "
-                  f"{'vs dense':>8}")
+                  f"{'plain GFLOP/s':>13} {'ratio':>5} {'GB/s':>5} {'limit':>9} {'share':>5} {'eta solve s':>11} "
+                  f"{'features MB':>11} {'maxrss MB':>9} {'vs dense':>8}")
         lines += ["", "Feature route (FeatureKernel, docs/theory.md section 8; full batch, C=10, MSE, meta variant; "
                   "public step on device-resident features)", header, "-" * len(header)]
         for r in features:
-            versus = f"{r['steps_per_second'] / dense['steps_per_second']:.1f}x" if dense else "n/a"
+            per_example = r["steps_per_second"] * r["n"] / (dense["steps_per_second"] * dense["n"]) if dense else None
+            versus = f"{per_example:.1f}x" if dense else "n/a"
             lines.append(
                 f"{r['n']:>6} {r['m']:>5} {r['D']:>5} {r['steps']:>5} {r['steps_per_second']:>8.2f} "
                 f"{r['step_flops'] / 1e9:>10.3f} {r['achieved_flops_per_second'] / 1e9:>8.2f} "
-                f"{r['plain_flops_per_second'] / 1e9:>13.2f} {r['flops_ratio']:>5.2f} "
+                f"{r['plain_flops_per_second'] / 1e9:>13.2f} {r['flops_ratio']:>5.2f} {r['achieved_gb_s']:>5.1f} "
+                f"{r['binding_limit']:>9} {r['share_of_limit']:>5.2f} "
                 f"{r['default_eta_seconds']:>11.2f} {r['feature_bytes'] / 2**20:>11.0f} {r['maxrss_mb']:>9.0f} "
                 f"{versus:>8}")
         lines += [
             "ratio: achieved FLOP/s over that of a jitted loop of theta - c Phi^T (Phi theta) timed around it; eta "
             "solve: Phi^T Phi, Psi^T Psi (D, D) and their top eigenvalues.",
-            (f"vs dense: steps/s over the dense route's at n={dense['n']} in this run (the dense (n, n) kernel at "
-             f"n=50,000 would be 20 GB)." if dense else "vs dense: no dense size in this run."),
+            "GB/s, limit, share: as above, with Phi read four times and Psi five per step.",
+            (f"vs dense: examples advanced per second (steps/s x n) over the dense route's at n={dense['n']} in this "
+             f"run (the dense (n, n) kernel at n=50,000 would be 20 GB)." if dense
+             else "vs dense: no dense size in this run."),
         ]
     comparisons = [c for r in results for c in r.get("comparisons", [])]
     if comparisons:
@@ -629,6 +735,11 @@ def _format_tables(results, features):
             "both routes clip identically (asserted to 1e-10).",
         ]
     everything = results + features
+    if everything:
+        copy, gemm = ([r["limits"][key] for r in everything] for key in ("copy_gb_s", "gemm_gflop_s"))
+        lines.append(f"Limits measured before each size: copy {min(copy):.1f}-{max(copy):.1f} GB/s "
+                     f"({everything[0]['limits']['copy_threads']} threads), float64 matrix product "
+                     f"{min(gemm):.1f}-{max(gemm):.1f} GFLOP/s.")
     loads = [r[key] for r in everything for key in ("load_start", "load_end") if r[key]]
     if loads:
         lines.append(f"Load average (1, 5, 15 min) during the run: {min(l[0] for l in loads):.1f}-"
@@ -649,7 +760,7 @@ def _worker(args, *flags):
     """Run one size in a fresh process; its last stdout line is the JSON result."""
     command = [sys.executable, os.path.abspath(__file__), *flags, "--rounds", str(args.rounds),
                "--compare-n", str(args.compare_n), "--repeats", str(args.repeats), "--seed", str(args.seed),
-               "--feature-width", str(args.feature_width), "--feature-widths", *map(str, args.feature_widths)]
+               "--feature-widths", *map(str, args.feature_widths)]
     completed = subprocess.run(command, stdout=subprocess.PIPE, text=True)
     if completed.returncode != 0:
         raise RuntimeError(f"the worker {' '.join(flags)} failed (exit {completed.returncode})")
@@ -666,7 +777,7 @@ def run(argv=None) -> None:
             result = run_size(args.worker, args.worker_steps, args.rounds, args.worker == args.compare_n,
                               args.feature_widths, args.repeats, args.seed)
         else:
-            result = run_features(args.feature_worker, args.feature_width, args.worker_steps, args.rounds, args.seed)
+            result = run_features(args.feature_worker, args.worker_width, args.worker_steps, args.rounds, args.seed)
         print(json.dumps(result))
         return
     steps = _per_size(args.steps, args.sizes, DEFAULT_STEPS, 20, "--steps")
@@ -677,8 +788,8 @@ def run(argv=None) -> None:
         raise UserError("nothing to measure: give --sizes or --feature-sizes")
 
     results = [_worker(args, "--worker", str(n), "--worker-steps", str(count)) for n, count in zip(args.sizes, steps)]
-    features = [_worker(args, "--feature-worker", str(n), "--worker-steps", str(count))
-                for n, count in zip(args.feature_sizes, feature_steps)]
+    features = [_worker(args, "--feature-worker", str(n), "--worker-width", str(D), "--worker-steps", str(count))
+                for n, count in zip(args.feature_sizes, feature_steps) for D in args.feature_width]
     table = _format_tables(results, features)
     print(table)
     payload = {"config": {"sizes": args.sizes, "steps": steps, "feature_sizes": args.feature_sizes,

@@ -22,7 +22,10 @@ over any implementation through the same code. Two implementations:
   step costs ``O((n + m + p) D C)`` and memory is ``O((n + m + p) D)``: no
   ``(n, n)`` or ``(n, m)`` matrix is ever formed (docs/theory.md section 8).
 
-Both are immutable JAX pytrees of float64 arrays: pass them to jitted code,
+Both are immutable JAX pytrees of float64 arrays (:class:`KernelBlocks` may
+hold float32 blocks for large n: its products then round their right-hand
+side to float32 and return float64, the state stays float64; docs/theory.md
+section 2): pass them to jitted code,
 ``jax.device_put`` them once. Their spectral and per-example methods
 (``lambda_max``, ``k_meta_norm``, ...) run on the host in numpy, once per
 run, and are never called inside a step (docs/architecture.md, convention 2).
@@ -95,16 +98,34 @@ class KernelOperator(Protocol):
         """``(n,)``: ``||k(x_i, X_meta)||_2``, the column norms of ``K_VX`` (the C4 bound's kernel factor)."""
 
 
-def _top_eigenvalue(K) -> float:
+def _top_eigenvalue(K, tol: float = 1e-12) -> float:
     """Largest eigenvalue of the symmetric ``K`` (an array or a ``LinearOperator``) by Lanczos."""
     if K.shape[0] <= 2:
         return float(np.linalg.eigvalsh(K @ np.eye(K.shape[0]))[-1])
     v0 = np.ones(K.shape[0])  # fixed start vector: the same eigenvalue, bit for bit, every call
-    return float(scipy.sparse.linalg.eigsh(K, k=1, which="LA", v0=v0, tol=1e-12)[0][0])
+    return float(scipy.sparse.linalg.eigsh(K, k=1, which="LA", v0=v0, tol=tol)[0][0])
 
 
 def _host(array) -> np.ndarray:
     return np.asarray(array, dtype=np.float64)
+
+
+def _product(K, X):
+    """``K @ X`` in the precision of ``K``, returned in that of ``X``: a float32 kernel multiplies a float32 copy
+    of the (thin) right-hand side instead of being converted (a float64 copy of the kernel per product)."""
+    if K.dtype == X.dtype:
+        return K @ X
+    return (K @ X.astype(K.dtype)).astype(X.dtype)
+
+
+def _top_eigenvalue_of_symmetric(K) -> float:
+    """:func:`_top_eigenvalue` of a stored matrix, in float64 whatever ``K``'s precision: a float32 matrix is
+    applied in float32 to each Lanczos vector, to the float32 tolerance."""
+    if K.dtype == np.float64:
+        return _top_eigenvalue(K)
+    operator = scipy.sparse.linalg.LinearOperator(K.shape, matvec=lambda v: _product(K, np.ravel(v)),
+                                                  dtype=np.float64)
+    return _top_eigenvalue(operator, tol=1e-6)
 
 
 def _new(cls, **fields):
@@ -129,7 +150,7 @@ def _describe(operator, **extra) -> str:
 @jax.tree_util.register_pytree_node_class
 @dataclasses.dataclass(frozen=True, init=False, repr=False, eq=False)
 class KernelBlocks:
-    """The dense kernel blocks of docs/theory.md section 2, float64.
+    """The dense kernel blocks of docs/theory.md section 2, float64 (or all float32, for large n).
 
     ``KernelBlocks(K_XX, K_VX, K_VV, K_TX, K_TV)`` with
 
@@ -141,6 +162,11 @@ class KernelBlocks:
     the update of all train and clean outputs is one product per batch and no
     copy of the kernel is made per run; ``K_XX``, ``K_VX`` and ``K_VV`` are
     read-only views into that storage.
+
+    Blocks given in float32 (all of them) are kept in float32: half the memory
+    and, the step being bound by reading the kernel, about twice the speed; the
+    state and every result stay float64 (see :func:`_product`). Any other type
+    is converted to float64.
     """
 
     K_X: np.ndarray
@@ -149,7 +175,9 @@ class KernelBlocks:
     K_TV: np.ndarray
 
     def __init__(self, K_XX, K_VX, K_VV, K_TX, K_TV):
-        K_XX, K_VX, K_VV, K_TX, K_TV = (_host(a) for a in (K_XX, K_VX, K_VV, K_TX, K_TV))
+        blocks = [np.asarray(a) for a in (K_XX, K_VX, K_VV, K_TX, K_TV)]
+        dtype = np.float32 if all(a.dtype == np.float32 for a in blocks) else np.float64
+        K_XX, K_VX, K_VV, K_TX, K_TV = (a.astype(dtype, copy=False) for a in blocks)
         n, m, p = K_XX.shape[0], K_VV.shape[0], K_TX.shape[0]
         expected = {"K_XX": (n, n), "K_VX": (m, n), "K_VV": (m, m), "K_TX": (p, n), "K_TV": (p, m)}
         for name, array in zip(_BLOCKS, (K_XX, K_VX, K_VV, K_TX, K_TV)):
@@ -196,6 +224,11 @@ class KernelBlocks:
         X, V, T = problem.X, problem.X_meta, problem.X_test
         return cls(kernel_fn(X, X), kernel_fn(V, X), kernel_fn(V, V), kernel_fn(T, X), kernel_fn(T, V))
 
+    @property
+    def dtype(self) -> np.dtype:
+        """The blocks' storage precision (float64, or float32 for large n)."""
+        return self.K_X.dtype
+
     def arrays(self) -> dict[str, np.ndarray]:
         """The five blocks by name (views into the stored arrays)."""
         return {name: getattr(self, name) for name in _BLOCKS}
@@ -217,7 +250,7 @@ class KernelBlocks:
         return _DenseBatch(K_XB, K_VB, K_XB[meta_rows], K_VB[meta_rows])
 
     def apply_test(self, G, R_meta, gamma: float):
-        return self.K_TX @ G + gamma * (self.K_TV @ R_meta)
+        return _product(self.K_TX, G) + gamma * _product(self.K_TV, R_meta)
 
     # -- once per run (numpy) -------------------------------------------------------------------------------------
 
@@ -229,19 +262,20 @@ class KernelBlocks:
         Lanczos on the blocks: the joint matrix is never formed.
         """
         n, m, _ = self.sizes
-        K_XX, K_VX, K_VV = _host(self.K_XX), _host(self.K_VX), _host(self.K_VV)
+        K_XX, K_VX, K_VV = (np.asarray(a) for a in (self.K_XX, self.K_VX, self.K_VV))
         root = np.sqrt(gamma)
 
         def matvec(v):
             v = np.ravel(v)
             top, bottom = v[:n], root * v[n:]
-            return np.concatenate([K_XX @ top + K_VX.T @ bottom, root * (K_VX @ top + K_VV @ bottom)])
+            return np.concatenate([_product(K_XX, top) + _product(K_VX.T, bottom),
+                                   root * (_product(K_VX, top) + _product(K_VV, bottom))])
 
         operator = scipy.sparse.linalg.LinearOperator((n + m, n + m), matvec=matvec, dtype=np.float64)
-        return _top_eigenvalue(operator)
+        return _top_eigenvalue(operator, tol=1e-12 if self.dtype == np.float64 else 1e-6)
 
     def lambda_max_train(self) -> float:
-        return _top_eigenvalue(_host(self.K_XX))
+        return _top_eigenvalue_of_symmetric(np.asarray(self.K_XX))
 
     def transpose_meta(self, R_meta: np.ndarray) -> np.ndarray:
         return _host(self.K_VX).T @ R_meta
@@ -261,13 +295,13 @@ class _DenseBatch:
     K_MM: jax.Array
 
     def apply(self, G, R_meta, gamma):
-        return self.K_XB @ G + gamma * (self.K_VB @ R_meta)
+        return _product(self.K_XB, G) + gamma * _product(self.K_VB, R_meta)
 
     def apply_meta_rows(self, G, R_meta, gamma):
-        return self.K_MB @ G + gamma * (self.K_MM @ R_meta)
+        return _product(self.K_MB, G) + gamma * _product(self.K_MM, R_meta)
 
     def transpose_meta_rows(self, R_meta):
-        return self.K_MB.T @ R_meta
+        return _product(self.K_MB.T, R_meta)
 
 
 def dense_meta_kernel(K_VX, K_VV) -> BatchKernel:

@@ -64,8 +64,9 @@ def _jitted_kernel_fn(spec: KernelSpec):
     return jax.jit(kernel_fn, static_argnames="get")
 
 
-def kernel(spec: KernelSpec, x1: np.ndarray, x2: np.ndarray | None = None, *, block_rows: int = 1024) -> np.ndarray:
-    """The scalar kernel ``k(x1_a, x2_b)`` of ``spec`` (NTK or NNGP), float64.
+def kernel(spec: KernelSpec, x1: np.ndarray, x2: np.ndarray | None = None, *, block_rows: int = 1024,
+           dtype=np.float64) -> np.ndarray:
+    """The scalar kernel ``k(x1_a, x2_b)`` of ``spec`` (NTK or NNGP), computed in float64.
 
     Parameters
     ----------
@@ -74,17 +75,19 @@ def kernel(spec: KernelSpec, x1: np.ndarray, x2: np.ndarray | None = None, *, bl
     block_rows : rows of ``x1`` per evaluation; intermediates hold
         ``O(block_rows * n2)`` numbers, so a 20000 x 2000 kernel never needs
         more than a bounded chunk of memory beyond its own output.
+    dtype : of the output; ``np.float32`` rounds each block as it is stored, so the float64 kernel is never
+        held whole (half the memory, for large n).
 
     Returns
     -------
-    (n1, n2) float64 array.
+    (n1, n2) array of ``dtype``.
     """
     x1 = np.asarray(x1, dtype=np.float64)
     x2 = x1 if x2 is None else np.asarray(x2, dtype=np.float64)
     if x1.ndim != 2 or x2.ndim != 2 or x1.shape[1] != x2.shape[1]:
         raise ValueError(f"inputs must be 2-D with equal feature counts, got {x1.shape} and {x2.shape}")
     kernel_fn = _jitted_kernel_fn(spec)
-    out = np.empty((x1.shape[0], x2.shape[0]))
+    out = np.empty((x1.shape[0], x2.shape[0]), dtype=dtype)
     for start in range(0, x1.shape[0], block_rows):
         block = x1[start:start + block_rows]
         out[start:start + len(block)] = np.asarray(kernel_fn(block, x2, get=spec.kind))

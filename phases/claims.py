@@ -261,7 +261,7 @@ def predict_post_filtering_rate(problem, blocks, trajectory, phases: Phases, out
     eta, gamma = config["eta"], config["gamma"]
     w = trajectory.w[_at(trajectory, phases.T_filter)]
     root = np.sqrt(np.concatenate([w, np.full(m, gamma)]))
-    K = np.block([[blocks.K_XX, blocks.K_VX.T], [blocks.K_VX, blocks.K_VV]])
+    K = np.block([[blocks.K_XX, blocks.K_VX.T], [blocks.K_VX, blocks.K_VV]]).astype(np.float64, copy=False)
     with threadpool_limits(1):  # as phases.experiments._top_eigenvectors: threads only slow eigh down here
         eigenvalues, V = np.linalg.eigh(root[:, None] * K * root[None, :])
     Y = np.eye(C)[np.concatenate([problem.y_noisy, problem.y_meta])]

@@ -26,6 +26,8 @@ from dynamics.config import MetaConfig
 from phases.claims import Thresholds
 from phases.detect import PhaseParams, Phases, detect_phases
 
+#: Storage precision of the dense kernel blocks (the dynamics stay float64; dynamics.operators.KernelBlocks).
+KERNEL_DTYPES = ("float64", "float32")
 CIFAR10N_DATASETS = ("cifar10n-aggre", "cifar10n-random1", "cifar10n-random2", "cifar10n-random3", "cifar10n-worse")
 #: Datasets whose kernel is the linear kernel of explicit features (docs/theory.md section 8): a features file, or
 #: frozen CIFAR-10 embeddings with a CIFAR-10N label set.
@@ -47,7 +49,9 @@ class SimulationConfig:
     ``classes`` C and ``dim`` d (gmm), sizes ``n, m, p`` (``p``: gmm only),
     ``separation`` and ``spread`` (gmm). Kernel: ``kernel`` (``ntk`` or ``nngp``)
     of a fully connected network of ``depth`` hidden layers, ``activation``,
-    ``w_std``, ``b_std``. Dynamics: the fields of
+    ``w_std``, ``b_std``, and ``kernel_dtype``, the storage of the dense blocks
+    (``float32``: half the memory, about twice the speed at large n; the
+    dynamics stay float64). Dynamics: the fields of
     :class:`dynamics.simulator.MetaConfig` plus ``init`` (initial outputs) and
     ``seed`` (problem, batches, perturbations). Phase detection: the fields of
     :class:`phases.detect.PhaseParams`.
@@ -83,6 +87,7 @@ class SimulationConfig:
     activation: str = "relu"
     w_std: float = math.sqrt(2.0)
     b_std: float = 0.0
+    kernel_dtype: str = "float64"
     # The dynamics: MetaConfig's own defaults, so the two cannot drift apart.
     variant: str = _DYNAMICS.variant
     loss: str = _DYNAMICS.loss
@@ -123,6 +128,7 @@ class SimulationConfig:
         if self.dataset is None:  # the command line leaves it unset: a features file implies dataset "features"
             object.__setattr__(self, "dataset", "gmm" if self.features is None else "features")
         for name, value, choices in (("dataset", self.dataset, DATASETS), ("noise_type", self.noise_type, NOISE_TYPES),
+                                     ("kernel_dtype", self.kernel_dtype, KERNEL_DTYPES),
                                      ("init", self.init, INITS), ("extractor", self.extractor, EXTRACTOR_NAMES),
                                      ("image_size", self.image_size, IMAGE_SIZES)):
             if value not in choices:
@@ -130,6 +136,8 @@ class SimulationConfig:
         if self.record_every > self.steps:
             raise ValueError(f"record_every must be at most steps = {self.steps}, got {self.record_every}")
         self._resolve_defaults()
+        if self.kernel_dtype != "float64" and self.on_features:
+            raise ValueError("kernel_dtype applies to the dense kernel; on features no kernel is formed")
         if (self.dataset == "features") != (self.features is not None):
             raise ValueError("features (a features file) goes with dataset 'features', and only with it"
                              if self.features is not None else "dataset 'features' needs features (a .npz file)")
@@ -271,7 +279,8 @@ class SimulationConfig:
             images = 12 * 60_000 * D if self.dataset in CIFAR10N_DATASETS else 0
             return 3 * features + images + 8 * 4 * D * D + 8 * 4 * (n + m) * self.classes + 48 * recorded * n
         n, m, p = self.n, self.m, self.p
-        return 8 * (2 * ((n + m) ** 2 + p * (n + m)) + 3 * (n + m) ** 2) + 48 * recorded * n
+        kernel = 4 if self.kernel_dtype == "float32" else 8
+        return kernel * 2 * ((n + m) ** 2 + p * (n + m)) + 8 * 3 * (n + m) ** 2 + 48 * recorded * n
 
     def validate(self, force: bool = False):
         """Build everything cheap that a bad value breaks (raises ``ValueError``); return the problem.
@@ -451,7 +460,7 @@ def run_simulation(config: SimulationConfig = SimulationConfig(), *, progress: C
     spec = config.kernel_spec()
     n, m, p = problem.sizes
     announce(f"problem: {problem.name}, n={n}, m={m}, p={p}, realised noise {problem.noise_rate:.3f}")
-    blocks = KernelBlocks.from_problem(problem, lambda a, b: kernel(spec, a, b))
+    blocks = KernelBlocks.from_problem(problem, lambda a, b: kernel(spec, a, b, dtype=config.kernel_dtype))
     initial_outputs = None
     if config.init == "gp":
         inputs = np.concatenate([problem.X, problem.X_meta, problem.X_test])

@@ -224,3 +224,25 @@ def test_feature_kernel_checks_its_widths_and_round_trips():
         FeatureKernel(features.Phi, features.Psi[:, :2], features.Phi_test)
     with pytest.raises(ValueError, match="2-d array"):
         FeatureKernel(features.Phi[0], features.Psi, features.Phi_test)
+
+
+def test_float32_blocks_multiply_in_float32_and_return_float64():
+    rng = np.random.default_rng(5)
+    n, m, p, C = 30, 6, 4, 3
+    A = rng.standard_normal((n + m + p, 8))
+    K = A @ A.T
+    blocks64 = KernelBlocks(K[:n, :n], K[n:n + m, :n], K[n:n + m, n:n + m], K[n + m:, :n], K[n + m:, n:n + m])
+    blocks32 = KernelBlocks(*(block.astype(np.float32) for block in blocks64.arrays().values()))
+    mixed = KernelBlocks(*(block.astype(np.float32) if name != "K_TV" else block
+                           for name, block in blocks64.arrays().items()))
+    assert blocks32.dtype == np.float32 and mixed.dtype == np.float64  # all float32, or float64
+    G, R = rng.standard_normal((n, C)), rng.standard_normal((m, C))
+    exact = blocks64.select(None, None).apply(jnp.asarray(G), jnp.asarray(R), 0.7)
+    rounded = blocks32.select(None, None).apply(jnp.asarray(G), jnp.asarray(R), 0.7)
+    single = K[:n + m, :n].astype(np.float32) @ G.astype(np.float32) + np.float32(0.7) * (
+        K[:n + m, n:n + m].astype(np.float32) @ R.astype(np.float32))  # an independent float32 product
+    assert rounded.dtype == jnp.float64
+    assert_close(np.asarray(rounded), single.astype(np.float64), rtol=1e-5, atol=1e-4)
+    assert 0 < np.abs(np.asarray(rounded) - np.asarray(exact)).max() < 1e-4 * np.abs(np.asarray(exact)).max()
+    assert blocks32.lambda_max_train() == pytest.approx(blocks64.lambda_max_train(), rel=1e-6)
+    assert blocks32.lambda_max(0.5) == pytest.approx(blocks64.lambda_max(0.5), rel=1e-6)

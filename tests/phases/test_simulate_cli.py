@@ -337,3 +337,35 @@ def test_the_readme_lists_every_claim_threshold_with_its_default():
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     for name in THRESHOLD_DOCS:
         assert f"| `--{name.replace('_', '-')}` | {getattr(Thresholds(), name):g} |" in readme, name
+
+
+def test_a_float32_kernel_gives_the_default_run_s_phases_and_verdicts():
+    import dataclasses
+
+    from phases.experiments import SimulationConfig, run_simulation
+
+    # The default problem and dynamics; without C7's perturbation draws, which cost 4 steps per step.
+    reference = run_simulation(SimulationConfig(perturb_draws=0))
+    single = run_simulation(SimulationConfig(perturb_draws=0, kernel_dtype="float32"))
+    assert single.blocks.dtype == np.float32 and single.trajectory.w.dtype == np.float64
+    for name in ("T_align", "T_filter", "plateau", "T_freeze"):
+        assert getattr(single.phases, name) == getattr(reference.phases, name), name
+    claims = {claim["id"]: claim for claim in reference.summary["claims"]}
+    for claim in single.summary["claims"]:
+        assert claim["verdict"] == claims[claim["id"]]["verdict"], claim["id"]
+        expected = claims[claim["id"]]["margin"]
+        assert claim["margin"] == (None if expected is None else pytest.approx(expected, rel=1e-3, abs=1e-6)), \
+            claim["id"]
+    difference = np.abs(single.trajectory.w - reference.trajectory.w).max()
+    assert 0 < difference < 1e-5  # float32 products do move the weights, by little
+    np.testing.assert_array_equal(single.trajectory.w[-1] == 0, reference.trajectory.w[-1] == 0)
+    assert dataclasses.asdict(single.config)["kernel_dtype"] == "float32"
+
+
+def test_kernel_dtype_is_refused_on_features(tmp_path, capsys):
+    from phases.simulate import main as simulate_main
+
+    assert simulate_main(["--features", str(tmp_path / "f.npz"), "--kernel-dtype", "float32",
+                          "--out", str(tmp_path / "run")]) == 2
+    assert "--kernel-dtype applies to the dense kernel" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
