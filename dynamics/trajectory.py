@@ -210,8 +210,28 @@ def _auc(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
     if n_pos == 0 or n_neg == 0:
         return np.full(scores.shape[0], np.nan)
-    from scipy.stats import rankdata
-
-    ranks = rankdata(scores, axis=1)  # average ranks handle ties
+    ranks = average_ranks(scores)  # average ranks handle ties
     rank_sum = ranks[:, positive].sum(axis=1)
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def average_ranks(scores: np.ndarray) -> np.ndarray:
+    """``(T, n)``: the rank of each entry within its row, 1 to n, tied entries sharing the mean of their ranks.
+
+    What ``scipy.stats.rankdata(scores, axis=1)`` computes, in numpy alone (importing ``scipy.stats`` costs half a
+    second, a tenth of the main command's run).
+    """
+    scores = np.atleast_2d(scores)
+    T, n = scores.shape
+    order = np.argsort(scores, axis=1)  # the order among equal values does not matter: they share one rank
+    ordered = np.take_along_axis(scores, order, axis=1)
+    starts = np.ones((T, n), dtype=bool)  # where a run of equal values begins, in sorted order; every row starts one
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    flat = starts.ravel()
+    group = np.cumsum(flat) - 1  # runs numbered across rows (a row's first entry always starts a run)
+    first = np.flatnonzero(flat) % n  # each run's first position within its row, 0-based
+    size = np.bincount(group)
+    mean_rank = first + (size + 1) / 2  # ranks first + 1 ... first + size, averaged
+    ranks = np.empty((T, n))
+    np.put_along_axis(ranks, order, mean_rank[group].reshape(T, n), axis=1)
+    return ranks
