@@ -971,5 +971,6 @@ def claims_over_seeds(records: list[dict]) -> list[dict]:
     for row in rows.values():
         margins = np.asarray(row.pop("margins"), dtype=np.float64)
         row["margin"] = None if margins.size == 0 else {
-            "min": float(margins.min()), "median": float(np.median(margins)), "max": float(margins.max())}
+            "min": float(margins.min()), "median": float(np.median(margins)), "max": float(margins.max()),
+            "mean": float(margins.mean()), "std": float(margins.std(ddof=1)) if margins.size > 1 else None}
     return list(rows.values())

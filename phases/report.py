@@ -167,8 +167,10 @@ def final_line(final: dict) -> str:
 
 
 def seeds_table(rows: list[dict], seeds: list[int]) -> str:
-    """Claims over seeds: verdict counts and the margin's minimum / median / maximum, theory first."""
-    header = f"{'claim':<8}{'holds':>7}{'fails':>7}{'n/a':>5}{'margin min':>12}{'median':>10}{'max':>10}  failed at seeds"
+    """Claims over seeds: verdict counts and the margin's mean +- standard deviation (over seeds) and minimum /
+    median / maximum, theory first."""
+    header = (f"{'claim':<8}{'holds':>7}{'fails':>7}{'n/a':>5}{'margin mean +- std':>22}{'min':>10}{'median':>10}"
+              f"{'max':>10}  failed at seeds")
     lines = [f"Claims over {len(seeds)} seeds ({seeds[0]}-{seeds[-1]}):" if seeds == list(range(seeds[0], seeds[-1] + 1))
              else f"Claims over seeds {seeds}:", header, "-" * len(header)]
     for kind, title in _KINDS:
@@ -177,8 +179,9 @@ def seeds_table(rows: list[dict], seeds: list[int]) -> str:
             lines.append(title)
         for row in group:
             margin = row["margin"] or {}
-            cells = "".join(f"{_fmt(margin.get(key), '+.3g'):>{width}}"
-                            for key, width in (("min", 12), ("median", 10), ("max", 10)))
+            spread = f"{_fmt(margin.get('mean'), '+.3g')} +- {_fmt(margin.get('std'), '.2g')}" if margin else "n/a"
+            cells = f"{spread:>22}" + "".join(f"{_fmt(margin.get(key), '+.3g'):>{width}}"
+                                              for key, width in (("min", 10), ("median", 10), ("max", 10)))
             failed = ", ".join(map(str, row["failed_seeds"])) or "-"
             lines.append(f"{row['id']:<8}{row['holds']:>7}{row['fails']:>7}{row['n/a']:>5}{cells}  {failed}")
     return "\n".join(lines)

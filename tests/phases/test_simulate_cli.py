@@ -225,6 +225,10 @@ def test_claims_over_seeds_equal_the_single_runs(tmp_path, capsys):
         verdicts = [next(c for c in record["claims"] if c["id"] == claim_id)["verdict"] for record in payload["records"]]
         assert (row["holds"], row["fails"], row["n/a"]) == tuple(verdicts.count(v) for v in ("holds", "fails", "n/a"))
         assert claim_id in table
+        margins = [next(c for c in record["claims"] if c["id"] == claim_id)["margin"] for record in payload["records"]]
+        if None not in margins:  # mean and sample standard deviation over the two seeds
+            assert row["margin"]["mean"] == pytest.approx((margins[0] + margins[1]) / 2)
+            assert row["margin"]["std"] == pytest.approx(abs(margins[0] - margins[1]) / np.sqrt(2))
     assert len((study / "seeds.csv").read_text().splitlines()) == 3
 
 
