@@ -215,6 +215,28 @@ def _balanced_labels(size: int, num_classes: int, rng: np.random.Generator) -> n
     return rng.permutation(labels)
 
 
+def imbalanced_class_sizes(size: int, num_classes: int, imbalance: float) -> np.ndarray:
+    """(C,) int64 class sizes summing to ``size``, geometric from class 0 down to class ``C - 1``.
+
+    Class ``c`` gets a share proportional to ``imbalance ** (-c / (C - 1))``, so
+    the largest class is ``imbalance`` times the smallest (before rounding;
+    the shares are rounded by largest remainder, ties to the lower class).
+    ``imbalance = 1`` is the balanced split (up to one example). A size too
+    small for every class to keep an example is a ``ValueError``.
+    """
+    imbalance = real("imbalance", imbalance, 1.0)
+    shares = imbalance ** (-np.arange(num_classes) / (num_classes - 1))
+    exact = size * shares / shares.sum()
+    sizes = np.floor(exact).astype(np.int64)
+    remainder = exact - sizes
+    order = np.lexsort((np.arange(num_classes), -remainder))  # largest remainder first, then the lower class
+    sizes[order[: size - int(sizes.sum())]] += 1
+    if sizes.min() < 1:
+        raise ValueError(f"imbalance {imbalance:g} over {num_classes} classes leaves class {int(sizes.argmin())} "
+                         f"of {size} examples empty; lower the imbalance or raise the size")
+    return sizes
+
+
 def gaussian_mixture(
     rng: np.random.Generator,
     *,
@@ -227,6 +249,8 @@ def gaussian_mixture(
     spread: float = 1.0,
     noise_rate: float = 0.4,
     noise_type: str = "symmetric",
+    imbalance: float = 1.0,
+    clean_noise: float = 0.0,
 ) -> Problem:
     """The default synthetic problem of docs/theory.md section 5.
 
@@ -234,6 +258,13 @@ def gaussian_mixture(
     Gaussian spread ``spread``, inputs rescaled to norm ``sqrt(dim)``. Training
     and test labels are class-balanced (up to one example), the clean subset of
     size ``m >= C`` exactly balanced up to rounding.
+
+    The two referee questions of docs/theory.md section 9: ``imbalance`` makes
+    the training classes geometric, the largest ``imbalance`` times the
+    smallest (:func:`imbalanced_class_sizes`; the clean subset and the test set
+    stay balanced), and ``clean_noise`` flips the clean subset's labels
+    symmetrically at that rate (:func:`noisy_clean_subset`). At their defaults
+    (1 and 0) the draw is the same as without them.
     """
     num_classes = integer("num_classes", num_classes, 2)
     n, m, p, dim = (integer(name, value, low) for name, value, low in
@@ -243,18 +274,45 @@ def gaussian_mixture(
     directions = rng.standard_normal((num_classes, dim))
     means = separation * directions / np.linalg.norm(directions, axis=1, keepdims=True)
 
-    def draw(size):
-        labels = _balanced_labels(size, num_classes, rng)
+    train_sizes = imbalanced_class_sizes(n, num_classes, imbalance) if imbalance != 1 else None
+
+    def draw(size, class_sizes=None):
+        if class_sizes is None:
+            labels = _balanced_labels(size, num_classes, rng)
+        else:
+            labels = rng.permutation(np.repeat(np.arange(num_classes), class_sizes))
         x = means[labels] + spread * rng.standard_normal((size, dim))
         x *= np.sqrt(dim) / np.linalg.norm(x, axis=1, keepdims=True)
         return x, labels
 
-    X, y_true = draw(n)
+    X, y_true = draw(n, train_sizes)
     X_meta, y_meta = draw(m)
     X_test, y_test = draw(p)
     y_noisy, transition = corrupt_labels(y_true, noise_rate, num_classes, rng, noise_type, X)
+    y_meta, clean = noisy_clean_subset(y_meta, clean_noise, num_classes, rng)
+    extra = ("" if train_sizes is None else f", imbalance {imbalance:g}") + clean
     return Problem(X, y_noisy, y_true, X_meta, y_meta, X_test, y_test, num_classes, transition,
-                   name=f"gmm(C={num_classes}, d={dim}, {noise_type} {noise_rate})")
+                   name=f"gmm(C={num_classes}, d={dim}, {noise_type} {noise_rate}{extra})")
+
+
+def noisy_clean_subset(y_meta: np.ndarray, clean_noise: float, num_classes: int, rng: np.random.Generator
+                       ) -> tuple[np.ndarray, str]:
+    """The clean subset's labels ``(m,)`` with symmetric noise at rate ``clean_noise`` (docs/theory.md section 9),
+    and the words a problem's name adds for it.
+
+    ``clean_noise = 0`` returns ``y_meta`` unchanged and draws nothing from ``rng``, so a problem without it is
+    the same draw as before the knob existed. The flips are drawn after every other draw of the problem: for one
+    seed, the inputs and the training labels do not depend on ``clean_noise``. The realised rate is in the name
+    (the :class:`Problem` keeps only the labels a method sees).
+    """
+    limit = (num_classes - 1) / num_classes
+    if real("clean_noise", clean_noise, 0.0) >= limit:
+        raise ValueError(f"clean_noise must lie in [0, {limit:.4g}) for {num_classes} classes (at (C-1)/C the "
+                         f"clean labels carry no information), got {clean_noise}")
+    if clean_noise == 0:
+        return y_meta, ""
+    y_noisy, _ = corrupt_labels(y_meta, clean_noise, num_classes, rng, "symmetric")
+    return y_noisy, f", clean noise {clean_noise:g} (realised {float(np.mean(y_noisy != y_meta)):.3f})"
 
 
 def digits(
@@ -264,12 +322,14 @@ def digits(
     m: int = 100,
     noise_rate: float = 0.4,
     noise_type: str = "symmetric",
+    clean_noise: float = 0.0,
 ) -> Problem:
     """scikit-learn's bundled 8x8 digits (1797 images, 10 classes, no download).
 
     Pixels are standardised and each input rescaled to norm ``sqrt(64)``. The
     clean subset (``m`` examples, class-balanced) and the training set (``n``)
     are drawn from a random permutation; the rest is the test set.
+    ``clean_noise``: as in :func:`gaussian_mixture`.
     """
     from sklearn.datasets import load_digits
 
@@ -293,6 +353,7 @@ def digits(
     rest = rest[rng.permutation(len(rest))]
     train_idx, test_idx = rest[:n], rest[n:]
     y_noisy, transition = corrupt_labels(y_all[train_idx], noise_rate, num_classes, rng, noise_type, X_all[train_idx])
-    return Problem(X_all[train_idx], y_noisy, y_all[train_idx], X_all[meta_idx], y_all[meta_idx],
+    y_meta, clean = noisy_clean_subset(y_all[meta_idx], clean_noise, num_classes, rng)
+    return Problem(X_all[train_idx], y_noisy, y_all[train_idx], X_all[meta_idx], y_meta,
                    X_all[test_idx], y_all[test_idx], num_classes, transition,
-                   name=f"digits({noise_type} {noise_rate})")
+                   name=f"digits({noise_type} {noise_rate}{clean})")

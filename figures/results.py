@@ -183,8 +183,10 @@ class Results:
     def _sweep(self) -> dict:
         from phases import sweep as sweep_module
 
-        path = os.path.join(self.root, "sweep", "sweep.json")
-        if self.fresh and not os.path.isfile(path):
+        folder = os.path.join(self.root, "sweep")
+        # A sweep.json of a fresh regeneration, or the records.jsonl of python -m phases.sweep --out DIR/sweep.
+        written = any(os.path.isfile(os.path.join(folder, name)) for name in ("sweep.json", sweep_module.RECORDS))
+        if self.fresh and not written:
             settings = sweep_module.SweepSettings(**self.sizes.sweep_settings)
             rates = list(self.sizes.sweep_rates)
             seeds = list(range(self.sizes.sweep_seeds))
@@ -198,16 +200,16 @@ class Results:
             records = sweep_module.sweep(rates, seeds, settings, workers=self.workers, progress=progress)
             from phases.cli import OutputDirectory, write_json
 
-            with OutputDirectory(os.path.dirname(path), overwrite=True) as staging:
+            with OutputDirectory(folder, overwrite=True) as staging:
                 write_json(os.path.join(staging, "sweep.json"), {
                     "command": "figures (fresh regeneration" + (", --quick)" if self.quick else ")"),
                     "config": {"noise_rates": rates, "seeds": seeds, "workers": self.workers,
                                "settings": sweep_module.settings_dict(settings)},
                     "records": records,
                 })
-        if not os.path.isfile(path):
-            raise MissingResults(f"needs results of python -m phases.sweep --out {os.path.dirname(path)}")
-        return sweep_module.load(path)
+        elif not written:
+            raise MissingResults(f"needs results of python -m phases.sweep --out {folder}")
+        return sweep_module.load(folder)
 
     # ------------------------------------------------------------------ finite widths and methods (figures 7, 8)
 

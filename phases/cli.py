@@ -387,3 +387,171 @@ def run_main(prog: str, run: Callable[[], object]) -> int:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
     return status if isinstance(status, int) and not isinstance(status, bool) else 0
+
+
+class ResumableOutput:
+    """``--out DIR`` of a long study that records as it goes: resumable, yet published whole.
+
+    Checked on construction, before any work. The study is assembled in
+    ``.DIR.in-progress`` beside ``DIR``, a marked toolkit output (its marker
+    says ``"state": "in progress"``) holding ``records.jsonl``, one JSON record
+    with a ``"key"`` per line. :meth:`open` takes that directory (created, or
+    continued with ``resume``; with ``resume`` and a finished ``DIR``, started
+    from ``DIR``'s records and ``carried`` folders), locks it against a second
+    writer and returns the records by key; :meth:`append` adds a record,
+    flushed and fsynced before it returns; :meth:`publish` rewrites the
+    records, lets the caller write its last files, marks the directory
+    ``"complete"`` and renames it to ``DIR`` (replacing an earlier ``DIR``,
+    deleted only once the new one is in). After an error, :meth:`abandon`
+    keeps the directory for ``resume`` when it holds a record.
+    """
+
+    RECORDS = "records.jsonl"
+
+    def __init__(self, out: str, *, overwrite: bool, resume: bool, command: str, prog: str,
+                 carried: tuple[str, ...] = ()):
+        if overwrite and resume:
+            raise UserError("--overwrite starts again and --resume continues; give one of them")
+        path = os.path.abspath(out)
+        if os.path.isdir(path) and not (overwrite or resume) and not os.path.islink(out):
+            raise UserError(f"--out {out} already exists; pass --resume to add to it, --overwrite to replace it, "
+                            "or choose another path")
+        self.path = check_output_path(out, overwrite or resume)
+        if resume and os.path.isdir(self.path) and not os.path.isfile(os.path.join(self.path, self.RECORDS)):
+            raise UserError(f"--out {out} holds no {self.RECORDS}: --resume continues only what {prog} wrote; "
+                            "nothing was touched")
+        self.progress = os.path.join(os.path.dirname(self.path), f".{os.path.basename(self.path)}.in-progress")
+        if os.path.isdir(self.progress):
+            if not is_output(self.progress):
+                raise UserError(f"{self.progress} exists and was not written by this toolkit; nothing was touched")
+            if not (overwrite or resume):
+                raise UserError(f"an unfinished run into {out} is in {self.progress}; pass --resume to continue "
+                                "it or --overwrite to start again")
+        self.out, self.overwrite, self.resume, self.command, self.prog = out, overwrite, resume, command, prog
+        self.carried = carried
+        self._lock = None
+
+    def _marker(self, state: str) -> None:
+        write_json(os.path.join(self.progress, MARKER), {"tool": "metareweight", "command": self.command,
+                                                          "state": state})
+
+    def open(self) -> dict[str, dict]:
+        """Take the in-progress directory; return its records by key (empty when it starts from nothing)."""
+        import fcntl
+
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(self.progress)
+            self._lock = os.open(self.progress, os.O_RDONLY)
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if self.overwrite:  # emptied only under the lock: a run still writing it keeps it
+                for entry in os.scandir(self.progress):
+                    shutil.rmtree(entry.path) if entry.is_dir() else os.remove(entry.path)
+        except BlockingIOError:
+            self.close()
+            raise UserError(f"another run is writing {self.out} (it holds {self.progress}); wait for it to end"
+                            ) from None
+        except OSError as error:
+            self.close()
+            raise UserError(f"--out {self.out} cannot be written: {error.strerror}") from None
+        records = os.path.join(self.progress, self.RECORDS)
+        if not is_output(self.progress):  # new: continue a finished run, or start from nothing
+            if self.resume and is_output(self.path):
+                shutil.copyfile(os.path.join(self.path, self.RECORDS), records)
+                for folder in self.carried:
+                    if os.path.isdir(os.path.join(self.path, folder)):
+                        shutil.copytree(os.path.join(self.path, folder), os.path.join(self.progress, folder))
+            self._marker("in progress")
+        return self._read(records)
+
+    def _read(self, records_file: str) -> dict[str, dict]:
+        """The records on file by key. The bytes after the last newline are a line cut short by a kill: they are
+        cut from the file (so that new records start on a line of their own), and their record is not returned."""
+        if not os.path.isfile(records_file):
+            return {}
+        with open(records_file, "rb") as handle:
+            complete, _, torn = handle.read().rpartition(b"\n")
+        records = {}
+        for number, line in enumerate(complete.split(b"\n") if complete else []):
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if isinstance(record, dict) and "key" in record:
+                    records[record["key"]] = record
+                    continue
+            raise UserError(f"{records_file} line {number + 1} is not a record; the file is damaged (--overwrite "
+                            "starts again)")
+        if torn:
+            with open(records_file, "r+b") as handle:
+                handle.truncate(len(complete) + 1 if complete else 0)
+        return records
+
+    @staticmethod
+    def _line(record: dict) -> str:
+        return json.dumps(jsonable(record), sort_keys=True, allow_nan=False) + "\n"
+
+    def append(self, record: dict) -> None:
+        """Add ``record`` as one line of ``records.jsonl``, on disk before this returns (flushed and fsynced)."""
+        with open(os.path.join(self.progress, self.RECORDS), "a") as handle:
+            handle.write(self._line(record))
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def publish(self, records: list[dict], finish: Callable[[str], object]) -> None:
+        """Rewrite ``records.jsonl`` as ``records`` (in that order), call ``finish(directory)`` to write the last
+        files, mark the directory complete and rename it to ``DIR``."""
+        write_text(os.path.join(self.progress, self.RECORDS), "".join(map(self._line, records)))
+        finish(self.progress)
+        self._marker("complete")
+        trash = None
+        if os.path.isdir(self.path):
+            if not is_output(self.path):
+                raise UserError(f"--out {self.out} was replaced by something this toolkit did not write while the "
+                                f"run was going; nothing was touched (the records stay in {self.progress})")
+            trash = tempfile.mkdtemp(prefix=f".{os.path.basename(self.path)}.replaced-", dir=os.path.dirname(self.path))
+            os.rename(self.path, os.path.join(trash, "old"))
+        os.rename(self.progress, self.path)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+
+    def abandon(self) -> None:
+        """After an error: keep the in-progress directory when it holds records (and say so), else remove it."""
+        records = os.path.join(self.progress, self.RECORDS)
+        if os.path.isfile(records) and os.path.getsize(records) > 0:
+            print(f"{self.prog}: what finished so far is recorded in {self.progress}; --resume continues",
+                  file=sys.stderr)
+        else:
+            shutil.rmtree(self.progress, ignore_errors=True)
+
+    def close(self) -> None:
+        """Release the lock."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+
+def add_executor_arguments(group, *, workers_help: str = "local processes (default: the core count; 1 runs in "
+                                                         "this process)") -> None:
+    """Where independent runs go (:mod:`phases.executor`): ``--workers`` (a local process pool), or
+    ``--dask-workers`` (a Dask LocalCluster) or ``--scheduler`` (an existing Dask cluster); one of them."""
+    where = group.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=positive_int, default=None, help=workers_help)
+    where.add_argument("--dask-workers", type=positive_int, default=None,
+                       help="start a Dask LocalCluster of this many processes, one thread each (the dask extra)")
+    where.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                       help="run on the existing Dask cluster of this scheduler; its workers must import this "
+                            "package (the dask extra)")
+
+
+def executor_from_arguments(args):
+    """The executor of :func:`add_executor_arguments`' flags; a :class:`UserError` when Dask is asked for but
+    not installed."""
+    import importlib.util
+
+    from phases.executor import DaskCluster, LocalPool
+
+    if args.dask_workers is None and args.scheduler is None:
+        return LocalPool(args.workers)
+    if importlib.util.find_spec("distributed") is None:
+        raise UserError("--dask-workers and --scheduler need Dask distributed: pip install -e '.[dask]'")
+    return DaskCluster(args.scheduler, args.dask_workers)

@@ -47,7 +47,10 @@ class SimulationConfig:
 
     Problem: ``dataset`` (``gmm`` or ``digits``), ``noise`` rate and ``noise_type``,
     ``classes`` C and ``dim`` d (gmm), sizes ``n, m, p`` (``p``: gmm only),
-    ``separation`` and ``spread`` (gmm). Kernel: ``kernel`` (``ntk`` or ``nngp``)
+    ``separation`` and ``spread`` (gmm), ``imbalance`` (gmm: ratio of the
+    largest to the smallest training class, geometric sizes) and
+    ``clean_noise`` (gmm, digits: symmetric noise rate inside the clean
+    subset), the two problem knobs of docs/theory.md section 9. Kernel: ``kernel`` (``ntk`` or ``nngp``)
     of a fully connected network of ``depth`` hidden layers, ``activation``,
     ``w_std``, ``b_std``, and ``kernel_dtype``, the storage of the dense blocks
     (``float32``: half the memory, about twice the speed at large n; the
@@ -82,6 +85,8 @@ class SimulationConfig:
     p: int = 1000
     separation: float = 3.0
     spread: float = 1.0
+    imbalance: float = 1.0
+    clean_noise: float = 0.0
     kernel: str = "ntk"
     depth: int = 2
     activation: str = "relu"
@@ -136,6 +141,9 @@ class SimulationConfig:
         if self.record_every > self.steps:
             raise ValueError(f"record_every must be at most steps = {self.steps}, got {self.record_every}")
         self._resolve_defaults()
+        for name, neutral, datasets in (("imbalance", 1.0, ("gmm",)), ("clean_noise", 0.0, ("gmm", "digits"))):
+            if getattr(self, name) != neutral and self.dataset not in datasets:
+                raise ValueError(f"{name} applies to dataset {' or '.join(datasets)} only, not {self.dataset!r}")
         if self.kernel_dtype != "float64" and self.on_features:
             raise ValueError("kernel_dtype applies to the dense kernel; on features no kernel is formed")
         if (self.dataset == "features") != (self.features is not None):
@@ -220,8 +228,10 @@ class SimulationConfig:
         if self.dataset == "gmm":
             return gaussian_mixture(rng, n=self.n, m=self.m, p=self.p, num_classes=self.classes, dim=self.dim,
                                     separation=self.separation, spread=self.spread, noise_rate=self.noise,
-                                    noise_type=self.noise_type)
-        return digits(rng, n=self.n, m=self.m, noise_rate=self.noise, noise_type=self.noise_type)
+                                    noise_type=self.noise_type, imbalance=self.imbalance,
+                                    clean_noise=self.clean_noise)
+        return digits(rng, n=self.n, m=self.m, noise_rate=self.noise, noise_type=self.noise_type,
+                      clean_noise=self.clean_noise)
 
     def _cifar10n_problem(self, embedding_progress=None):
         from dynamics.cifar import DEFAULT_DATA_DIR, _label_file, load_cifar10n_labels, verify_checksums

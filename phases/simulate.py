@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "~/.cache/metareweight); built once, on first use")
     data.add_argument("--separation", type=float, default=d.separation, help="norm of the class means (gmm)")
     data.add_argument("--spread", type=float, default=d.spread, help="standard deviation around each mean (gmm)")
+    data.add_argument("--imbalance", type=bounded(float, 1.0), default=d.imbalance,
+                      help="ratio of the largest to the smallest training class, sizes geometric in the class "
+                           "index (gmm; the clean subset and the test set stay balanced)")
+    data.add_argument("--clean-noise", type=bounded(float, 0.0), default=d.clean_noise,
+                      help="symmetric label noise rate inside the clean subset, a fraction below (C-1)/C "
+                           "(gmm, digits)")
     net = parser.add_argument_group("kernel (infinite-width fully connected network, NTK parametrisation)")
     net.add_argument("--kernel", choices=("ntk", "nngp"), default=d.kernel, help="kernel of the linearized model")
     net.add_argument("--depth", type=bounded(int, 0), default=d.depth, help="hidden layers")

@@ -1,35 +1,84 @@
-"""Phase boundaries across noise rates and seeds: the data of the phase diagram.
+"""Simulations over a grid of ``phases.simulate``'s knobs and seeds, recorded as they finish.
 
-    python -m phases.sweep --out runs/sweep
+    python -m phases.sweep --out runs/sweep --grid noise=0,0.2,0.4 --grid gamma=0,1 --seeds 4
 
-Each run draws the default Gaussian mixture (docs/theory.md section 5) at one noise
-rate and seed, evaluates the kernel blocks, simulates exact meta-reweighting of
-the linearized network without the C7 perturbations, and detects the phases
-(section 5). Runs are independent, so they go to a pool of local processes
-(``spawn``: each worker imports JAX itself and compiles the simulation once).
-The command writes ``sweep.json``: the resolved configuration and one record
-per run.
+Every run is one ``python -m phases.simulate`` run (exact meta-reweighting of
+the linearized network, docs/theory.md section 2; its phases, section 5; its
+claims, section 4): its configuration is the simulate command's defaults (or
+``--config FILE``, a saved ``config.json``), then one value of every
+``--grid KNOB=V1,V2,...`` axis, then the seed, built and checked by the same
+:class:`phases.experiments.SimulationConfig` before any work. A knob is a
+simulate flag without its dashes (``noise``, ``noise-type``, ``dataset``,
+``features``, ``n``, ``loss``, ``eta``, ``batch-size``, ``imbalance``,
+``clean-noise``, ...); a one-value axis fixes a knob; ``none`` is the flag's
+own default where that is "unset" (``eta=none``: 1/lambda_max; ``batch-size=none``:
+full batch). The grid is the product of the axes, seeds ``0..k-1`` innermost.
+
+Output (``--out DIR``):
+
+- ``records.jsonl``: one JSON line per run, in grid order: ``key`` (a hash of
+  the run's resolved configuration, seed included), ``point`` (its grid
+  values), ``seed``, ``settings`` (the resolved configuration, re-runnable
+  with ``python -m phases.simulate --config``), the realised noise rate,
+  ``eta``, the phase ``boundaries``, the weights and test accuracy ``at_filter``,
+  each claim's verdict and margin, the ``final`` metrics, ``diverged`` (the
+  message of a run whose step size was unstable, else null) and ``timing``
+  (wall-clock seconds: the one field that differs between two executions of
+  the same run; everything else is the same bit for bit whatever the
+  executor and the number of workers, because every run executes with one
+  BLAS/XLA thread, ``--workers 1`` in this process included);
+- ``summary.csv``: the same, one flat row per run (without ``timing``);
+- ``trajectories/KEY.npz`` with ``--save-trajectories``.
+
+Runs go to a local process pool (``--workers``), to a Dask ``LocalCluster``
+(``--dask-workers``) or to an existing Dask cluster (``--scheduler
+tcp://HOST:PORT``; its workers must import this package, and
+``--save-trajectories`` then needs a file system they share with this machine).
+
+Whole or nothing, and resumable (:class:`phases.cli.ResumableOutput`). A
+sweep is assembled in ``.DIR.in-progress`` beside ``DIR``: a marked toolkit
+output (its marker file says ``"state": "in progress"``) into which each
+finished run's record is appended, flushed and fsynced as it arrives. ``DIR``
+itself appears only when every run is recorded: the records are rewritten in
+grid order, ``summary.csv`` is written, the marker says ``"complete"``, and
+the directory is renamed into place. A sweep that stops (killed, interrupted,
+a failing run) after recording a run leaves its in-progress directory;
+``--resume`` continues it and recomputes nothing recorded there (a torn last
+line from a kill is dropped and its run redone). ``--resume`` on a finished
+``DIR`` adds the runs a larger grid asks for and publishes the result in its
+place; recorded runs the new grid does not contain are left out. A directory
+is written by one sweep at a time (a lock on the in-progress directory).
+``--overwrite`` starts again from nothing. A run's key hashes every field of
+its configuration, so records written before a new field was added to
+:class:`phases.experiments.SimulationConfig` are computed again.
+
+:func:`sweep` is the noise-rate sweep of the phase diagram (figure 6) as a
+library function, on the same runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import itertools
 import json
-import math
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 
-import numpy as np
-
-from phases.cli import ArgumentParser, HelpFormatter, OutputDirectory, UserError, add_output_arguments, \
-    add_size_arguments, positive_int, refuse_jax_cache, run_main, versions, write_json
+from phases.cli import ArgumentParser, HelpFormatter, ResumableOutput, UserError, add_executor_arguments, \
+    executor_from_arguments, jsonable, positive_int, refuse_jax_cache, run_main, write_text
 from phases.detect import PhaseParams
-from phases.executor import run_tasks
 
-#: What every record holds (``None`` where a quantity does not exist, e.g. ``T_filter`` without noise).
+PROG = "python -m phases.sweep"
+RECORDS = ResumableOutput.RECORDS
+SUMMARY = "summary.csv"
+TRAJECTORIES = "trajectories"
+
+#: The per-run row of the phase diagram (figure 6; ``None`` where a quantity does not exist, e.g. ``T_filter``
+#: without noise).
 RECORD_FIELDS = (
     "noise", "seed", "realised_noise", "T_align", "T_filter", "plateau",
     "frac_noisy_zero_at_filter", "frac_clean_zero_at_filter", "frac_noisy_zero_end", "frac_clean_zero_end",
@@ -37,9 +86,184 @@ RECORD_FIELDS = (
 )
 
 
+# ----------------------------------------------------------------------------- one run
+
+
+def record_key(config) -> str:
+    """The hash that names a run: SHA-256 of its resolved configuration (seed included) as sorted JSON."""
+    text = json.dumps(jsonable(dataclasses.asdict(config)), sort_keys=True, allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def run_record(config, point: dict, trajectory_path: str | None = None) -> dict:
+    """One run of a sweep (:func:`phases.experiments.run_simulation`, claims included); return its record.
+
+    ``point`` is the run's grid values, copied into the record. With ``trajectory_path`` the trajectory is
+    saved there (atomically). A run whose step size is unstable is recorded with its message in ``diverged``.
+    """
+    import numpy as np
+
+    from dynamics.simulator import DivergenceError
+    from phases.experiments import run_simulation
+
+    started = time.perf_counter()
+    record = {"key": record_key(config), "point": point, "seed": config.seed,
+              "settings": dataclasses.asdict(config), "diverged": None, "trajectory": None}
+    try:
+        result = run_simulation(config)
+    except DivergenceError as error:
+        return jsonable(record | {"diverged": str(error), "timing": {"wall_s": time.perf_counter() - started}})
+    trajectory, phases, summary = result.trajectory, result.phases, result.summary
+    stats = trajectory.weight_stats()
+    at = None if phases.T_filter is None else int(np.searchsorted(trajectory.step, phases.T_filter))
+    if trajectory_path is not None:
+        partial = trajectory_path + ".partial.npz"
+        trajectory.save(partial)
+        os.replace(partial, trajectory_path)
+        record["trajectory"] = os.path.join(TRAJECTORIES, os.path.basename(trajectory_path))
+    record |= {
+        "realised_noise": result.problem.noise_rate if getattr(result.problem, "has_y_true", True) else None,
+        "eta": trajectory.config["eta"],
+        "boundaries": {name: summary[name] for name in ("T_align", "T_filter", "T_freeze", "plateau")},
+        "at_filter": {name: None if at is None else series[at] for name, series in
+                      (("frac_noisy_zero", stats["frac_noisy_zero"]), ("frac_clean_zero", stats["frac_clean_zero"]),
+                       ("test_accuracy", trajectory.test_accuracy))},
+        "claims": [{key: claim[key] for key in ("id", "verdict", "margin")} for claim in summary["claims"]],
+        "final": summary["final"],
+        "timing": {"wall_s": time.perf_counter() - started},
+    }
+    return jsonable(record)
+
+
+def phase_diagram_row(record: dict) -> dict:
+    """The :data:`RECORD_FIELDS` of a run's record (figure 6)."""
+    boundaries, at, final = (record.get(name) or {} for name in ("boundaries", "at_filter", "final"))
+    return {"noise": record["settings"]["noise"], "seed": record["seed"],
+            "realised_noise": record.get("realised_noise"), "T_align": boundaries.get("T_align"),
+            "T_filter": boundaries.get("T_filter"), "plateau": boundaries.get("plateau"),
+            "frac_noisy_zero_at_filter": at.get("frac_noisy_zero"),
+            "frac_clean_zero_at_filter": at.get("frac_clean_zero"),
+            "frac_noisy_zero_end": final.get("frac_noisy_zero"), "frac_clean_zero_end": final.get("frac_clean_zero"),
+            "test_accuracy_at_filter": at.get("test_accuracy"), "test_accuracy": final.get("test_accuracy"),
+            "auc": final.get("auc"), "eta": record.get("eta"), "steps": final.get("step"),
+            "wall_s": record["timing"]["wall_s"]}
+
+
+def summary_row(record: dict) -> dict:
+    """One flat row of ``summary.csv``: the grid values, the seed, and every recorded quantity but the timing
+    (``eta_used``: the step size the run took, beside a grid's requested ``eta``)."""
+    row = dict(record["point"]) | {"seed": record["seed"], "realised_noise": record.get("realised_noise"),
+                                   "eta_used": record.get("eta")}
+    for group in ("boundaries", "at_filter", "final"):
+        for name, value in (record.get(group) or {}).items():
+            row[name if group == "boundaries" else f"{group}_{name}"] = value
+    for claim in record.get("claims") or []:
+        row[f"{claim['id']}_verdict"], row[f"{claim['id']}_margin"] = claim["verdict"], claim["margin"]
+    return row | {"diverged": record["diverged"], "key": record["key"]}
+
+
+# ----------------------------------------------------------------------------- the grid
+
+
+def knobs() -> dict[str, argparse.Action]:
+    """The knobs a grid may vary: every ``phases.simulate`` flag that sets a configuration field, but the seed."""
+    from phases.experiments import SimulationConfig
+    from phases.simulate import build_parser
+
+    fields = {field.name for field in dataclasses.fields(SimulationConfig)} - {"seed"}
+    # argparse has no public list of a parser's actions; _actions is where it keeps them.
+    return {action.dest: action for action in build_parser()._actions if action.dest in fields}
+
+
+def parse_grid(axes: Sequence[str]) -> dict[str, list]:
+    """``["noise=0,0.2", "loss=mse"]`` -> ``{"noise": [0.0, 0.2], "loss": ["mse"]}``, each value parsed and checked
+    by its ``phases.simulate`` flag; a :class:`UserError` names the first bad axis or value."""
+    known = knobs()
+    grid = {}
+    for axis in axes:
+        name, sign, values = axis.partition("=")
+        knob = name.strip().replace("-", "_")
+        if not sign or not values.strip():
+            raise UserError(f"--grid {axis!r}: expected KNOB=V1,V2,... (e.g. noise=0,0.2,0.4)")
+        if knob == "seed":
+            raise UserError("--grid seed: the seeds are --seeds, not a grid axis")
+        if knob not in known:
+            raise UserError(f"--grid {name.strip()!r} is not a knob of python -m phases.simulate; the knobs: "
+                            f"{', '.join(sorted(name.replace('_', '-') for name in known))}")
+        if knob in grid:
+            raise UserError(f"--grid {name.strip()} is given twice; give every value of a knob in one --grid")
+        parsed = [_knob_value(known[knob], knob, text.strip()) for text in values.split(",")]
+        if len(set(map(repr, parsed))) != len(parsed):
+            raise UserError(f"--grid {axis!r} repeats a value")
+        grid[knob] = parsed
+    return grid
+
+
+def _knob_value(action: argparse.Action, knob: str, text: str):
+    flag = knob.replace("_", "-")
+    if text.lower() == "none" and action.default is None:
+        return None
+    try:
+        value = action.type(text) if action.type is not None else text
+    except (argparse.ArgumentTypeError, TypeError, ValueError) as error:
+        detail = str(error) if isinstance(error, argparse.ArgumentTypeError) else f"not a valid {action.type.__name__}"
+        raise UserError(f"--grid {flag}={text!r}: {detail}") from None
+    if action.choices is not None and value not in action.choices:
+        raise UserError(f"--grid {flag}={text!r}: must be one of {', '.join(map(str, action.choices))}")
+    return value
+
+
+def grid_runs(base: dict, grid: dict[str, list], seeds: Sequence[int]) -> list[tuple]:
+    """``(config, point)`` of every run, in grid order (axes as given, seeds innermost).
+
+    ``base`` holds the settings the simulate command would take with no flags (or from ``--config``); each run
+    overrides them with its grid values and seed. A bad combination is a ``ValueError`` naming the point.
+    """
+    from phases.experiments import SimulationConfig
+
+    runs = []
+    for values in itertools.product(*grid.values()):
+        point = dict(zip(grid, values))
+        for seed in seeds:
+            try:
+                config = SimulationConfig(**(base | point | {"seed": int(seed)}))
+            except ValueError as error:
+                raise ValueError(f"{_where(point)}: {error}") from None
+            runs.append((config, point))
+    return runs
+
+
+def _where(point: dict) -> str:
+    return "grid point " + (", ".join(f"{key.replace('_', '-')}={value}" for key, value in point.items()) or "(none)")
+
+
+def run_sweep(runs: Sequence[tuple], *, recorded: dict[str, dict] | None = None, executor=None,
+              trajectories: str | None = None, on_record: Callable[[dict], None] | None = None) -> list[dict]:
+    """The records of ``runs`` (``(config, point)`` pairs, see :func:`grid_runs`), in their order.
+
+    Runs whose key is in ``recorded`` are not run again: their recorded record is returned. The others go to
+    ``executor`` (:mod:`phases.executor`; default: a local pool on every core), and ``on_record(record)`` is
+    called as each finishes. With ``trajectories`` (a folder) each new run saves its trajectory there.
+    """
+    from phases.executor import run_tasks
+
+    recorded = recorded or {}
+    keys = [record_key(config) for config, _ in runs]
+    todo = {key: run for key, run in zip(keys, runs) if key not in recorded}  # a run asked for twice runs once
+    tasks = [(config, point, None if trajectories is None else os.path.join(trajectories, f"{key}.npz"))
+             for key, (config, point) in todo.items()]
+    report = None if on_record is None else (lambda index, record: on_record(record))
+    fresh = {record["key"]: record for record in run_tasks(run_record, tasks, executor=executor, on_result=report)}
+    return [recorded[key] | {"point": point} if key in recorded else fresh[key]
+            for key, (_, point) in zip(keys, runs)]
+
+
+# ----------------------------------------------------------------------------- figure 6: the noise-rate sweep
+
+
 @dataclasses.dataclass(frozen=True)
 class SweepSettings:
-    """What is shared by every run of a sweep (defaults: docs/theory.md section 5).
+    """What every run of the phase diagram's noise-rate sweep shares (defaults: docs/theory.md section 5).
 
     Problem: ``n, m, p`` training / clean / test examples, ``num_classes`` C,
     ``dim`` d, ``separation`` (norm of the class means), ``spread``, symmetric
@@ -63,23 +287,8 @@ class SweepSettings:
     phase_params: PhaseParams = PhaseParams()
 
 
-def default_noise_rates(num_classes: int = 4, step: float = 0.05) -> list[float]:
-    """Rates ``0, step, 2 step, ...`` strictly below ``(C - 1) / C``, where symmetric labels stop carrying information.
-
-    With ``C = 4`` and ``step = 0.05``: ``0, 0.05, ..., 0.7``.
-    """
-    limit = (num_classes - 1) / num_classes
-    count = math.ceil(limit / step - 1e-9)  # multiples k * step < limit
-    return [round(k * step, 10) for k in range(count)]
-
-
-def _number(value) -> float | None:
-    value = float(value)
-    return None if math.isnan(value) else value
-
-
 def simulation_config(noise: float, seed: int, settings: SweepSettings):
-    """The :class:`phases.experiments.SimulationConfig` of one run of the sweep (no C7 perturbation draws)."""
+    """The :class:`phases.experiments.SimulationConfig` of one run of the noise-rate sweep (no C7 draws)."""
     from phases.experiments import SimulationConfig
 
     params = settings.phase_params
@@ -91,66 +300,28 @@ def simulation_config(noise: float, seed: int, settings: SweepSettings):
                             min_window=params.min_window, tau=params.tau, tau_w=params.tau_w)
 
 
-def run_one(noise: float, seed: int, settings: SweepSettings) -> dict:
-    """One run of the sweep: problem, kernel blocks, simulation, phases; return its record.
-
-    The problem is drawn from ``np.random.default_rng(seed)``: for one seed the
-    inputs are the same at every noise rate and only the label flips differ,
-    so curves against the noise rate are not blurred by a new data set per rate.
-    """
-    from phases.experiments import run_simulation
-
-    started = time.perf_counter()
-    result = run_simulation(simulation_config(noise, seed, settings), claims=False)
-    problem, trajectory, phases = result.problem, result.trajectory, result.phases
-    stats = trajectory.weight_stats()
-
-    def at_filter(series):
-        if phases.T_filter is None:
-            return None
-        return _number(series[int(np.searchsorted(trajectory.step, phases.T_filter))])
-
-    return {
-        "noise": float(noise), "seed": int(seed), "realised_noise": problem.noise_rate,
-        "T_align": phases.T_align, "T_filter": phases.T_filter, "plateau": phases.plateau,
-        "frac_noisy_zero_at_filter": at_filter(stats["frac_noisy_zero"]),
-        "frac_clean_zero_at_filter": at_filter(stats["frac_clean_zero"]),
-        "frac_noisy_zero_end": _number(stats["frac_noisy_zero"][-1]),
-        "frac_clean_zero_end": _number(stats["frac_clean_zero"][-1]),
-        "test_accuracy_at_filter": at_filter(trajectory.test_accuracy),
-        "test_accuracy": _number(trajectory.test_accuracy[-1]),
-        "auc": _number(stats["auc"][-1]),
-        "eta": trajectory.config["eta"], "steps": int(trajectory.step[-1]),
-        "wall_s": time.perf_counter() - started,
-    }
-
-
 def sweep(noise_rates: Sequence[float], seeds: Sequence[int], settings: SweepSettings = SweepSettings(), *,
           workers: int | None = None, progress: Callable[[dict], None] | None = None) -> list[dict]:
-    """Run every (noise rate, seed) pair; return the records in (noise, seed) order.
+    """The phase diagram's runs: every (noise rate, seed) pair; :data:`RECORD_FIELDS` rows in (noise, seed) order.
 
-    Parameters
-    ----------
-    noise_rates : symmetric noise rates, each in ``[0, (C-1)/C)``.
-    seeds : problem / simulation seeds.
-    settings : what every run shares.
-    workers : processes (``None``: the local core count; 1 runs in this process).
-    progress : called with each record as its run finishes (in completion order).
-
-    Returns
-    -------
-    list of dicts with the keys :data:`RECORD_FIELDS`, in increasing (noise rate, seed) order.
+    The problem is drawn from ``np.random.default_rng(seed)``: for one seed the inputs are the same at every
+    noise rate and only the label flips differ, so curves against the noise rate are not blurred by a new data
+    set per rate. ``workers``: processes (``None``: the core count; 1 runs here). ``progress`` is called with
+    each row as its run finishes.
     """
+    from phases.executor import LocalPool
+
     limit = (settings.num_classes - 1) / settings.num_classes
     for rate in noise_rates:
         if not 0 <= rate < limit:
             raise ValueError(f"noise rates must lie in [0, {limit:.4g}) for {settings.num_classes} classes, got {rate}")
     if not noise_rates or not seeds:
         raise ValueError("a sweep needs at least one noise rate and one seed")
-    tasks = [(float(rate), int(seed), settings) for rate in noise_rates for seed in seeds]
-    report = None if progress is None else (lambda index, record: progress(record))
-    records = run_tasks(run_one, tasks, workers=workers, on_result=report)
-    return sorted(records, key=lambda record: (record["noise"], record["seed"]))
+    runs = [(simulation_config(rate, seed, settings), {"noise": float(rate)}) for rate in noise_rates
+            for seed in seeds]
+    report = None if progress is None else (lambda record: progress(phase_diagram_row(record)))
+    records = run_sweep(runs, executor=LocalPool(workers), on_record=report)
+    return sorted(map(phase_diagram_row, records), key=lambda row: (row["noise"], row["seed"]))
 
 
 def settings_dict(settings: SweepSettings) -> dict:
@@ -158,14 +329,20 @@ def settings_dict(settings: SweepSettings) -> dict:
     return dataclasses.asdict(settings)
 
 
-def settings_from_dict(values: dict) -> SweepSettings:
-    values = dict(values)
-    values["phase_params"] = PhaseParams(**values.get("phase_params", {}))
-    return SweepSettings(**values)
+def read_records(path: str) -> list[dict]:
+    """The records of a finished sweep directory's ``records.jsonl``."""
+    with open(os.path.join(path, RECORDS)) as handle:
+        return [json.loads(line) for line in handle]
 
 
 def load(path: str) -> dict:
-    """Read a ``sweep.json`` (a file, or the folder holding it): ``{"config": ..., "records": [...]}``."""
+    """The phase diagram's data, ``{"config": ..., "records": [RECORD_FIELDS rows]}``, from a ``sweep.json`` (a
+    file, or the folder holding it) or a sweep directory written by the command (``records.jsonl``)."""
+    if os.path.isfile(os.path.join(path, RECORDS)):
+        records = read_records(path)
+        settings = records[0]["settings"] if records else {}
+        return {"config": {"settings": settings | {"num_classes": settings.get("classes")}},
+                "records": [phase_diagram_row(record) for record in records]}
     if os.path.isdir(path):
         path = os.path.join(path, "sweep.json")
     with open(path) as handle:
@@ -180,7 +357,7 @@ def summary_frame(records: list[dict]):
 
     Parameters
     ----------
-    records : what :func:`sweep` returns (or the ``records`` of a ``sweep.json``).
+    records : what :func:`sweep` returns (or the ``records`` of :func:`load`).
 
     Returns
     -------
@@ -208,6 +385,8 @@ def summary_frame(records: list[dict]):
 
 def summary_table(records: list[dict]) -> str:
     """Mean +- standard deviation over seeds per noise rate (:func:`summary_frame`), one line each."""
+    import numpy as np
+
     frame = summary_frame(records)
     columns = (("T_align", "T_align", ".1f"), ("T_filter", "T_filter", ".1f"),
                ("frac_noisy_zero_at_filter", "noisy@0 @T_f", ".3f"), ("frac_noisy_zero_end", "noisy@0 end", ".3f"),
@@ -233,81 +412,153 @@ def summary_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _rates(text: str) -> list[float]:
-    try:
-        return [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+# ----------------------------------------------------------------------------- the command line
 
 
 def build_parser() -> argparse.ArgumentParser:
-    defaults = SweepSettings()
-    parser = ArgumentParser(prog="python -m phases.sweep", description=__doc__.split("\n\n")[0],
-                     formatter_class=HelpFormatter)
-    add_output_arguments(parser, out_help="output directory (sweep.json is written into it)", required=True)
-    parser.add_argument("--noise-rates", type=_rates, default=None,
-                        help="comma-separated noise rates (default: 0, 0.05, ... below (C-1)/C)")
-    parser.add_argument("--seeds", type=positive_int, default=4, help="number of seeds per rate (seeds 0..k-1)")
-    parser.add_argument("--workers", type=positive_int, default=None, help="processes (default: the core count)")
-    add_size_arguments(parser, n=defaults.n, m=defaults.m, p=defaults.p, classes=defaults.num_classes,
-                       dim=defaults.dim)
-    parser.add_argument("--steps", type=positive_int, default=defaults.steps, help="steps per run")
-    parser.add_argument("--record-every", type=positive_int, default=defaults.record_every,
-                        help="record every k-th step (phase boundaries are read at this resolution, in steps)")
-    parser.add_argument("--gamma", type=float, default=defaults.gamma, help="weight of the clean-subset loss")
+    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    parser.add_argument("--grid", action="append", default=[], metavar="KNOB=V1,V2,...",
+                        help="one axis of the grid: a python -m phases.simulate flag without its dashes and its "
+                             "values (repeat for more axes; one value fixes the knob; 'none' is an unset default; "
+                             "default: no axis, the one configuration at every seed)")
+    parser.add_argument("--seeds", type=positive_int, default=4, help="seeds per grid point (seeds 0..k-1)")
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="start from the settings of a saved run (a config.json of python -m phases.simulate, "
+                             "or its directory) instead of the simulate command's defaults")
+    add_executor_arguments(parser)
+    parser.add_argument("--out", required=True, help=f"output directory ({RECORDS}, {SUMMARY}, {TRAJECTORIES}/)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start again, replacing an earlier sweep (finished or not) that this toolkit wrote")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an unfinished sweep into --out, or add runs to a finished one; runs already "
+                             "recorded are not computed again")
+    parser.add_argument("--save-trajectories", action="store_true",
+                        help=f"also save every run's trajectory in {TRAJECTORIES}/KEY.npz")
+    parser.add_argument("--force", action="store_true",
+                        help="run even when a run's memory estimate exceeds what this machine has")
     return parser
 
 
+def base_settings(config_file: str | None) -> dict:
+    """The settings every run starts from: those of ``python -m phases.simulate`` without flags, or of a saved
+    run's ``config.json``."""
+    from phases.experiments import SimulationConfig, read_settings
+    from phases.simulate import build_parser as simulate_parser
+
+    fields = {field.name for field in dataclasses.fields(SimulationConfig)}
+    base = {name: value for name, value in vars(simulate_parser().parse_args([])).items() if name in fields}
+    if config_file is None:
+        return base
+    try:
+        return base | read_settings(config_file, SimulationConfig.from_dict, "config.json", "python -m phases.simulate")
+    except (TypeError, ValueError) as error:
+        raise UserError(str(error)) from None
+
+
+def _finish(directory: str, records: list[dict]) -> None:
+    """The last files of a sweep: ``summary.csv``, and only the trajectories of its records."""
+    import pandas as pd
+
+    write_text(os.path.join(directory, SUMMARY), pd.DataFrame(list(map(summary_row, records))).to_csv(index=False))
+    folder = os.path.join(directory, TRAJECTORIES)
+    if os.path.isdir(folder):
+        for name in set(os.listdir(folder)) - {f"{record['key']}.npz" for record in records}:
+            os.remove(os.path.join(folder, name))
+
+
+class _Progress:
+    """Each finished run's record appended to the output; one line on stderr: runs done, elapsed time and the
+    estimated time left."""
+
+    def __init__(self, total: int, directory: ResumableOutput):
+        self.total, self.directory = total, directory
+        self.done, self.started = 0, time.perf_counter()
+
+    def __call__(self, record: dict) -> None:
+        self.directory.append(record)
+        self.done += 1
+        elapsed = time.perf_counter() - self.started
+        left = elapsed / self.done * (self.total - self.done)
+        print(f"{PROG}: {self.done}/{self.total} runs, {elapsed:.0f} s, about {left:.0f} s left", file=sys.stderr,
+              flush=True)
+
+
 def run(argv: list[str] | None = None) -> list[dict]:
-    """Run the sweep of command-line arguments; print its table; return the records."""
+    """Run the sweep of the command-line arguments; print a summary; return the records in grid order."""
+    from phases.simulate import _as_flags
+
     args = build_parser().parse_args(argv)
-    settings = SweepSettings(n=args.n, m=args.m, p=args.p, num_classes=args.classes, dim=args.dim,
-                             steps=args.steps, record_every=args.record_every, gamma=args.gamma)
-    rates = args.noise_rates if args.noise_rates is not None else default_noise_rates(args.classes)
-    limit = (args.classes - 1) / args.classes
-    if any(not 0 <= rate < limit for rate in rates) or not rates:
-        raise UserError(f"--noise-rates must lie in [0, {limit:.4g}) for {args.classes} classes, got {rates}")
-    if args.m < args.classes:
-        raise UserError(f"--m must be at least the class count {args.classes}, got {args.m}")
-    if args.record_every > args.steps:
-        raise UserError(f"--record-every must be at most --steps = {args.steps}, got {args.record_every}")
-    try:  # every run's configuration, memory estimate included, before any work
-        for rate in rates:
-            simulation_config(rate, 0, settings).validate()
+    grid = parse_grid(args.grid)
+    try:
+        runs = grid_runs(base_settings(args.config), grid, range(args.seeds))
+        for config, point in runs:  # every run's configuration, problem and memory estimate, before any work
+            try:
+                config.validate(force=args.force)
+            except ValueError as error:
+                raise ValueError(f"{_where(point)}, seed {config.seed}: {_as_flags(str(error))}") from None
     except ValueError as error:
         raise UserError(str(error)) from None
+    executor = executor_from_arguments(args)
     refuse_jax_cache()
-    command = "python -m phases.sweep " + " ".join(sys.argv[1:] if argv is None else argv)
-    output = OutputDirectory(args.out, args.overwrite, command=command)
-    from tqdm import tqdm
-
+    command = " ".join([PROG, *(sys.argv[1:] if argv is None else argv)])
+    directory = ResumableOutput(args.out, overwrite=args.overwrite, resume=args.resume, command=command, prog=PROG,
+                                carried=(TRAJECTORIES,))
     started = time.perf_counter()
-    total = len(rates) * args.seeds
-    from dynamics.simulator import DivergenceError
-
-    with output as staging:
-        with tqdm(total=total, unit="run", file=sys.stderr, disable=None) as bar:
-            try:
-                records = sweep(rates, range(args.seeds), settings, workers=args.workers,
-                                progress=lambda record: bar.update())
-            except DivergenceError as error:
-                raise UserError(str(error)) from None
-        write_json(os.path.join(staging, "sweep.json"), {
-            "command": command,
-            "config": {"noise_rates": rates, "seeds": list(range(args.seeds)), "workers": args.workers,
-                       "settings": settings_dict(settings), "versions": versions(),
-                       "wall_s": time.perf_counter() - started},
-            "records": records,
-        })
-    print(summary_table(records))
-    print(f"Wrote {os.path.join(args.out, 'sweep.json')} ({total} runs, {time.perf_counter() - started:.0f} s)")
+    recorded = directory.open()
+    trajectories = os.path.join(directory.progress, TRAJECTORIES) if args.save_trajectories else None
+    try:
+        if trajectories is not None:
+            os.makedirs(trajectories, exist_ok=True)
+        keys = {record_key(config) for config, _ in runs}
+        reused = len(keys & set(recorded))
+        if reused:
+            print(f"{PROG}: {reused} of {len(keys)} runs already recorded in {directory.progress}; not run again",
+                  file=sys.stderr)
+        progress = _Progress(len(keys) - reused, directory)
+        try:
+            records = run_sweep(runs, recorded=recorded, executor=executor, on_record=progress,
+                                trajectories=trajectories)
+        except ConnectionError as error:  # only the Dask client raises it
+            raise UserError(str(error)) from None
+        dropped = len(set(recorded) - keys)
+        if dropped:
+            print(f"{PROG}: {dropped} recorded runs are not in this grid and are left out", file=sys.stderr)
+        directory.publish(records, lambda folder: _finish(folder, records))
+    except BaseException:
+        directory.abandon()
+        raise
+    finally:
+        directory.close()
+    _print_summary(records, grid)
+    print(f"Wrote {args.out}/: {RECORDS} {SUMMARY}{f' {TRAJECTORIES}/' if args.save_trajectories else ''} "
+          f"({len(records)} runs, {progress.done} computed, {time.perf_counter() - started:.0f} s)")
     return records
 
 
+def _print_summary(records: list[dict], grid: dict) -> None:
+    """Per grid point (its varied knobs): runs, diverged runs, and the means over seeds of the boundaries and the
+    final metrics."""
+    import pandas as pd
+
+    frame = pd.DataFrame([summary_row(record) for record in records])
+    varied = [knob for knob, values in grid.items() if len(values) > 1]
+    by = [frame[knob].astype(str) for knob in varied] or [pd.Series("all", index=frame.index, name="grid")]
+    columns = [name for name in ("T_align", "T_filter", "T_freeze", "final_test_accuracy", "final_auc")
+               if name in frame]
+    values = frame[columns].astype(float)
+    table = values.groupby(by, sort=False).mean()
+    table.insert(0, "runs", values.groupby(by, sort=False).size())
+    table.insert(1, "diverged", frame["diverged"].notna().groupby(by, sort=False).sum())
+    print(table.to_string(float_format=lambda value: f"{value:.4g}"))
+    print("Means over seeds (T_* in steps; NaN: no run of the point has the quantity).")
+
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main("python -m phases.sweep", lambda: run(argv))
+    return run_main(PROG, lambda: run(argv))
 
 
 if __name__ == "__main__":
+    from phases.executor import limit_threads
+
+    limit_threads()  # before JAX loads: runs done in this process (--workers 1) then match those of any worker
     sys.exit(main())

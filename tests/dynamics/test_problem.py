@@ -537,3 +537,67 @@ def test_digits_clean_subset_has_the_requested_size_or_is_refused():
     except ValueError:
         return
     assert problem.sizes[1] == 1780
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The two problem knobs of docs/theory.md section 9: class imbalance, noise inside the clean subset.
+
+
+@given(C=st.integers(2, 10), size=st.integers(20, 5000), imbalance=st.floats(1.0, 50.0))
+def test_imbalanced_class_sizes_are_geometric_with_the_requested_ratio(C, size, imbalance):
+    from dynamics.problem import imbalanced_class_sizes
+
+    try:
+        sizes = imbalanced_class_sizes(size, C, imbalance)
+    except ValueError as error:
+        assert "empty" in str(error) and size / C < imbalance  # only a class share below one example empties
+        return
+    shares = imbalance ** (-np.arange(C) / (C - 1))
+    exact = size * shares / shares.sum()  # exact[0] / exact[-1] == imbalance
+    assert sizes.sum() == size and sizes.min() >= 1
+    assert np.all(np.abs(sizes - exact) < 1)  # each share rounded to a neighbouring integer
+    assert np.all(np.diff(sizes) <= 0)
+
+
+def test_imbalance_one_is_the_balanced_split():
+    from dynamics.problem import imbalanced_class_sizes
+
+    assert imbalanced_class_sizes(10, 4, 1.0).tolist() == [3, 3, 2, 2]
+    with pytest.raises(ValueError, match="imbalance must be .*1.*got 0.5"):
+        imbalanced_class_sizes(10, 4, 0.5)
+    with pytest.raises(ValueError, match="leaves class 2 of 10 examples empty"):
+        imbalanced_class_sizes(10, 4, 100.0)
+
+
+@given(seed=seeds, imbalance=st.floats(1.5, 20.0))
+def test_an_imbalanced_mixture_has_those_training_classes_and_balanced_clean_and_test_sets(seed, imbalance):
+    from dynamics.problem import imbalanced_class_sizes
+
+    problem = gaussian_mixture(np.random.default_rng(seed), n=400, m=40, p=80, noise_rate=0.2, imbalance=imbalance)
+    assert np.bincount(problem.y_true, minlength=4).tolist() == imbalanced_class_sizes(400, 4, imbalance).tolist()
+    assert np.bincount(problem.y_meta).tolist() == [10] * 4 and np.bincount(problem.y_test).tolist() == [20] * 4
+    assert f"imbalance {imbalance:g}" in problem.name
+
+
+@given(seed=seeds, C=st.integers(2, 10), clean_noise=st.floats(0.05, 0.5))
+def test_clean_noise_flips_only_the_clean_labels_at_its_rate(seed, C, clean_noise):
+    clean_noise = min(clean_noise, 0.9 * (C - 1) / C)
+    m = 2000
+    plain = gaussian_mixture(np.random.default_rng(seed), n=50, m=m, p=20, num_classes=C)
+    noisy = gaussian_mixture(np.random.default_rng(seed), n=50, m=m, p=20, num_classes=C, clean_noise=clean_noise)
+    for name in ("X", "y_noisy", "y_true", "X_meta", "X_test", "y_test", "transition"):
+        assert np.array_equal(getattr(plain, name), getattr(noisy, name)), name  # drawn after everything else
+    flipped = noisy.y_meta != plain.y_meta
+    _assert_binomial(int(flipped.sum()), m, clean_noise, "clean-subset flips")
+    assert f"clean noise {clean_noise:g} (realised {flipped.mean():.3f})" in noisy.name
+
+
+def test_clean_noise_on_digits_and_its_bounds():
+    plain = digits(np.random.default_rng(0), n=300, m=200)
+    noisy = digits(np.random.default_rng(0), n=300, m=200, clean_noise=0.3)
+    assert np.array_equal(plain.y_noisy, noisy.y_noisy) and np.array_equal(plain.X_meta, noisy.X_meta)
+    assert 0.15 < np.mean(plain.y_meta != noisy.y_meta) < 0.45
+    with pytest.raises(ValueError, match=re.escape("clean_noise must lie in [0, 0.75) for 4 classes")):
+        gaussian_mixture(np.random.default_rng(0), n=40, m=8, p=8, clean_noise=0.75)
+    with pytest.raises(ValueError, match="clean_noise must be .*got -0.1"):
+        gaussian_mixture(np.random.default_rng(0), n=40, m=8, p=8, clean_noise=-0.1)
