@@ -200,7 +200,7 @@ def yardstick(array_mb=512, gemm_n=2048, repeats=3):
             start = time.perf_counter()
             list(pool.map(lambda b: np.copyto(target[b[0]:b[1]], source[b[0]:b[1]]), bounds))
             copy.append(time.perf_counter() - start)
-    del source, target
+    source = target = None  # free the copy's 1 GB before the product
     a = np.random.default_rng(0).standard_normal((gemm_n, gemm_n))
     gemm = []
     for _ in range(repeats):
@@ -498,13 +498,30 @@ def _ntk_problem(n, seed):
     return problem, blocks
 
 
-def run_size(n, steps, rounds, compare, widths, repeats, seed):
-    """The dense route at one size: the public pieces timed, the plain-product reference, end to end, autodiff."""
+def _prepare(operator, config, result, label):
+    """The untimed-loop pieces of a size, each timed: the default step size ("eta solve") and the copy of the
+    operator to the device ("transfer"); then the machine's limits. Returns the config with eta, and the device
+    operator."""
     import dataclasses
 
     import jax
 
-    from dynamics.simulator import MetaConfig, default_eta, simulate
+    from dynamics.simulator import default_eta
+
+    start = time.perf_counter()
+    eta, _ = default_eta(operator, config.gamma)
+    result["default_eta_seconds"] = time.perf_counter() - start
+    start = time.perf_counter()
+    device = jax.block_until_ready(jax.device_put(operator))
+    result["transfer_seconds"] = time.perf_counter() - start
+    _progress(f"{label}: the machine's limits (copy bandwidth, matrix-product peak)")
+    result["limits"] = yardstick()
+    return dataclasses.replace(config, eta=eta), device
+
+
+def run_size(n, steps, rounds, compare, widths, repeats, seed):
+    """The dense route at one size: the public pieces timed, the plain-product reference, end to end, autodiff."""
+    from dynamics.simulator import MetaConfig, simulate
 
     m = p = n // 10
     C = NUM_CLASSES
@@ -518,16 +535,8 @@ def run_size(n, steps, rounds, compare, widths, repeats, seed):
     result["maxrss_after_kernel_mb"] = _maxrss_mb()
 
     config = MetaConfig(steps=steps, record_every=steps, perturb_draws=0)
-    start = time.perf_counter()
-    eta, _ = default_eta(blocks, config.gamma)
-    result["default_eta_seconds"] = time.perf_counter() - start
-    config_eta = dataclasses.replace(config, eta=eta)
-    start = time.perf_counter()
-    device_blocks = jax.block_until_ready(jax.device_put(blocks))
-    result["transfer_seconds"] = time.perf_counter() - start
-
-    _progress(f"n={n}: the machine's limits (copy bandwidth, matrix-product peak)")
-    result["limits"] = yardstick()
+    config_eta, device_blocks = _prepare(blocks, config, result, f"n={n}")
+    eta = config_eta.eta
     _progress(f"n={n}: compiling the step and the plain-product loop")
     step_loop = _step_loop(problem, device_blocks, config_eta, steps)
     plain = _plain_product_loop(device_blocks.K_X, n, steps)
@@ -590,14 +599,11 @@ def _float32_kernel(problem, blocks, config, config_eta, steps, rounds, float64_
 
 def run_features(n, D, steps, rounds, seed):
     """The feature route at one size (docs/theory.md section 8): no kernel matrix anywhere."""
-    import dataclasses
-
-    import jax
     import numpy as np
 
     from dynamics.operators import FeatureKernel
     from dynamics.problem import gaussian_mixture
-    from dynamics.simulator import MetaConfig, default_eta
+    from dynamics.simulator import MetaConfig
 
     m = p = n // 10
     C = NUM_CLASSES
@@ -609,20 +615,13 @@ def run_features(n, D, steps, rounds, seed):
     result["feature_bytes"] = sum(a.nbytes for a in (features.Phi, features.Psi, features.Phi_test))
     result["maxrss_after_features_mb"] = _maxrss_mb()
 
-    config = MetaConfig(steps=steps, perturb_draws=0)
-    start = time.perf_counter()
-    eta, _ = default_eta(features, config.gamma)  # (D, D) Gram matrices and their top eigenvalues
-    result["default_eta_seconds"] = time.perf_counter() - start
     start = time.perf_counter()
     features.k_meta_norm()
     result["k_meta_norm_seconds"] = time.perf_counter() - start
-    config = dataclasses.replace(config, eta=eta)
-    start = time.perf_counter()
-    device_features = jax.block_until_ready(jax.device_put(features))
-    result["transfer_seconds"] = time.perf_counter() - start
-
-    _progress(f"features n={n}, D={D}: the machine's limits (copy bandwidth, matrix-product peak)")
-    result["limits"] = yardstick()
+    # eta from the (D, D) Gram matrices and their top eigenvalues.
+    config, device_features = _prepare(features, MetaConfig(steps=steps, perturb_draws=0), result,
+                                       f"features n={n}, D={D}")
+    eta = config.eta
     _progress(f"features n={n}: compiling the step and the plain-product loop")
     step_loop = _step_loop(problem, device_features, config, steps)
     plain = _plain_feature_loop(device_features.Phi, steps)
