@@ -192,8 +192,8 @@ def yardstick(array_mb=512, gemm_n=2048, repeats=3):
     size = array_mb * 2**20 // 8
     source, target = np.ones(size), np.empty(size)
     threads = os.cpu_count() or 1
-    chunks = np.array_split(np.arange(size), threads)
-    bounds = [(int(c[0]), int(c[-1]) + 1) for c in chunks if len(c)]
+    edges = [size * k // threads for k in range(threads + 1)]
+    bounds = list(zip(edges[:-1], edges[1:]))
     copy = []
     with ThreadPoolExecutor(threads) as pool:
         for _ in range(repeats):
