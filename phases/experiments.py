@@ -55,8 +55,13 @@ class SimulationConfig:
     ``w_std``, ``b_std``, and ``kernel_dtype``, the storage of the dense blocks
     (``float32``: half the memory, about twice the speed at large n; the
     dynamics stay float64). Dynamics: the fields of
-    :class:`dynamics.simulator.MetaConfig` plus ``init`` (initial outputs) and
-    ``seed`` (problem, batches, perturbations). Phase detection: the fields of
+    :class:`dynamics.simulator.MetaConfig` plus ``init`` (initial outputs),
+    ``seed`` (problem, batches, perturbations) and ``eta_scale``, the step size
+    as a fraction of the stability limit, ``eta = eta_scale * 2 / lambda_joint``
+    (``lambda_joint``: the top eigenvalue of the joint train and clean kernel,
+    :func:`dynamics.simulator.default_eta`; the learning-rate question of
+    docs/theory.md section 9), resolved where the kernel exists; it excludes
+    ``eta``. Phase detection: the fields of
     :class:`phases.detect.PhaseParams`.
 
     Explicit features (docs/theory.md section 8; the kernel is then the linear
@@ -97,6 +102,7 @@ class SimulationConfig:
     variant: str = _DYNAMICS.variant
     loss: str = _DYNAMICS.loss
     eta: float | None = _DYNAMICS.eta
+    eta_scale: float | None = None
     beta: float = _DYNAMICS.beta
     gamma: float = _DYNAMICS.gamma
     w0: float = _DYNAMICS.w0
@@ -138,6 +144,10 @@ class SimulationConfig:
                                      ("image_size", self.image_size, IMAGE_SIZES)):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+        if self.eta is not None and self.eta_scale is not None:
+            raise ValueError("eta and eta_scale both set the step size; give one of them")
+        if self.eta_scale is not None and not self.eta_scale > 0:
+            raise ValueError(f"eta_scale must be positive, got {self.eta_scale}")
         if self.record_every > self.steps:
             raise ValueError(f"record_every must be at most steps = {self.steps}, got {self.record_every}")
         self._resolve_defaults()
@@ -476,7 +486,7 @@ def run_simulation(config: SimulationConfig = SimulationConfig(), *, progress: C
         inputs = np.concatenate([problem.X, problem.X_meta, problem.X_test])
         nngp = kernel(dataclasses.replace(spec, kind="nngp"), inputs)
         initial_outputs = gp_prior_outputs(nngp, problem.num_classes, np.random.default_rng([config.seed, 1]))
-    meta = config.meta_config()
+    meta = _resolved_meta_config(config, blocks)
     announce(f"simulating {meta.steps} steps of {meta.variant} reweighting ({meta.loss}), "
              f"kernel {spec.kind} depth {spec.depth} {spec.activation}")
     trajectory = simulate(problem, blocks, meta, seed=config.seed, initial_outputs=initial_outputs, progress=progress)
@@ -490,6 +500,17 @@ def run_simulation(config: SimulationConfig = SimulationConfig(), *, progress: C
         checked = check_claims(trajectory, phases, problem=problem, eigenvectors=eigenvectors,
                                rate_prediction=prediction, thresholds=config.thresholds())
     return SimulationResult(config, problem, blocks, trajectory, phases, summary(trajectory, phases, checked))
+
+
+def _resolved_meta_config(config: SimulationConfig, operator) -> MetaConfig:
+    """``config.meta_config()`` with ``eta = eta_scale * 2 / lambda_joint`` when ``eta_scale`` is set (``2 /
+    lambda_joint``: the stability limit of :func:`dynamics.simulator.default_eta`)."""
+    from dynamics.simulator import default_eta
+
+    meta = config.meta_config()
+    if config.eta_scale is None:
+        return meta
+    return dataclasses.replace(meta, eta=config.eta_scale * 2.0 / default_eta(operator, config.gamma)[1])
 
 
 def _rate_prediction(problem, operator, meta, trajectory, phases: Phases, seed: int, initial_outputs):
@@ -532,7 +553,7 @@ def _run_on_features(config: SimulationConfig, problem, *, progress, announce, c
         # The prior of a linear head: Theta ~ N(0, I), so F ~ GP(0, Phi Phi^T) exactly, with no kernel formed.
         theta = np.random.default_rng([config.seed, 1]).standard_normal((problem.D, problem.num_classes))
         initial_outputs = np.concatenate([problem.X @ theta, problem.X_meta @ theta, problem.X_test @ theta])
-    meta = config.meta_config()
+    meta = _resolved_meta_config(config, operator)
     announce(f"simulating {meta.steps} steps of {meta.variant} reweighting ({meta.loss}), linear kernel of "
              f"{problem.D} features")
     trajectory = simulate(base, operator, meta, seed=config.seed, initial_outputs=initial_outputs, progress=progress)

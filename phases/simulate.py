@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     dyn.add_argument("--loss", choices=("mse", "ce"), default=d.loss, help="mean squared error or cross-entropy")
     dyn.add_argument("--eta", type=bounded(float, 0.0, strict=True), default=d.eta,
                      help="model step size (default: 1/lambda_max(K_XX), or 1/lambda_joint when that is unstable)")
+    dyn.add_argument("--eta-scale", type=bounded(float, 0.0, strict=True), default=d.eta_scale, metavar="FRACTION",
+                     help="model step size as a fraction of the stability limit: eta = FRACTION * 2/lambda_joint "
+                          "(lambda_joint: top eigenvalue of the joint train and clean kernel; above 1 may diverge); "
+                          "instead of --eta")
     dyn.add_argument("--beta", type=bounded(float, 0.0), default=d.beta,
                      help="meta step size (weights move by beta/m * score)")
     dyn.add_argument("--gamma", type=bounded(float, 0.0), default=d.gamma,

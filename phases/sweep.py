@@ -21,6 +21,9 @@ Output (``--out DIR``):
   values), ``seed``, ``settings`` (the resolved configuration, re-runnable
   with ``python -m phases.simulate --config``), the realised noise rate,
   ``eta``, the phase ``boundaries``, the weights and test accuracy ``at_filter``,
+  ``after_filter`` (``noisy_readmitted``: the share of the noisy examples at
+  ``w = 0`` at ``T_filter`` whose weight leaves 0 at a later recorded step,
+  the late re-admission of docs/theory.md section 9's learning-rate question),
   each claim's verdict and margin, the ``final`` metrics, ``diverged`` (the
   message of a run whose step size was unstable, else null) and ``timing``
   (wall-clock seconds: the one field that differs between two executions of
@@ -128,11 +131,29 @@ def run_record(config, point: dict, trajectory_path: str | None = None) -> dict:
         "at_filter": {name: None if at is None else series[at] for name, series in
                       (("frac_noisy_zero", stats["frac_noisy_zero"]), ("frac_clean_zero", stats["frac_clean_zero"]),
                        ("test_accuracy", trajectory.test_accuracy))},
+        "after_filter": {"noisy_readmitted": None if at is None else readmitted_share(trajectory.w, trajectory.noisy,
+                                                                                        at)},
         "claims": [{key: claim[key] for key in ("id", "verdict", "margin")} for claim in summary["claims"]],
         "final": summary["final"],
         "timing": {"wall_s": time.perf_counter() - started},
     }
     return jsonable(record)
+
+
+def readmitted_share(w, noisy, at: int) -> float | None:
+    """Late re-admission: of the noisy examples at ``w = 0`` at record ``at`` (``T_filter``), the share whose
+    weight is above 0 at some later record (``None`` when no noisy example is at 0 there).
+
+    Parameters
+    ----------
+    w : (T, n) recorded weights.  noisy : (n,) the noise mask.  at : the record index of ``T_filter``.
+    """
+    import numpy as np
+
+    filtered = noisy & (w[at] == 0)
+    if not filtered.any():
+        return None
+    return float(np.mean((w[at + 1:, filtered] > 0).any(axis=0)))
 
 
 def phase_diagram_row(record: dict) -> dict:
@@ -154,7 +175,7 @@ def summary_row(record: dict) -> dict:
     (``eta_used``: the step size the run took, beside a grid's requested ``eta``)."""
     row = dict(record["point"]) | {"seed": record["seed"], "realised_noise": record.get("realised_noise"),
                                    "eta_used": record.get("eta")}
-    for group in ("boundaries", "at_filter", "final"):
+    for group in ("boundaries", "at_filter", "after_filter", "final"):
         for name, value in (record.get(group) or {}).items():
             row[name if group == "boundaries" else f"{group}_{name}"] = value
     for claim in record.get("claims") or []:
@@ -231,6 +252,18 @@ def grid_runs(base: dict, grid: dict[str, list], seeds: Sequence[int]) -> list[t
                 raise ValueError(f"{_where(point)}: {error}") from None
             runs.append((config, point))
     return runs
+
+
+def validate_runs(runs: Sequence[tuple], force: bool = False) -> None:
+    """Check every run's configuration, problem and memory estimate before any work; a ``ValueError`` names the
+    first bad run by its grid point and seed (settings named as flags)."""
+    from phases.simulate import _as_flags
+
+    for config, point in runs:
+        try:
+            config.validate(force=force)
+        except ValueError as error:
+            raise ValueError(f"{_where(point)}, seed {config.seed}: {_as_flags(str(error))}") from None
 
 
 def _where(point: dict) -> str:
@@ -473,46 +506,37 @@ class _Progress:
     def __init__(self, total: int, directory: ResumableOutput):
         self.total, self.directory = total, directory
         self.done, self.started = 0, time.perf_counter()
+        self.prog = directory.prog
 
     def __call__(self, record: dict) -> None:
         self.directory.append(record)
         self.done += 1
         elapsed = time.perf_counter() - self.started
         left = elapsed / self.done * (self.total - self.done)
-        print(f"{PROG}: {self.done}/{self.total} runs, {elapsed:.0f} s, about {left:.0f} s left", file=sys.stderr,
+        print(f"{self.prog}: {self.done}/{self.total} runs, {elapsed:.0f} s, about {left:.0f} s left", file=sys.stderr,
               flush=True)
 
 
-def run(argv: list[str] | None = None) -> list[dict]:
-    """Run the sweep of the command-line arguments; print a summary; return the records in grid order."""
-    from phases.simulate import _as_flags
+def record_runs(runs: Sequence[tuple], directory: ResumableOutput, *, executor=None, save_trajectories: bool = False,
+                finish: Callable[[str, list[dict]], None] | None = None) -> tuple[list[dict], int]:
+    """Run ``runs`` (``(config, point)`` pairs, :func:`grid_runs`) into ``directory`` and publish it whole.
 
-    args = build_parser().parse_args(argv)
-    grid = parse_grid(args.grid)
-    try:
-        runs = grid_runs(base_settings(args.config), grid, range(args.seeds))
-        for config, point in runs:  # every run's configuration, problem and memory estimate, before any work
-            try:
-                config.validate(force=args.force)
-            except ValueError as error:
-                raise ValueError(f"{_where(point)}, seed {config.seed}: {_as_flags(str(error))}") from None
-    except ValueError as error:
-        raise UserError(str(error)) from None
-    executor = executor_from_arguments(args)
-    refuse_jax_cache()
-    command = " ".join([PROG, *(sys.argv[1:] if argv is None else argv)])
-    directory = ResumableOutput(args.out, overwrite=args.overwrite, resume=args.resume, command=command, prog=PROG,
-                                carried=(TRAJECTORIES,))
-    started = time.perf_counter()
+    Runs recorded there are not run again; every new record is appended as it arrives (one progress line on
+    stderr each, prefixed by ``directory.prog``); at the end ``records.jsonl`` (in the order of ``runs``),
+    ``summary.csv`` and ``finish(folder, records)``'s files (if given) are written and the directory is
+    published. After an error the directory is kept for ``--resume``. Returns the records and the number of
+    runs computed.
+    """
+    prog = directory.prog
     recorded = directory.open()
-    trajectories = os.path.join(directory.progress, TRAJECTORIES) if args.save_trajectories else None
+    trajectories = os.path.join(directory.progress, TRAJECTORIES) if save_trajectories else None
     try:
         if trajectories is not None:
             os.makedirs(trajectories, exist_ok=True)
         keys = {record_key(config) for config, _ in runs}
         reused = len(keys & set(recorded))
         if reused:
-            print(f"{PROG}: {reused} of {len(keys)} runs already recorded in {directory.progress}; not run again",
+            print(f"{prog}: {reused} of {len(keys)} runs already recorded in {directory.progress}; not run again",
                   file=sys.stderr)
         progress = _Progress(len(keys) - reused, directory)
         try:
@@ -522,16 +546,41 @@ def run(argv: list[str] | None = None) -> list[dict]:
             raise UserError(str(error)) from None
         dropped = len(set(recorded) - keys)
         if dropped:
-            print(f"{PROG}: {dropped} recorded runs are not in this grid and are left out", file=sys.stderr)
-        directory.publish(records, lambda folder: _finish(folder, records))
+            print(f"{prog}: {dropped} recorded runs are not in this grid and are left out", file=sys.stderr)
+
+        def last_files(folder: str) -> None:
+            _finish(folder, records)
+            if finish is not None:
+                finish(folder, records)
+
+        directory.publish(records, last_files)
     except BaseException:
         directory.abandon()
         raise
     finally:
         directory.close()
+    return records, progress.done
+
+
+def run(argv: list[str] | None = None) -> list[dict]:
+    """Run the sweep of the command-line arguments; print a summary; return the records in grid order."""
+    args = build_parser().parse_args(argv)
+    grid = parse_grid(args.grid)
+    try:
+        runs = grid_runs(base_settings(args.config), grid, range(args.seeds))
+        validate_runs(runs, force=args.force)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    executor = executor_from_arguments(args)
+    refuse_jax_cache()
+    command = " ".join([PROG, *(sys.argv[1:] if argv is None else argv)])
+    directory = ResumableOutput(args.out, overwrite=args.overwrite, resume=args.resume, command=command, prog=PROG,
+                                carried=(TRAJECTORIES,))
+    started = time.perf_counter()
+    records, computed = record_runs(runs, directory, executor=executor, save_trajectories=args.save_trajectories)
     _print_summary(records, grid)
     print(f"Wrote {args.out}/: {RECORDS} {SUMMARY}{f' {TRAJECTORIES}/' if args.save_trajectories else ''} "
-          f"({len(records)} runs, {progress.done} computed, {time.perf_counter() - started:.0f} s)")
+          f"({len(records)} runs, {computed} computed, {time.perf_counter() - started:.0f} s)")
     return records
 
 
