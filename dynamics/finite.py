@@ -3,7 +3,8 @@
 The linearized simulator (:mod:`dynamics.simulator`) runs docs/theory.md section 2 in
 function space with a fixed kernel. Here the same four steps run literally on
 a finite-width torch ``MLP`` in the NTK parametrisation
-(:class:`kernels.empirical.MLP`): the look-ahead ``theta_hat(w)`` is a real
+(:class:`kernels.empirical.MLP`), or on the convolutional twin
+:class:`kernels.conv.ConvNet`: the look-ahead ``theta_hat(w)`` is a real
 gradient step on the parameters, and ``dL_meta/dw`` is obtained by automatic
 differentiation through it with ``torch.func`` (a gradient of a gradient), with
 no kernel anywhere in the dynamics. Losses follow the simulator: MSE ``0.5
@@ -16,8 +17,9 @@ the two then differ only through the finite-width kernel and its drift, which
 is what claim C8 measures (``python -m phases.finite``).
 
 Parameters travel as a dict of tensors in a frozen :class:`FiniteState`; the
-``MLP`` module is used only as the architecture (through ``functional_call``)
-and keeps ``theta_0``. CPU runs are float64, GPU runs float32.
+module is used only as the architecture (through ``functional_call``)
+and keeps ``theta_0``. CPU runs are float64, GPU runs float32, unless
+:class:`NetworkConfig` names the dtype.
 
 ``python -m phases.finite --out DIR`` (:func:`phases.experiments.run_finite_width`)
 runs claim C8: finite widths next to the linearized model, the gaps, their
@@ -30,39 +32,48 @@ import copy
 import dataclasses
 from collections.abc import Callable
 
+import jax
 import numpy as np
 import torch
 from torch.func import functional_call, grad
 
+from dynamics import simulator
 from dynamics.bilevel import lookahead_meta_gradient
 from dynamics.bilevel import lookahead_weights as _lookahead_weights
 from dynamics.bilevel import new_weights as _new_weights
 from dynamics.problem import Problem
 from dynamics.simulator import DivergenceError, KernelBlocks, MetaConfig, default_eta, meta_score
 from dynamics.trajectory import Trajectory
-from kernels.empirical import MLP, empirical_ntk, per_example_jacobians
+from kernels.conv import ConvNet, ConvSpec, conv_kernel
+from kernels.empirical import MLP, empirical_ntk, empirical_ntk_autodiff, per_example_jacobians
 from kernels.infinite import KernelSpec, kernel
 
 OUTPUT_KERNELS = ("full", "averaged")
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
 @dataclasses.dataclass(frozen=True)
 class NetworkConfig:
-    """The finite network: ``MLP(d, width, C, spec)`` in the NTK parametrisation.
+    """The finite network in the NTK parametrisation: ``MLP(d, width, C, spec)``, or ``ConvNet(width, C, spec)``
+    when ``spec`` is a :class:`kernels.conv.ConvSpec`.
 
-    width : units per hidden layer, ``N``.
-    spec : depth, activation, ``W_std``, ``b_std``; the same spec gives the
-        linearized model its analytic NTK (``spec.kind`` is unused here).
+    width : units per hidden layer (channels per convolution layer), ``N``.
+    spec : depth, activation, ``W_std``, ``b_std`` (and the image shape of a
+        ConvSpec); the same spec gives the linearized model its analytic NTK
+        (:func:`analytic_kernel`; ``spec.kind`` is unused here).
     centred : train ``f(x; theta) - f(x; theta_0)`` (zero initial outputs, the
         simulator's default); ``False`` trains ``f`` itself.
-    device : torch device; float64 on the CPU, float32 on anything else
-        (GPUs are many times slower in float64).
+    device : torch device.
+    precision : ``"float64"`` or ``"float32"``; ``None``: float64 on the CPU,
+        float32 on anything else (GPUs are many times slower in float64).
+        float32 halves the cost of a wide run; the linearized model stays float64.
     """
 
     width: int = 512
-    spec: KernelSpec = KernelSpec()
+    spec: KernelSpec | ConvSpec = KernelSpec()
     centred: bool = True
     device: str = "cpu"
+    precision: str | None = None
 
     def __post_init__(self):
         if int(self.width) < 1:
@@ -71,10 +82,47 @@ class NetworkConfig:
             torch.device(self.device)
         except RuntimeError as error:
             raise ValueError(f"device must name a torch device, got {self.device!r}") from error
+        if self.precision is not None and self.precision not in DTYPES:
+            raise ValueError(f"precision must be one of {tuple(DTYPES)} or None, got {self.precision!r}")
 
     @property
     def dtype(self) -> torch.dtype:
+        if self.precision is not None:
+            return DTYPES[self.precision]
         return torch.float64 if torch.device(self.device).type == "cpu" else torch.float32
+
+    @property
+    def architecture(self) -> str:
+        """``"cnn"`` for a :class:`kernels.conv.ConvSpec`, ``"mlp"`` otherwise."""
+        return "cnn" if isinstance(self.spec, ConvSpec) else "mlp"
+
+    def build(self, in_dim: int, out_dim: int, generator: torch.Generator) -> torch.nn.Module:
+        """``theta_0`` of the network on ``(N, in_dim)`` inputs with ``out_dim`` outputs, drawn from ``generator``."""
+        if isinstance(self.spec, ConvSpec):
+            if in_dim != self.spec.input_dim:
+                raise ValueError(f"the CNN reads {self.spec.image_shape} images ({self.spec.input_dim} values), "
+                                 f"but the inputs have {in_dim}")
+            return ConvNet(int(self.width), out_dim, self.spec, generator, self.dtype)
+        return MLP(in_dim, int(self.width), out_dim, self.spec, generator, self.dtype)
+
+
+def analytic_kernel(spec: KernelSpec | ConvSpec) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """``(x1 (n1, d), x2 (n2, d)) -> (n1, n2)``, the analytic NTK of the architecture ``spec`` describes
+    (:func:`kernels.infinite.kernel` or :func:`kernels.conv.conv_kernel`), float64."""
+    spec = dataclasses.replace(spec, kind="ntk")
+    if isinstance(spec, ConvSpec):
+        return lambda a, b: conv_kernel(spec, a, b)
+    return lambda a, b: kernel(spec, a, b)
+
+
+def scalar_empirical_ntk(model: torch.nn.Module, x1, x2=None) -> np.ndarray:
+    """The output-averaged empirical NTK ``(n1, n2)`` at the module's own parameters: the closed form of an
+    ``MLP`` (:func:`kernels.empirical.empirical_ntk`), automatic differentiation for any other module."""
+    if isinstance(model, MLP):
+        return empirical_ntk(model, x1, x2)
+    # Every parameter, whether or not the module lets gradients flow to it.
+    return empirical_ntk_autodiff(model, x1, x2, params={name: value.detach()
+                                                         for name, value in model.named_parameters()})
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -91,7 +139,7 @@ class FiniteNetwork:
     centred : whether ``offset`` is subtracted.
     """
 
-    model: MLP
+    model: torch.nn.Module
     inputs: torch.Tensor
     targets: torch.Tensor
     offset: torch.Tensor
@@ -138,7 +186,7 @@ def init(problem: Problem, network: NetworkConfig, w0: float, generator: torch.G
     ``(FiniteNetwork, FiniteState)`` with ``w = w0`` everywhere.
     """
     dtype, device = network.dtype, torch.device(network.device)
-    model = MLP(problem.X.shape[1], int(network.width), problem.num_classes, network.spec, generator, dtype)
+    model = network.build(problem.X.shape[1], problem.num_classes, generator)
     # The dynamics differentiate with respect to the state's tensors, never the module's.
     model = model.to(device).requires_grad_(False)
     C = problem.num_classes
@@ -289,8 +337,8 @@ def _numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().to(torch.float64).cpu().numpy()
 
 
-def _model_at(net: FiniteNetwork, params: dict[str, torch.Tensor]) -> MLP:
-    """A copy of the architecture holding ``params``, for :func:`kernels.empirical.empirical_ntk`."""
+def _model_at(net: FiniteNetwork, params: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """A copy of the architecture holding ``params``, for :func:`scalar_empirical_ntk`."""
     model = copy.deepcopy(net.model)
     with torch.no_grad():
         for name, value in model.named_parameters():
@@ -337,7 +385,7 @@ def closed_form_score(net: FiniteNetwork, state: FiniteState, *, loss: str, eta:
     ----------
     output_kernel : ``"full"``: the matrix-valued NTK ``J_c(x) J_c'(x')^T``
         (exact as ``eta -> 0``); ``"averaged"``: the output-averaged scalar
-        kernel of :func:`kernels.empirical.empirical_ntk` through
+        kernel of :func:`scalar_empirical_ntk` through
         :func:`dynamics.simulator.meta_score`. At finite width the NTK is
         ``k (x) I_C`` only up to ``O(N^(-1/2))`` (cross-output blocks, unequal
         per-output kernels), so the averaged kernel adds an ``eta``-independent
@@ -361,8 +409,8 @@ def closed_form_score(net: FiniteNetwork, state: FiniteState, *, loss: str, eta:
         model = _model_at(net, state.params)
         V, X = net.inputs[meta], net.inputs[train]
         score, residual_hat = meta_score(loss, eta, gamma, _numpy(state.w), _numpy(R), _numpy(R_meta),
-                                         _numpy(F_meta), _numpy(Y_meta), empirical_ntk(model, V, X),
-                                         empirical_ntk(model, V))
+                                         _numpy(F_meta), _numpy(Y_meta), scalar_empirical_ntk(model, V, X),
+                                         scalar_empirical_ntk(model, V))
         return np.asarray(score), np.asarray(residual_hat)
     with torch.no_grad():
         Theta_VX = _output_ntk(net, state.params, meta, train)
@@ -418,6 +466,7 @@ def _record(net: FiniteNetwork, state: FiniteState, config: MetaConfig, t: int) 
         "test_loss": _numpy(test_losses.mean()),
         "test_accuracy": _numpy((F[n + m:].argmax(dim=-1) == test_labels).to(F.dtype).mean()),
         "flip_rate": np.asarray(np.nan),
+        "test_outputs": _numpy(F[n + m:]),
     }
     return record, dL_meta_dw
 
@@ -428,8 +477,22 @@ def _group_mean(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def train_finite(problem: Problem, config: MetaConfig = MetaConfig(), network: NetworkConfig = NetworkConfig(), *,
-                 generator: torch.Generator, progress: Callable[[int], None] | None = None) -> Trajectory:
-    """Exact bi-level meta-reweighting of a finite-width ``MLP`` (docs/theory.md sections 2-3).
+                 generator: torch.Generator, progress: Callable[[int], None] | None = None,
+                 blocks: KernelBlocks | None = None) -> Trajectory:
+    """Exact bi-level meta-reweighting of a finite-width network (docs/theory.md sections 2-3).
+
+    The trajectory of :func:`train_finite_with_outputs`, whose parameters and
+    exceptions it shares.
+    """
+    return train_finite_with_outputs(problem, config, network, generator=generator, progress=progress,
+                                     blocks=blocks)[0]
+
+
+def train_finite_with_outputs(problem: Problem, config: MetaConfig = MetaConfig(),
+                              network: NetworkConfig = NetworkConfig(), *, generator: torch.Generator,
+                              progress: Callable[[int], None] | None = None, blocks: KernelBlocks | None = None
+                              ) -> tuple[Trajectory, np.ndarray]:
+    """Exact bi-level meta-reweighting of a finite-width network, and its test outputs at every record.
 
     Every step is :func:`step`: look-ahead, autodiff meta-gradient, clipped
     persistent weights (or the ``l2rw`` / ``fixed`` variants of ``config``),
@@ -452,14 +515,19 @@ def train_finite(problem: Problem, config: MetaConfig = MetaConfig(), network: N
         mini-batches; ``config["seed"]`` records its ``initial_seed()``, which
         repeats the run when the generator is passed freshly seeded.
     progress : called after every step with the number of steps done (for a progress bar).
+    blocks : the analytic kernel blocks of ``problem`` for ``network.spec``
+        (:func:`analytic_kernel`), when the caller has them: computed here
+        otherwise (a CNN's take minutes).
 
     Returns
     -------
-    Trajectory, rows as in :func:`dynamics.simulator.simulate` (row ``t`` is the
-    state entering step ``step[t]``, the last row the final state).
-    ``label_similarity`` and ``k_meta_norm`` come from the output-averaged
-    empirical NTK at ``theta_0``. ``config`` holds every resolved parameter,
-    and the network (the caller adds package versions).
+    trajectory : rows as in :func:`dynamics.simulator.simulate` (row ``t`` is the
+        state entering step ``step[t]``, the last row the final state).
+        ``label_similarity`` and ``k_meta_norm`` come from the output-averaged
+        empirical NTK at ``theta_0``. ``config`` holds every resolved parameter,
+        and the network (the caller adds package versions).
+    test_outputs : (T, p, C) float64, the test outputs at every recorded step
+        (the last row is ``trajectory.test_outputs``).
 
     Raises
     ------
@@ -472,9 +540,9 @@ def train_finite(problem: Problem, config: MetaConfig = MetaConfig(), network: N
         if size is not None and size > limit:
             raise ValueError(f"{name} must be at most {limit}, got {size}")
     # The analytic kernel sets the default step and the stability scale, exactly as the simulator's would.
-    spec = dataclasses.replace(network.spec, kind="ntk")
-    eta_default, lambda_joint = default_eta(KernelBlocks.from_problem(problem, lambda a, b: kernel(spec, a, b)),
-                                            config.gamma)
+    if blocks is None:
+        blocks = KernelBlocks.from_problem(problem, analytic_kernel(network.spec))
+    eta_default, lambda_joint = default_eta(blocks, config.gamma)
     eta_source = "default_eta of the analytic NTK blocks" if config.eta is None else "given"
     eta = eta_default if config.eta is None else float(config.eta)
     beta = 0.0 if config.variant == "fixed" else float(config.beta)
@@ -483,7 +551,7 @@ def train_finite(problem: Problem, config: MetaConfig = MetaConfig(), network: N
     net, state = init(problem, network, config.w0, generator)
     with torch.no_grad():
         # kernels.empirical returns (m, n) float64 at the module's own parameters, theta_0.
-        k_meta_train = empirical_ntk(net.model, problem.X_meta, problem.X)
+        k_meta_train = scalar_empirical_ntk(net.model, problem.X_meta, problem.X)
 
     steps, every = int(config.steps), int(config.record_every)
     record_steps = set(range(0, (steps // every) * every, every)) | {steps}
@@ -512,13 +580,15 @@ def train_finite(problem: Problem, config: MetaConfig = MetaConfig(), network: N
 
     series = {name: np.stack([record[name] for record in records]) for name in records[0]}
     train_losses = series.pop("train_losses")
+    test_outputs = series.pop("test_outputs")
     noisy = problem.noisy
     with torch.no_grad():
         F = _numpy(net.outputs(state.params, slice(None)))
     Y_meta = np.eye(C)[problem.y_meta]
     resolved = dataclasses.asdict(config) | {
         "seed": seed, "n": n, "m": m, "p": p, "num_classes": C, "problem": problem.name,
-        "model": "finite", "width": int(network.width), "depth": int(network.spec.depth),
+        "model": "finite", "network": network.architecture, "width": int(network.width),
+        "depth": int(network.spec.depth),
         "activation": network.spec.activation, "W_std": float(network.spec.W_std),
         "b_std": float(network.spec.b_std), "centred": bool(network.centred), "device": str(network.device),
         "dtype": str(network.dtype).removeprefix("torch."),
@@ -528,8 +598,9 @@ def train_finite(problem: Problem, config: MetaConfig = MetaConfig(), network: N
         "init": "zero" if network.centred else "network",
         "perturb_draws": 0, "flip_rate": "not measured (NaN) for finite networks",
         "label_similarity_kernel": "output-averaged empirical NTK at theta_0",
-    }
-    return Trajectory(
+    } | ({"image_shape": list(network.spec.image_shape), "filter_size": int(network.spec.filter_size)}
+         if network.architecture == "cnn" else {})
+    trajectory = Trajectory(
         step=series["step"].astype(np.int64),
         w=series["w"],
         score=series["score"],
@@ -547,3 +618,32 @@ def train_finite(problem: Problem, config: MetaConfig = MetaConfig(), network: N
         outputs=F[:n], meta_outputs=F[n:n + m], test_outputs=F[n + m:],
         config=resolved,
     )
+    return trajectory, test_outputs
+
+
+def linearized_test_outputs(problem: Problem, operator: KernelBlocks, config: MetaConfig, steps, *,
+                            seed: int = 0) -> np.ndarray:
+    """Test outputs ``(T, p, C)`` of the linearized model at the recorded ``steps`` (docs/theory.md section 2).
+
+    Steps :func:`dynamics.simulator.step` from :func:`dynamics.simulator.init`
+    and reads :func:`dynamics.simulator.predict_test` at every step in ``steps``,
+    so that row ``t`` belongs to the run ``simulate(problem, operator, config,
+    seed=seed)`` records at ``steps[t]``; the finite twin's are the second
+    value of :func:`train_finite_with_outputs`.
+
+    Parameters
+    ----------
+    operator : the kernel blocks of ``problem``.
+    config : the knobs, with ``eta`` set.
+    steps : (T,) recorded step indices, increasing.
+    """
+    steps = [int(t) for t in steps]
+    operator = jax.device_put(operator)
+    state = simulator.init(problem, operator, config, seed=seed)
+    outputs, t = [], 0
+    for target in steps:
+        for _ in range(target - t):
+            state = simulator.step(state, problem, operator, config)
+        t = target
+        outputs.append(np.asarray(simulator.predict_test(state, operator, config)))
+    return np.stack(outputs)

@@ -6,11 +6,12 @@ and ``build(results)``, which fetches that function's inputs from a
 :class:`figures.results.Results`.
 """
 
-from figures import (finite_width, histograms, mechanism, methods, phase_diagram, sensitivity, spectral,
-                     weights)
+from figures import (finite_eta, finite_gap_time, finite_width, histograms, mechanism, methods, phase_diagram,
+                     sensitivity, spectral, weights)
 
 #: The figures in gallery order.
-FIGURES = (weights, mechanism, histograms, sensitivity, spectral, phase_diagram, finite_width, methods)
+FIGURES = (weights, mechanism, histograms, sensitivity, spectral, phase_diagram, finite_width, methods,
+           finite_gap_time, finite_eta)
 BY_NAME = {module.NAME: module for module in FIGURES}
 
 __all__ = ["BY_NAME", "FIGURES"]

@@ -9,6 +9,7 @@ from kernels.lazy import lazy_exports
 _EXPORTS = {
     "kernels.infinite": ("KernelSpec", "kernel", "stax_network"),
     "kernels.empirical": ("MLP", "empirical_ntk", "empirical_ntk_autodiff", "per_example_jacobians"),
+    "kernels.conv": ("ConvNet", "ConvSpec", "conv_kernel", "conv_network"),
     "kernels.spectral": ("class_mean_kernel", "eigh_kernel", "energy_profile", "top_energy_share"),
 }
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

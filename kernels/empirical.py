@@ -163,7 +163,8 @@ def empirical_ntk(model: MLP, x1, x2=None, *, block_rows: int = 256, block_cols:
     return out
 
 
-def empirical_ntk_autodiff(model: torch.nn.Module, x1, x2=None, *, block_rows: int = 64) -> np.ndarray:
+def empirical_ntk_autodiff(model: torch.nn.Module, x1, x2=None, *, block_rows: int = 64,
+                           params: dict[str, torch.Tensor] | None = None) -> np.ndarray:
     """Output-averaged empirical NTK of any module by automatic differentiation.
 
     ``k(x, x') = (1/C) sum_c J_c(x) J_c(x')^T`` with per-example Jacobians
@@ -177,14 +178,17 @@ def empirical_ntk_autodiff(model: torch.nn.Module, x1, x2=None, *, block_rows: i
     x1 : (n1, d) inputs.
     x2 : (n2, d) inputs; ``x1`` when omitted.
     block_rows : examples per Jacobian evaluation.
+    params : name -> tensor, as in :func:`per_example_jacobians` (default: the
+        module's own parameters that require gradients).
 
     Returns
     -------
     (n1, n2) float64 array.
     """
     x1 = _as_model_tensor(model, x1)
-    j1 = per_example_jacobians(model, x1, block_rows=block_rows)
-    j2 = j1 if x2 is None else per_example_jacobians(model, _as_model_tensor(model, x2), block_rows=block_rows)
+    j1 = per_example_jacobians(model, x1, params, block_rows=block_rows)
+    j2 = j1 if x2 is None else per_example_jacobians(model, _as_model_tensor(model, x2), params,
+                                                     block_rows=block_rows)
     k = torch.einsum("acp,bcp->ab", j1, j2) / j1.shape[1]
     return k.detach().to(torch.float64).cpu().numpy()
 

@@ -171,3 +171,18 @@ def detect_phases(trajectory, params: PhaseParams = PhaseParams()) -> Phases:
     stats = trajectory.weight_stats()
     return detect(trajectory.step, stats["mean_w_clean"], trajectory.clean_loss, bool(trajectory.noisy.any()), params,
                   stats["frac_noisy_zero"])
+
+
+def readmitted_share(trajectory, T_filter: int | None) -> float | None:
+    """Late re-admission: of the noisy examples at ``w = 0`` at ``T_filter``, the share whose weight is above 0 at
+    a later recorded step (docs/theory.md section 9: does a large step prevent it?).
+
+    ``None`` without ``T_filter`` (:func:`detect_phases`) or when no noisy example is at 0 there.
+    """
+    if T_filter is None:
+        return None
+    at = int(np.searchsorted(trajectory.step, T_filter))
+    filtered = np.asarray(trajectory.noisy) & (trajectory.w[at] == 0)
+    if not filtered.any():
+        return None
+    return float((trajectory.w[at + 1:, filtered] > 0).any(axis=0).mean())

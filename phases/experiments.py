@@ -24,7 +24,7 @@ import numpy as np
 
 from dynamics.config import MetaConfig
 from phases.claims import Thresholds
-from phases.detect import PhaseParams, Phases, detect_phases
+from phases.detect import PhaseParams, Phases, detect_phases, readmitted_share
 
 #: Storage precision of the dense kernel blocks (the dynamics stay float64; dynamics.operators.KernelBlocks).
 KERNEL_DTYPES = ("float64", "float32")
@@ -697,20 +697,35 @@ def _feature_labels(arrays: dict, values: dict):
 
 # ----------------------------------------------------------------------------- C8: finite widths
 
+FINITE_DATASETS = ("gmm", "digits")
+FINITE_NETWORKS = ("mlp", "cnn")
+
 
 @dataclasses.dataclass(frozen=True)
 class FiniteWidthConfig:
-    """Every input of the C8 cross-check: finite-width MLPs against the linearized model (docs/theory.md claim C8).
+    """Every input of the C8 cross-check: finite-width networks against the linearized model (docs/theory.md claim C8).
 
-    Problem: a Gaussian mixture of ``n, m, p`` examples, ``classes`` C, ``dim`` d,
-    symmetric ``noise``, drawn from ``problem_seed``. Networks: ``widths`` (at
-    least two), initialisation ``seeds``, ``depth`` hidden layers,
-    ``activation``, ``w_std``, ``b_std``, torch ``device`` and intra-op
-    ``threads``. Dynamics (full batch, persistent clipped weights, both
-    models alike): ``loss``, ``steps``, ``eta`` (``None``: the simulator's
-    default for the analytic kernel), ``beta``, ``gamma``, ``w0``.
+    Problem: ``dataset`` ``gmm``, a Gaussian mixture of ``n, m, p`` examples,
+    ``classes`` C, ``dim`` d; or ``digits``, scikit-learn's 8x8 digits
+    (:func:`dynamics.problem.digits`: ``n`` training and ``m`` clean images,
+    the first ``p`` of the others as the test set; ``classes`` and ``dim``
+    unused); symmetric ``noise``, drawn from ``problem_seed``. Networks:
+    ``network`` ``mlp`` (``depth`` hidden layers) or ``cnn`` (``depth``
+    3x3 convolution layers of ``width`` channels, global average pooling and
+    a dense head, :mod:`kernels.conv`; digits only), ``widths`` (at least
+    two), initialisation ``seeds``, ``activation``, ``w_std``, ``b_std``,
+    torch ``device``, ``precision`` (``None``: float64 on the CPU) and
+    intra-op ``threads``. Dynamics (full batch, persistent clipped weights,
+    both models alike): ``loss``, ``steps``, ``eta`` (``None``: the
+    simulator's default for the analytic kernel), ``beta``, ``gamma``,
+    ``w0``; ``eta_fractions``: further step sizes as fractions of the
+    stability limit ``2 / lambda_joint`` of the analytic kernel, each
+    repeating the width sweep (its gaps and re-admission are summarised, its
+    trajectories not saved).
     """
 
+    dataset: str = "gmm"
+    network: str = "mlp"
     n: int = 200
     m: int = 40
     p: int = 200
@@ -725,10 +740,12 @@ class FiniteWidthConfig:
     w_std: float = math.sqrt(2.0)
     b_std: float = 0.0
     device: str = "cpu"
+    precision: str | None = None
     threads: int = 1
     loss: str = "mse"
     steps: int = 300
     eta: float | None = None
+    eta_fractions: tuple[float, ...] = ()
     beta: float = 1.0
     gamma: float = 1.0
     w0: float = 0.5
@@ -736,16 +753,38 @@ class FiniteWidthConfig:
     def __post_init__(self):
         object.__setattr__(self, "widths", tuple(sorted({int(w) for w in self.widths})))
         object.__setattr__(self, "seeds", tuple(sorted({int(s) for s in self.seeds})))
+        object.__setattr__(self, "eta_fractions", tuple(sorted({float(f) for f in self.eta_fractions})))
         if len(self.widths) < 2:
             raise ValueError(f"widths needs at least two distinct widths to fit a slope, got {list(self.widths)}")
+        if self.dataset not in FINITE_DATASETS:
+            raise ValueError(f"dataset must be one of {FINITE_DATASETS}, got {self.dataset!r}")
+        if self.network not in FINITE_NETWORKS:
+            raise ValueError(f"network must be one of {FINITE_NETWORKS}, got {self.network!r}")
+        if self.network == "cnn" and self.dataset != "digits":
+            raise ValueError("network 'cnn' reads images: it needs dataset 'digits'")
+        if any(not 0 < f < 1 for f in self.eta_fractions):
+            raise ValueError(f"eta_fractions must lie in (0, 1) (fractions of 2/lambda_max), "
+                             f"got {list(self.eta_fractions)}")
 
     def problem(self):
-        from dynamics.problem import gaussian_mixture
+        from dynamics.problem import digits, gaussian_mixture
 
-        return gaussian_mixture(np.random.default_rng(self.problem_seed), n=self.n, m=self.m, p=self.p,
-                                num_classes=self.classes, dim=self.dim, noise_rate=self.noise)
+        rng = np.random.default_rng(self.problem_seed)
+        if self.dataset == "gmm":
+            return gaussian_mixture(rng, n=self.n, m=self.m, p=self.p, num_classes=self.classes, dim=self.dim,
+                                    noise_rate=self.noise)
+        problem = digits(rng, n=self.n, m=self.m, noise_rate=self.noise)
+        if self.p > len(problem.y_test):
+            raise ValueError(f"p must be at most {len(problem.y_test)} for digits with n={self.n} and m={self.m}, "
+                             f"got {self.p}")
+        # The test set never feeds back into the dynamics; its size only sets the cost of every record.
+        return dataclasses.replace(problem, X_test=problem.X_test[:self.p], y_test=problem.y_test[:self.p])
 
     def kernel_spec(self):
+        if self.network == "cnn":
+            from kernels.conv import ConvSpec
+
+            return ConvSpec(depth=self.depth, activation=self.activation, W_std=self.w_std, b_std=self.b_std)
         from kernels.infinite import KernelSpec
 
         return KernelSpec(depth=self.depth, activation=self.activation, W_std=self.w_std, b_std=self.b_std)
@@ -757,12 +796,20 @@ class FiniteWidthConfig:
     def networks(self):
         from dynamics.finite import NetworkConfig
 
-        return [NetworkConfig(width=width, spec=self.kernel_spec(), device=self.device) for width in self.widths]
+        return [NetworkConfig(width=width, spec=self.kernel_spec(), device=self.device, precision=self.precision)
+                for width in self.widths]
 
     def estimated_memory(self) -> int:
         """Bytes the widest network's run is planned to need: the analytic kernel blocks of the linearized twin,
-        the parameters (and their gradients and the look-ahead's copies), and the activations of every input."""
+        the parameters (and their gradients and the look-ahead's copies), and the activations of every input.
+        A CNN holds every activation at each of the 64 pixels, and its analytic kernel a (64 x 64) covariance
+        per pair of images in a block of rows."""
         inputs, width = self.n + self.m + self.p, max(self.widths)
+        if self.network == "cnn":
+            pixels, taps = 64, 9
+            parameters = width * (taps + taps * width * (self.depth - 1) + 10)
+            kernel_blocks = 3 * inputs ** 2 + 6 * 8 * inputs * pixels ** 2
+            return 8 * (kernel_blocks + 6 * parameters + 6 * inputs * pixels * width * self.depth)
         parameters = width * (self.dim + width * (self.depth - 1) + self.classes)
         return 8 * (3 * inputs ** 2 + 6 * parameters + 6 * inputs * width * self.depth)
 
@@ -807,6 +854,33 @@ def fit_slope(widths: np.ndarray, gaps: np.ndarray) -> dict:
     return {"slope": slope, "slope_stderr": stderr, "intercept": intercept, "points": int(len(x))}
 
 
+def gap_series(finite, finite_test_outputs: np.ndarray, linear, linear_test_outputs: np.ndarray) -> dict:
+    """The C8 gaps of one finite run at every recorded step (docs/theory.md claim C8).
+
+    Parameters
+    ----------
+    finite, linear : the finite and the linearized :class:`~dynamics.trajectory.Trajectory`, recorded at the
+        same steps.
+    finite_test_outputs, linear_test_outputs : (T, p, C) their test outputs at those steps
+        (:func:`dynamics.finite.train_finite_with_outputs`, :func:`dynamics.finite.linearized_test_outputs`).
+
+    Returns
+    -------
+    ``step`` (T,); ``weight_gap`` (T,), ``max_i |w_t,i^N - w_t,i^lin|``, whose maximum is the summary's
+    weight gap; ``output_gap`` (T,), ``||F_test,t^N - F_test,t^lin||_F / ||F_test^lin||_F`` with the
+    linearized outputs of the final state in the denominator (the centred outputs start at zero), so that
+    its last value is the summary's output gap.
+    """
+    if not np.array_equal(finite.step, linear.step):
+        raise ValueError("the finite and the linearized runs must be recorded at the same steps")
+    scale = np.linalg.norm(linear_test_outputs[-1])
+    return {
+        "step": np.asarray(finite.step),
+        "weight_gap": np.abs(finite.w - linear.w).max(axis=1),
+        "output_gap": np.linalg.norm(finite_test_outputs - linear_test_outputs, axis=(1, 2)) / scale,
+    }
+
+
 def _relative_gap(finite: int | None, linear: int | None) -> float:
     """``|T^N - T^lin| / T^lin`` of one boundary; 0 when both are missing, infinite (JSON null) when one is."""
     if finite is None and linear is None:
@@ -818,8 +892,9 @@ def _relative_gap(finite: int | None, linear: int | None) -> float:
     return abs(finite - linear) / linear
 
 
-def _gaps(finite, linear, finite_phases: Phases, linear_phases: Phases) -> dict:
-    """C8 gaps of one finite run: weights (max over steps of the sup norm), test outputs, phase boundaries."""
+def _gaps(finite, linear, finite_phases: Phases, linear_phases: Phases, series: dict) -> dict:
+    """C8 gaps of one finite run: weights (max over steps of the sup norm), test outputs, phase boundaries,
+    re-admission, and the per-step ``series`` of :func:`gap_series`."""
     test_gap = np.linalg.norm(finite.test_outputs - linear.test_outputs) / np.linalg.norm(linear.test_outputs)
     return {
         "weight_gap": float(np.abs(finite.w - linear.w).max()),
@@ -830,12 +905,15 @@ def _gaps(finite, linear, finite_phases: Phases, linear_phases: Phases) -> dict:
         "T_filter_rel_gap": _relative_gap(finite_phases.T_filter, linear_phases.T_filter),
         "final_test_accuracy": float(finite.test_accuracy[-1]),
         "final_frac_noisy_zero": float(finite.weight_stats()["frac_noisy_zero"][-1]),
+        "readmitted_noisy": readmitted_share(finite, finite_phases.T_filter),
+        "series": {"weight_gap": series["weight_gap"].tolist(), "output_gap": series["output_gap"].tolist()},
     }
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class FiniteWidthResult:
-    """The C8 cross-check: ``summary`` (``summary.json``), the linearized run and every finite run by (width, seed)."""
+    """The C8 cross-check: ``summary`` (``summary.json``), the linearized run and every finite run by (width, seed)
+    at the main step size."""
 
     config: FiniteWidthConfig
     problem: object
@@ -870,13 +948,91 @@ class FiniteWidthResult:
                 "finite.png"]
 
 
+def _spread(values: list) -> dict:
+    """``per_seed`` values and their ``mean`` and ``max`` over the seeds that have one (``None`` when none has)."""
+    present = [v for v in values if v is not None]
+    return {"per_seed": values, "mean": float(np.mean(present)) if present else None,
+            "max": float(np.max(present)) if present else None}
+
+
+def _width_sweep(config: FiniteWidthConfig, problem, blocks, meta: MetaConfig, phase_params: PhaseParams, *,
+                 progress, main: bool) -> dict:
+    """The linearized run at ``meta.eta`` and every (width, seed) finite run beside it.
+
+    ``main``: keep the finite trajectories and let a diverging finite run raise; otherwise (a further step
+    size of ``eta_fractions``) a diverging run is recorded as such and skipped.
+    """
+    import time
+
+    import torch
+
+    from dynamics.finite import linearized_test_outputs, train_finite_with_outputs
+    from dynamics.simulator import DivergenceError, simulate
+
+    linear = simulate(problem, blocks, meta)
+    linear_phases = detect_phases(linear, phase_params)
+    linear_outputs = linearized_test_outputs(problem, blocks, meta, linear.step)
+    per_width, points, finite = [], [], {}
+    for network in config.networks():
+        width_started = time.perf_counter()
+        runs = []
+        for seed in config.seeds:
+            report = None if progress is None else (lambda done, w=network.width, s=seed: progress(w, s, done))
+            try:
+                run, outputs = train_finite_with_outputs(problem, meta, network,
+                                                         generator=torch.Generator().manual_seed(seed),
+                                                         progress=report, blocks=blocks)
+            except DivergenceError as error:
+                if main:
+                    raise
+                runs.append({"seed": seed, "diverged": str(error)})
+                continue
+            if main:
+                finite[(network.width, seed)] = run
+            series = gap_series(run, outputs, linear, linear_outputs)
+            runs.append({"seed": seed} | _gaps(run, linear, detect_phases(run, phase_params), linear_phases, series))
+            points.append((network.width, runs[-1]["weight_gap"]))
+        done = [r for r in runs if "diverged" not in r]
+        row = {"width": network.width, "runs": runs, "runtime_s": time.perf_counter() - width_started}
+        for key in ("weight_gap", "output_gap", "T_align_rel_gap", "T_filter_rel_gap", "readmitted_noisy"):
+            row[key] = _spread([r.get(key) for r in runs])
+        row["T_align"] = {"per_seed": [r.get("T_align") for r in runs], "linearized": linear_phases.T_align}
+        row["T_filter"] = {"per_seed": [r.get("T_filter") for r in runs], "linearized": linear_phases.T_filter}
+        row["boundary_rel_gap_max"] = max((max(r["T_align_rel_gap"], r["T_filter_rel_gap"]) for r in done),
+                                          default=None)
+        row["diverged_seeds"] = [r["seed"] for r in runs if "diverged" in r]
+        per_width.append(row)
+    return {"linear": linear, "linear_phases": linear_phases, "per_width": per_width, "points": points,
+            "finite": finite}
+
+
+def _linearized_summary(linear, phases: Phases) -> dict:
+    return {"T_align": phases.T_align, "T_filter": phases.T_filter,
+            "final_test_accuracy": float(linear.test_accuracy[-1]),
+            "final_frac_noisy_zero": float(linear.weight_stats()["frac_noisy_zero"][-1]),
+            "readmitted_noisy": readmitted_share(linear, phases.T_filter)}
+
+
+def _slope_of(points: list) -> dict:
+    """:func:`fit_slope` over the (width, gap) points, or ``None`` fields with fewer than two widths."""
+    if len({width for width, _ in points}) < 2:
+        return {"slope": None, "slope_stderr": None, "intercept": None, "points": len(points)}
+    widths, gaps = np.array(points).T
+    return fit_slope(widths, gaps)
+
+
 def run_finite_width(config: FiniteWidthConfig = FiniteWidthConfig(), *,
                      progress: Callable[[int, int, int], None] | None = None,
                      stage: Callable[[str], None] | None = None) -> FiniteWidthResult:
-    """Claim C8: exact bi-level meta-reweighting of finite-width MLPs beside the linearized model.
+    """Claim C8: exact bi-level meta-reweighting of finite-width networks beside the linearized model.
 
     The linearized model uses the analytic NTK of the same architecture; both
-    take the same ``eta``, ``beta``, ``gamma`` and steps, full batch.
+    take the same ``eta``, ``beta``, ``gamma`` and steps, full batch. Each
+    finite run's gaps are recorded at every recorded step
+    (:func:`gap_series`), with its late-phase re-admission
+    (:func:`phases.detect.readmitted_share`). The width sweep is repeated at every step size
+    of ``config.eta_fractions`` (summary ``eta_sweep``; the main ``eta`` is
+    its entry with ``"main": true``).
 
     Parameters
     ----------
@@ -887,9 +1043,8 @@ def run_finite_width(config: FiniteWidthConfig = FiniteWidthConfig(), *,
 
     import torch
 
-    from dynamics.finite import train_finite
-    from dynamics.simulator import KernelBlocks, simulate
-    from kernels.infinite import kernel
+    from dynamics.finite import analytic_kernel
+    from dynamics.simulator import KernelBlocks, default_eta
 
     announce = stage or (lambda text: None)
     problem = config.validate()
@@ -898,68 +1053,73 @@ def run_finite_width(config: FiniteWidthConfig = FiniteWidthConfig(), *,
     started = time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
+    architecture = (f"depth-{spec.depth} {spec.activation} MLP" if config.network == "mlp" else
+                    f"{spec.activation} CNN of {spec.depth} 3x3 conv layer(s), global average pooling")
     try:
-        announce(f"linearized model: analytic NTK of depth {spec.depth} {spec.activation}, {problem.name}, "
+        announce(f"linearized model: analytic NTK of the {architecture}, {problem.name}, "
                  f"n={config.n}, m={config.m}, p={config.p}")
-        blocks = KernelBlocks.from_problem(problem, lambda a, b: kernel(spec, a, b))
-        linear = simulate(problem, blocks, meta)
-        eta = linear.config["eta"]
-        meta = dataclasses.replace(meta, eta=eta)
+        blocks = KernelBlocks.from_problem(problem, analytic_kernel(spec))
+        eta_default, lambda_joint = default_eta(blocks, meta.gamma)
+        eta = eta_default if config.eta is None else float(config.eta)
+        limit = 2.0 / lambda_joint
+        etas = [eta] + [f * limit for f in config.eta_fractions if not math.isclose(f * limit, eta)]
         phase_params = PhaseParams()
-        linear_phases = detect_phases(linear, phase_params)
-        announce(f"finite networks: widths {list(config.widths)}, seeds {list(config.seeds)}, {config.steps} steps, "
-                 f"eta={eta:.4g}")
-        per_width, points, finite = [], [], {}
-        for network in config.networks():
-            width_started = time.perf_counter()
-            runs = []
-            for seed in config.seeds:
-                report = None if progress is None else (lambda done, w=network.width, s=seed: progress(w, s, done))
-                run = train_finite(problem, meta, network, generator=torch.Generator().manual_seed(seed),
-                                   progress=report)
-                finite[(network.width, seed)] = run
-                runs.append({"seed": seed} | _gaps(run, linear, detect_phases(run, phase_params), linear_phases))
-                points.append((network.width, runs[-1]["weight_gap"]))
-            row = {"width": network.width, "runs": runs, "runtime_s": time.perf_counter() - width_started}
-            for key in ("weight_gap", "output_gap", "T_align_rel_gap", "T_filter_rel_gap"):
-                values = [r[key] for r in runs]
-                row[key] = {"per_seed": values, "mean": float(np.mean(values)), "max": float(np.max(values))}
-            row["T_align"] = {"per_seed": [r["T_align"] for r in runs], "linearized": linear_phases.T_align}
-            row["T_filter"] = {"per_seed": [r["T_filter"] for r in runs], "linearized": linear_phases.T_filter}
-            row["boundary_rel_gap_max"] = max(row["T_align_rel_gap"]["max"], row["T_filter_rel_gap"]["max"])
-            per_width.append(row)
+        sweeps = []
+        for index, step_size in enumerate(etas):
+            announce(f"finite networks: widths {list(config.widths)}, seeds {list(config.seeds)}, {config.steps} "
+                     f"steps, eta={step_size:.4g} ({step_size / limit:.3g} of 2/lambda_max)")
+            sweeps.append(_width_sweep(config, problem, blocks, dataclasses.replace(meta, eta=step_size),
+                                       phase_params, progress=progress, main=index == 0))
     finally:
         torch.set_num_threads(threads)
 
     announce("slope and summary")
-    widths_of_points, gaps = np.array(points).T
+    main = sweeps[0]
+    linear, linear_phases, per_width, finite = main["linear"], main["linear_phases"], main["per_width"], main["finite"]
     widest = per_width[-1]
     last = finite[(config.widths[-1], config.seeds[-1])]
+    eta_sweep = []
+    for step_size, sweep in sorted(zip(etas, sweeps), key=lambda pair: pair[0]):
+        eta_sweep.append({
+            "eta": step_size, "eta_fraction": step_size / limit, "main": sweep is main,
+            **_slope_of(sweep["points"]),
+            "linearized": _linearized_summary(sweep["linear"], sweep["linear_phases"]),
+            "per_width": [{key: row[key] for key in ("width", "weight_gap", "output_gap", "readmitted_noisy",
+                                                     "T_filter", "diverged_seeds")} for row in sweep["per_width"]],
+        })
+    problem_source = ({"generator": "dynamics.problem.gaussian_mixture", "num_classes": config.classes,
+                       "dim": config.dim} if config.dataset == "gmm" else
+                      {"generator": "dynamics.problem.digits", "num_classes": problem.num_classes,
+                       "test_set": f"the first p={config.p} of the images outside the training and clean sets"})
     summary = {
-        "title": f"C8 on {problem.name}, n={config.n}, m={config.m}, p={config.p}: depth-{spec.depth} "
-                 f"{spec.activation} MLP, {config.loss}, {config.steps} steps, eta={eta:.3g}, beta={config.beta:g}, "
-                 f"gamma={config.gamma:g}",
-        **fit_slope(widths_of_points, gaps),
+        "title": f"C8 on {problem.name}, n={config.n}, m={config.m}, p={config.p}: {architecture}, {config.loss}, "
+                 f"{config.steps} steps, eta={eta:.3g}, beta={config.beta:g}, gamma={config.gamma:g}",
+        **fit_slope(*np.array(main["points"]).T),
         "slope_fit": "least squares of log(weight gap) on log(width) over every (width, seed) pair",
         "definitions": {
             "weight_gap": "max over recorded steps and examples of |w^N - w^lin|",
             "output_gap": "||F_test^N - F_test^lin||_F / ||F_test^lin||_F at the final state",
             "T_align_rel_gap": "|T_align^N - T_align^lin| / T_align^lin (null when only one run has it)",
             "T_filter_rel_gap": "|T_filter^N - T_filter^lin| / T_filter^lin (null when only one run has it)",
+            "series": "per recorded step (record_steps): weight_gap = max_i |w_t,i^N - w_t,i^lin|; output_gap = "
+                      "||F_test,t^N - F_test,t^lin||_F / ||F_test^lin||_F (final linearized outputs)",
+            "readmitted_noisy": "of the noisy examples at w = 0 at the run's own T_filter, the share at w > 0 at a "
+                                "later recorded step",
+            "eta_fraction": "eta / (2 / lambda_joint), lambda_joint the top eigenvalue of the analytic joint kernel",
         },
         "widths": list(config.widths), "seeds": list(config.seeds),
+        "record_steps": linear.step.tolist(),
+        "lambda_joint": lambda_joint, "eta_stable_below": limit,
         "per_width": per_width,
-        "linearized": {"T_align": linear_phases.T_align, "T_filter": linear_phases.T_filter,
-                       "final_test_accuracy": float(linear.test_accuracy[-1]),
-                       "final_frac_noisy_zero": float(linear.weight_stats()["frac_noisy_zero"][-1])},
+        "linearized": _linearized_summary(linear, linear_phases),
+        "eta_sweep": eta_sweep,
         "widest": {"width": widest["width"], "boundary_rel_gap_max": widest["boundary_rel_gap_max"],
                    "T_align": widest["T_align"], "T_filter": widest["T_filter"],
                    "weight_gap_mean": widest["weight_gap"]["mean"]},
         "phase_detector": "phases.detect.detect_phases", "phase_parameters": dataclasses.asdict(phase_params),
-        "problem": {"generator": "dynamics.problem.gaussian_mixture", "name": problem.name, "n": config.n,
-                    "m": config.m, "p": config.p, "num_classes": config.classes, "dim": config.dim,
-                    "noise_rate": config.noise, "realised_noise_rate": problem.noise_rate,
-                    "seed": config.problem_seed},
+        "problem": problem_source | {"name": problem.name, "dataset": config.dataset, "n": config.n,
+                                     "m": config.m, "p": config.p, "noise_rate": config.noise,
+                                     "realised_noise_rate": problem.noise_rate, "seed": config.problem_seed},
         "config": {"linearized": linear.config,
                    "finite": {key: value for key, value in last.config.items() if key not in ("width", "seed")},
                    "threads": config.threads},

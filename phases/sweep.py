@@ -73,7 +73,7 @@ from collections.abc import Callable, Sequence
 
 from phases.cli import ArgumentParser, HelpFormatter, ResumableOutput, UserError, add_executor_arguments, \
     executor_from_arguments, jsonable, positive_int, refuse_jax_cache, run_main, write_text
-from phases.detect import PhaseParams
+from phases.detect import PhaseParams, readmitted_share
 
 PROG = "python -m phases.sweep"
 RECORDS = ResumableOutput.RECORDS
@@ -131,29 +131,12 @@ def run_record(config, point: dict, trajectory_path: str | None = None) -> dict:
         "at_filter": {name: None if at is None else series[at] for name, series in
                       (("frac_noisy_zero", stats["frac_noisy_zero"]), ("frac_clean_zero", stats["frac_clean_zero"]),
                        ("test_accuracy", trajectory.test_accuracy))},
-        "after_filter": {"noisy_readmitted": None if at is None else readmitted_share(trajectory.w, trajectory.noisy,
-                                                                                        at)},
+        "after_filter": {"noisy_readmitted": readmitted_share(trajectory, phases.T_filter)},
         "claims": [{key: claim[key] for key in ("id", "verdict", "margin")} for claim in summary["claims"]],
         "final": summary["final"],
         "timing": {"wall_s": time.perf_counter() - started},
     }
     return jsonable(record)
-
-
-def readmitted_share(w, noisy, at: int) -> float | None:
-    """Late re-admission: of the noisy examples at ``w = 0`` at record ``at`` (``T_filter``), the share whose
-    weight is above 0 at some later record (``None`` when no noisy example is at 0 there).
-
-    Parameters
-    ----------
-    w : (T, n) recorded weights.  noisy : (n,) the noise mask.  at : the record index of ``T_filter``.
-    """
-    import numpy as np
-
-    filtered = noisy & (w[at] == 0)
-    if not filtered.any():
-        return None
-    return float(np.mean((w[at + 1:, filtered] > 0).any(axis=0)))
 
 
 def phase_diagram_row(record: dict) -> dict:

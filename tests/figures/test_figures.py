@@ -13,8 +13,8 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from dynamics.trajectory import Trajectory  # noqa: E402
-from figures import FIGURES, finite_width, histograms, mechanism, methods, phase_diagram, sensitivity, spectral, \
-    weights  # noqa: E402
+from figures import FIGURES, finite_eta, finite_gap_time, finite_width, histograms, mechanism, methods, \
+    phase_diagram, sensitivity, spectral, weights  # noqa: E402
 from figures.__main__ import main  # noqa: E402
 from phases.detect import detect_phases  # noqa: E402
 from phases.sweep import RECORD_FIELDS  # noqa: E402
@@ -32,6 +32,9 @@ COLUMNS = {  # columns each CSV must hold (some figures add more)
     "phase_diagram": set(RECORD_FIELDS),
     "finite_width": {"panel", "width", "seed", "weight_gap", "run", "step", "w"},
     "methods": set(methods.COLUMNS),
+    "finite_gap_time": {"network", "width", "seed", "step", "weight_gap", "output_gap", "T_align", "T_filter"},
+    "finite_eta": {"eta", "eta_fraction", "main", "run", "seed", "weight_gap", "output_gap", "readmitted_noisy",
+                   "diverged"},
 }
 
 
@@ -56,7 +59,7 @@ def test_quick_regeneration_writes_every_available_figure(quick):
         if name in CORE:
             assert entry["status"] == "written", entry
         if entry["status"] == "skipped":  # only figures 7 and 8, and only with a message naming the command
-            assert name in ("finite_width", "methods")
+            assert name in ("finite_width", "methods", "finite_gap_time", "finite_eta")
             assert "python -m dynamics." in entry["message"]
             continue
         png, csv = out / f"{name}.png", out / f"{name}.csv"
@@ -108,7 +111,7 @@ def test_missing_inputs_are_skipped_with_the_producing_command(tmp_path, capsys)
 
 @pytest.mark.parametrize("argv", [
     ["no_such_figure"],
-    ["9"],
+    [str(len(FIGURES) + 1)],  # one past the last figure number
     ["--from", "/nonexistent/results"],
     ["--workers", "0"],
     ["--workers", "two"],
@@ -287,3 +290,64 @@ def test_figures_output_is_staged_marked_and_replaced_only_on_request(tmp_path, 
     assert main(["phase_diagram", "--from", str(empty), "--out", str(docs), "--in-place"]) == 0
     assert (docs / "keep.png").read_bytes() == b"mine" and (docs / "figures.json").is_file()
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".")]
+
+
+def _finite_summary(fractions=(0.3, 0.6, 0.95), widths=(64, 256, 1024)):
+    """A summary.json of python -m phases.finite with gap series and an eta sweep (a diverged seed at 0.95)."""
+    steps = list(range(0, 101, 5))
+
+    def run(width, seed, fraction):
+        scale = (1 + 0.1 * seed) * (1 + fraction) / np.sqrt(width)
+        series = {"weight_gap": [0.0] + [scale * (1 - np.exp(-t / 30)) for t in steps[1:]],
+                  "output_gap": [0.0] + [scale / 2 for _ in steps[1:]]}
+        return {"seed": seed, "weight_gap": max(series["weight_gap"]), "output_gap": series["output_gap"][-1],
+                "readmitted_noisy": 0.1 * fraction, "series": series}
+
+    def spread(values):
+        present = [v for v in values if v is not None]
+        return {"per_seed": values, "mean": float(np.mean(present)) if present else None}
+
+    sweep = []
+    for fraction in fractions:
+        per_width = []
+        for width in widths:
+            runs = [run(width, seed, fraction) for seed in (0, 1)]
+            if fraction > 0.9 and width == widths[0]:
+                runs[1] = {"seed": 1, "diverged": "losses no longer finite"}
+            per_width.append({"width": width, "runs": runs, "diverged_seeds": [r["seed"] for r in runs
+                                                                                 if "diverged" in r]}
+                             | {key: spread([r.get(key) for r in runs])
+                                for key in ("weight_gap", "output_gap", "readmitted_noisy")})
+        sweep.append({"eta": fraction / 10, "eta_fraction": fraction, "main": fraction == 0.6,
+                      "linearized": {"readmitted_noisy": 0.05 * fraction}, "per_width": per_width})
+    main = next(entry for entry in sweep if entry["main"])
+    return {"record_steps": steps, "per_width": main["per_width"], "eta_sweep": sweep,
+            "linearized": {"T_align": 6, "T_filter": 60, "readmitted_noisy": 0.03},
+            "config": {"finite": {"network": "mlp", "depth": 1}}}
+
+
+def test_finite_gap_time_figure():
+    summary = _finite_summary()
+    table = _check(finite_gap_time.figure([summary, summary | {"config": {"finite": {"network": "cnn",
+                                                                                      "depth": 1}}}]))
+    assert set(table["network"]) == {"MLP, depth 1", "CNN, 1 conv layer(s)"}
+    assert len(table) == 2 * 3 * 2 * 21  # networks x widths x seeds x recorded steps
+    peak = table.groupby(["network", "width", "seed"])["weight_gap"].max()
+    assert np.allclose(peak.xs("MLP, depth 1").to_numpy(),
+                       [r["weight_gap"] for row in summary["per_width"] for r in row["runs"]])
+    with pytest.raises(ValueError, match="record_steps"):
+        finite_gap_time.figure([{"per_width": []}])
+
+
+def test_finite_eta_figure():
+    table = _check(finite_eta.figure(_finite_summary()))
+    assert sorted(set(table["eta_fraction"])) == [0.3, 0.6, 0.95]
+    assert table["diverged"].sum() == 1 and set(table["run"]) == {"linearized", "64", "256", "1024"}
+    with pytest.raises(ValueError, match="eta_sweep"):
+        finite_eta.figure({"per_width": []})
+    nothing_filtered = _finite_summary()
+    for entry in nothing_filtered["eta_sweep"]:
+        entry["linearized"]["readmitted_noisy"] = None
+        for row in entry["per_width"]:
+            row["readmitted_noisy"]["per_seed"] = [None, None]
+    assert _check(finite_eta.figure(nothing_filtered))["readmitted_noisy"].isna().all()

@@ -2,6 +2,7 @@
 
 import json
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -9,9 +10,10 @@ import pytest
 from tolerance import assert_close
 
 from phases import study as study_module
+from phases.detect import readmitted_share
 from phases.experiments import SimulationConfig, run_simulation
 from phases.study import QUANTITIES, STUDIES, band_table
-from phases.sweep import parse_grid, readmitted_share, validate_runs
+from phases.sweep import parse_grid, validate_runs
 
 TINY = {"perturb_draws": 0, "n": 40, "m": 16, "p": 20, "dim": 8, "steps": 60}
 
@@ -85,9 +87,10 @@ def test_readmitted_share_counts_filtered_noisy_examples_that_leave_zero_later()
                   [0.0, 0.0, 0.0, 0.2, 0.0],    # T_filter: noisy 0, 1, 2 at w = 0 (the clean one does not count)
                   [0.0, 0.1, 0.0, 0.0, 0.3],    # noisy 1 re-admitted
                   [0.0, 0.0, 0.0, 0.0, 0.3]])   # and filtered again: re-admitted once is re-admitted
-    assert readmitted_share(w, noisy, 1) == pytest.approx(1 / 3)
-    assert readmitted_share(w, noisy, 3) == 0.0
-    assert readmitted_share(w, noisy, 0) is None
+    run = SimpleNamespace(step=np.arange(4) * 5, w=w, noisy=noisy)  # T_filter in steps: record index times 5
+    assert readmitted_share(run, 5) == pytest.approx(1 / 3)
+    assert readmitted_share(run, 15) == 0.0
+    assert readmitted_share(run, 0) is None
 
 
 def test_an_unknown_study_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys):
