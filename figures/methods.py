@@ -28,16 +28,20 @@ _RUN_METRICS = ("test_accuracy", "f1", "precision", "recall", "auc")
 #: Drawing order and legend names; methods not listed follow in alphabetical order under their own names.
 METHOD_NAMES = {
     "surrogate": "surrogate", "meta": "meta-reweighting (exact)", "l2rw": "L2RW (reset)",
-    "small-loss": "small-loss", "coteaching": "Co-teaching", "fine": "FINE", "cleanlab": "cleanlab",
-    "erm": "ERM (w = 1)", "oracle": "oracle (true clean mask)",
+    "small-loss": "small-loss", "coteaching": "Co-teaching", "fine": "FINE", "trusted-lr": "trusted classifier (LR)",
+    "cleanlab": "cleanlab", "erm-clean": "ERM + the clean training", "erm": "ERM (w = 1)",
+    "oracle": "oracle (true clean mask)",
 }
+#: The methods a fresh regeneration compares (the surrogate's ablations and the other references are
+#: python -m phases.compare's, not this figure's); eight colours and two greys.
+SHOWN = ("surrogate", "meta", "l2rw", "small-loss", "coteaching", "fine", "trusted-lr", "erm-clean", "erm", "oracle")
 _REFERENCE = ("erm", "oracle")  # drawn dashed: the bounds every method sits between
 
 
 def records_from_json(payload, source: str = "") -> list[dict]:
     """One record per (method, seed) run of a ``results.json`` of ``python -m phases.compare``.
 
-    Reads the ``phases.comparison/1`` schema: ``data`` (``gmm``, ``digits``,
+    Reads the ``phases.comparison/2`` schema (and ``/1``, whose fields it shares): ``data`` (``gmm``, ``digits``,
     ``cifar10n-<label set>``), ``setup.problem.noise_rate`` (synthetic noise)
     or ``setup.problem.label_set`` (CIFAR-10N), and ``runs``: a list of
     ``{"method", "seed", "test_accuracy", "f1", "precision", "recall", "auc",

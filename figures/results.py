@@ -259,7 +259,7 @@ class Results:
 
     def _compare(self) -> list[dict]:
         from dynamics.methods import TrainingDiverged
-        from figures.methods import records_from_json
+        from figures.methods import SHOWN, records_from_json
         from phases.cli import OutputDirectory, UserError
         from phases.comparison import compare, write_results
 
@@ -273,7 +273,7 @@ class Results:
                 jobs = self.sizes.compare_jobs or self.workers or os.cpu_count() or 1
                 self._status(f"comparing methods on {data}, noise {rate:g}")
                 try:
-                    results = compare(data, noise_rate=rate, jobs=jobs, **self.sizes.compare_options)
+                    results = compare(data, SHOWN, noise_rate=rate, jobs=jobs, **self.sizes.compare_options)
                     with OutputDirectory(out, overwrite=True) as staging:
                         write_results(results, staging)
                 except (ValueError, TrainingDiverged, UserError) as error:

@@ -1,14 +1,17 @@
 """Train every noisy-label method end to end on one problem and compare them over seeds.
 
     python -m phases.compare --data cifar10n-worse --seeds 3 --out runs/cmp-worse
+    python -m phases.compare --profile linear --dataset cifar10n-worse --seeds 3
+    python -m phases.compare --profile linear --features my_embeddings.npz
 
-Every method of :mod:`dynamics.methods` trains the same network with the same
-optimiser, schedule, batches, epochs and seeds (docs/theory.md section 7);
-the library is :mod:`phases.comparison`. Prints the table (mean and standard
-deviation over seeds of test accuracy, clean-detection precision, recall and
-F1 of ``{w > 0}``, AUC of the weights, weight mass on noisy examples, wall
-time per epoch, peak memory) and writes ``results.json`` (every per-seed
-number, the full configuration and package versions), ``results.md``, ``results.csv`` and
+Every method of :mod:`dynamics.methods` trains the same network under the same
+protocol (optimiser, schedule, batches, epochs, clean-data training) and seeds
+(docs/theory.md section 7); the library is :mod:`phases.comparison`. Prints
+the table (mean and standard deviation over seeds of final and best-epoch test
+accuracy, clean-detection precision, recall and F1 of ``{w > 0}``, AUC of the
+weights, weight mass on noisy examples, wall time per epoch, peak memory) as
+markdown and writes ``results.json`` (every per-seed number, the full
+configuration and package versions), ``results.md``, ``results.csv`` and
 ``weights.npz`` (final and per-epoch weights) into ``--out``.
 """
 
@@ -23,7 +26,7 @@ from pathlib import Path
 
 from phases.cli import ArgumentParser, HelpFormatter, OutputDirectory, UserError, add_output_arguments, bounded, \
     positive_int, run_main
-from phases.comparison import CIFAR_CPU, CIFAR_GPU, DATASETS, PROFILES, VECTOR
+from phases.comparison import CIFAR_CPU, CIFAR_REFERENCE, DATASETS, LINEAR, MLP_HEAD, PROFILES, VECTOR
 
 PROG = "python -m phases.compare"
 
@@ -60,51 +63,72 @@ def _methods(text):
 
 
 def _profile_defaults(key: str) -> str:
-    return (f"(default: the profile's; cifar cpu {CIFAR_CPU[key]}, cifar gpu {CIFAR_GPU[key]}, "
-            f"gmm/digits {VECTOR[key]})")
+    from dynamics.methods import TrainBudget
+
+    default = getattr(TrainBudget(), key)
+    values = {profile: values.get(key, default) for profile, values in (
+        ("cifar cpu", CIFAR_CPU), ("reference", CIFAR_REFERENCE), ("linear", LINEAR), ("mlp-head", MLP_HEAD),
+        ("gmm/digits", VECTOR))}
+    return f"(default: the profile's; {', '.join(f'{profile} {value}' for profile, value in values.items())})"
 
 
 def build_parser() -> argparse.ArgumentParser:
     from dynamics.methods import METHODS
 
     parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
-    parser.add_argument("--data", required=True, choices=DATASETS,
-                        help="problem: Gaussian mixture, scikit-learn digits, or CIFAR-10 with a CIFAR-10N label set")
+    parser.add_argument("--data", "--dataset", dest="data", choices=[d for d in DATASETS if d != "features"],
+                        help="problem: Gaussian mixture, scikit-learn digits, or CIFAR-10 with a CIFAR-10N label set "
+                             "(images, or frozen embeddings under --profile linear / mlp-head)")
+    parser.add_argument("--features", default=None, metavar="FILE.npz",
+                        help="instead of --data, a features file (X, y_noisy, X_meta, y_meta, X_test, y_test, "
+                             "optional y_true; as phases.simulate --features) for --profile linear or mlp-head")
     parser.add_argument("--methods", type=_methods, default="all",
                         help=f"comma-separated subset of {','.join(METHODS)}, or 'all' "
                              "(cleanlab is an optional extra, skipped with a message when not installed)")
     parser.add_argument("--seeds", type=_seeds, default="3", help="a count k (seeds 0..k-1) or a list such as 0,1,2")
-    parser.add_argument("--profile", choices=PROFILES, default="cpu",
-                        help="cpu: subset + SmallCNN, under an hour for all methods x 3 seeds on 2 cores; "
-                             "gpu: ResNet-34 on the whole training split (CIFAR only)")
+    parser.add_argument("--profile", choices=PROFILES, default=None,
+                        help="cpu: image subset + SmallCNN, under an hour for all methods x 3 seeds on 2 cores; "
+                             "linear: a linear head on frozen CIFAR-10 embeddings or --features, the full "
+                             "45,000/2,000/10,000 split; mlp-head: one hidden layer on them; reference: the "
+                             "reference code's ResNet-34 setup, for an accelerator (default: cpu, linear with "
+                             "--features)")
     parser.add_argument("--epochs", type=positive_int, default=None,
                         help=f"training epochs {_profile_defaults('epochs')}")
     parser.add_argument("--n-train", type=positive_int, default=None,
-                        help="training examples n (default: the profile's; cifar cpu "
-                             f"{CIFAR_CPU['n_train']}, cifar gpu all, gmm/digits {VECTOR['n_train']})")
+                        help=f"training examples n (default: the profile's; cifar cpu {CIFAR_CPU['n_train']}, "
+                             f"reference {CIFAR_REFERENCE['n_train']}, linear / mlp-head all 45,000, gmm/digits "
+                             f"{VECTOR['n_train']})")
     parser.add_argument("--noise", type=float, default=None,
                         help="label noise rate for gmm/digits, in [0, 1) (default 0.4); CIFAR-10N noise is real")
     parser.add_argument("--noise-type", choices=("symmetric", "pair", "instance"), default="symmetric",
                         help="synthetic noise model for gmm/digits")
-    train = parser.add_argument_group("shared training budget (SGD, momentum 0.9, weight decay 5e-4)")
+    train = parser.add_argument_group("the protocol shared by every method (SGD)")
     train.add_argument("--batch-size", type=positive_int, default=None,
                        help=f"training examples per step {_profile_defaults('batch_size')}")
     train.add_argument("--meta-batch-size", type=positive_int, default=None,
                        help=f"clean examples per step {_profile_defaults('meta_batch_size')}")
     train.add_argument("--lr", type=bounded(float, 0.0, strict=True), default=None,
-                       help=f"initial SGD learning rate, annealed to 0 by a per-step cosine {_profile_defaults('lr')}")
+                       help="initial SGD learning rate, annealed to 0 by a per-step cosine (reference: x0.1 at epochs "
+                            f"40, 80, 100) {_profile_defaults('lr')}")
     train.add_argument("--gamma", type=bounded(float, 0.0), default=None,
-                       help="weight of the clean subset in every method's training loss (default 1; 0: noisy set only)")
+                       help="weight of the clean term in the training loss of every method but erm and early-stop "
+                            f"{_profile_defaults('gamma')}")
+    train.add_argument("--clean-passes", type=bounded(int, 0), default=None,
+                       help="passes over the clean subset before every epoch, for every method but erm and "
+                            f"early-stop {_profile_defaults('clean_passes')}")
     train.add_argument("--warmup-epochs", type=bounded(int, 0), default=None,
-                       help="epochs of ERM warm-up (fine, cleanlab), of alpha0 = 1/(C-1) (surrogate), of the "
-                            f"forget-rate ramp (small-loss, coteaching) {_profile_defaults('warmup_epochs')}")
+                       help="epochs of ERM warm-up (fine, cleanlab, surrogate), of the forget-rate ramp (small-loss, "
+                            f"coteaching) {_profile_defaults('warmup_epochs')}")
     methods = parser.add_argument_group("method settings")
     methods.add_argument("--beta", type=bounded(float, 0.0), default=None,
                          help="meta step size of 'meta' (weights move by beta x mean clean-gradient inner product; "
                               "default 1)")
-    methods.add_argument("--surrogate-alpha0-epochs", type=bounded(int, 0), default=None,
-                         help="epochs of 'surrogate' with alpha0 = 1/(C-1) before it drops to 0 (docs/theory.md "
-                              "section 6; default: the warm-up epochs)")
+    methods.add_argument("--surrogate-recompute", choices=("epoch", "batch"), default=None,
+                         help="surrogate weights (and its ablations') recomputed before every epoch on the whole "
+                              "training set, or for every batch as the reference code (default: epoch)")
+    methods.add_argument("--surrogate-alpha0-fraction", type=bounded(float, 0.0, 1.0), default=None,
+                         help="fraction of the epochs with alpha0 = 1/(C-1) before it drops to 0 (docs/theory.md "
+                              "section 6; default 40/150 as the reference code)")
     methods.add_argument("--forget-rate", type=float, default=None,
                          help="small-loss / coteaching forget rate p, in [0, 1) (default: the realised noise rate, "
                               "assumed known as in Co-teaching)")
@@ -114,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "dynamics.cifar.DEFAULT_DATA_DIR)")
     runtime.add_argument("--no-verify", action="store_true",
                          help="read the CIFAR files without checking them against SHA256SUMS (say so in any report)")
-    runtime.add_argument("--device", default=None, help="torch device (default: cpu; cuda for --profile gpu)")
+    runtime.add_argument("--device", default=None, help="torch device (default: cpu; cuda for --profile reference)")
     runtime.add_argument("--jobs", type=positive_int, default=None,
                          help="runs trained in parallel processes (default: 2 on the CPU, one per core of a "
                               "2-core machine; 1 on CUDA)")
@@ -133,8 +157,11 @@ def _method_params(args: argparse.Namespace) -> dict:
         params["meta"] = MetaParams(beta=args.beta)
     if args.forget_rate is not None:
         params["small-loss"] = params["coteaching"] = SmallLossParams(forget_rate=args.forget_rate)
-    if args.surrogate_alpha0_epochs is not None:
-        params["surrogate"] = SurrogateParams(alpha0_epochs=args.surrogate_alpha0_epochs)
+    surrogate = {key: value for key, value in (("recompute", args.surrogate_recompute),
+                                               ("alpha0_fraction", args.surrogate_alpha0_fraction))
+                 if value is not None}
+    if surrogate:
+        params["surrogate"] = SurrogateParams(**surrogate)
     return params
 
 
@@ -143,7 +170,8 @@ def _run_line(event, elapsed: float) -> str:
     head = f"[{event.runs_done}/{event.runs_total}] {event.current}"
     if "skipped" in record:
         return f"{head}: skipped ({record['skipped']})"
-    return (f"{head}: test accuracy {record['test_accuracy']:.3f}, F1 {record['f1']:.3f}, AUC {record['auc']:.3f}, "
+    return (f"{head}: test accuracy {record['test_accuracy']:.3f} (best epoch {record['best_epoch_accuracy']:.3f}), "
+            f"F1 {record['f1']:.3f}, AUC {record['auc']:.3f}, "
             f"{record['wall_time_per_epoch']:.2f} s/epoch ({elapsed:.0f} s elapsed)")
 
 
@@ -153,23 +181,31 @@ def run(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     from dynamics.cifar import DataError
     from dynamics.methods import TrainingDiverged
-    from phases.comparison import compare, format_table, realised_noise_rate, resolve_setup, write_results
+    from phases.comparison import compare, realised_noise_rate, resolve_setup, summary_table, write_results
 
-    options = dict(profile=args.profile, epochs=args.epochs, noise_rate=args.noise, noise_type=args.noise_type,
-                   n_train=args.n_train, data_dir=args.data_dir, device=args.device, verify=not args.no_verify,
+    if (args.data is None) == (args.features is None):
+        raise UserError("give one of --data (--dataset) and --features")
+    data = args.data or "features"
+    profile = args.profile or ("linear" if args.features else "cpu")
+    options = dict(profile=profile, epochs=args.epochs, noise_rate=args.noise, noise_type=args.noise_type,
+                   n_train=args.n_train, data_dir=args.data_dir, features=args.features, device=args.device,
+                   verify=not args.no_verify,
                    budget_overrides={key: getattr(args, key) for key in
-                                     ("batch_size", "meta_batch_size", "lr", "gamma", "warmup_epochs")
+                                     ("batch_size", "meta_batch_size", "lr", "gamma", "clean_passes", "warmup_epochs")
                                      if getattr(args, key) is not None})
     try:
         options["params"] = _method_params(args)
         if args.data_dir is not None and not Path(args.data_dir).is_dir():
             raise ValueError(f"--data-dir {args.data_dir} is not a directory")
+        if args.features is not None and not Path(args.features).is_file():
+            raise ValueError(f"--features {args.features} is not a file")
         # Resolve before touching the output folder, so that a bad option leaves nothing behind.
-        setup = resolve_setup(args.data, **options)
+        setup = resolve_setup(data, **options)
     except ValueError as error:
         raise UserError(str(error)) from None
     jobs = args.jobs or (1 if setup.budget.device.startswith("cuda") else max(1, min(2, os.cpu_count() or 1)))
-    out = args.out or os.path.join("runs", time.strftime(f"compare-{args.data}-%Y%m%d-%H%M%S"))
+    name = Path(args.features).stem if args.features else data
+    out = args.out or os.path.join("runs", time.strftime(f"compare-{profile}-{name}-%Y%m%d-%H%M%S"))
     command = " ".join([PROG, *argv])
     output = OutputDirectory(out, args.overwrite, command=command)
 
@@ -188,15 +224,15 @@ def run(argv: Sequence[str] | None = None) -> dict:
                         with tqdm.external_write_mode(file=sys.stderr):
                             print(_run_line(event, time.perf_counter() - started), file=sys.stderr, flush=True)
 
-                results = compare(args.data, args.methods, args.seeds, jobs=jobs, threads=args.threads,
+                results = compare(data, args.methods, args.seeds, jobs=jobs, threads=args.threads,
                                   progress=progress, **options)
             written = write_results(results, staging, command)
-    except (ValueError, DataError, TrainingDiverged) as error:
+    except (ValueError, DataError, TrainingDiverged) as error:  # FeaturesError is a ValueError
         raise UserError(str(error)) from None
     print()
     print(f"{results['description']}; realised noise rate {realised_noise_rate(results):.3f}; "
           f"mean ± std over seeds {results['seeds']}")
-    print(format_table(results))
+    print(summary_table(results).to_markdown(disable_numparse=True))
     for method, reason in results["skipped"].items():
         print(f"skipped {method}: {reason}")
     print(f"Wrote {out}/: {' '.join(written)} ({results['wall_time_total'] / 60:.1f} min)")

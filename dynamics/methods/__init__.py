@@ -6,7 +6,12 @@ the same optimiser, schedule, batches, epochs and clean subset
 (:func:`train`), and returns the same :class:`MethodResult`.
 
 ``erm``
-    ``w = 1``.
+    ``w = 1`` on the noisy set only (no clean training).
+``erm-clean``
+    ``w = 1`` with the protocol's clean training (clean term, clean passes),
+    as every reweighting method gets; always reported beside ``erm``.
+``early-stop``
+    ``erm`` whose final network is that of the epoch with the lowest clean-subset loss.
 ``meta``
     Exact bi-level meta-reweighting of the network (section 2, mini-batch):
     persistent clipped weights moved by the exact meta-gradient.
@@ -22,8 +27,14 @@ the same optimiser, schedule, batches, epochs and clean subset
     Kim et al. (2021): after an ERM warm-up, the examples aligned with their
     class's principal feature direction.
 ``surrogate``
-    :func:`dynamics.surrogate.reweight` on the network's penultimate features,
-    every epoch (section 6).
+    The surrogate's weights from the network's penultimate features, per
+    epoch or per batch, after a warm-up (section 6).
+``surrogate-no-center``, ``surrogate-no-shift``, ``surrogate-alpha0-fixed``, ``surrogate-alpha0-zero``,
+``surrogate-no-clean-passes``
+    ``surrogate`` with one setting changed (its ablations).
+``trusted-lr``, ``trusted-mean``
+    Keep the examples whose label a logistic regression / the nearest class
+    mean fitted on the clean subset alone predicts, then train (section 7).
 ``oracle``
     The true clean mask (an upper reference).
 ``cleanlab``
@@ -47,23 +58,38 @@ from dynamics.methods.base import (
 )
 from dynamics.methods.cleanlab import Cleanlab, CleanlabParams
 from dynamics.methods.coteaching import CoTeaching
-from dynamics.methods.erm import ERM
+from dynamics.methods.erm import ERM, EarlyStop, ERMClean
 from dynamics.methods.fine import FINE, FineParams, fine_clean_probability
 from dynamics.methods.l2rw import L2RW
 from dynamics.methods.meta import MetaParams, MetaReweighting
-from dynamics.methods.networks import FeatureMLP, NetworkFactory, ResNet34, cnn_factory, mlp_factory, resnet34_factory
+from dynamics.methods.networks import (
+    FeatureMLP,
+    LinearHead,
+    NetworkFactory,
+    ResNet34,
+    cnn_factory,
+    linear_factory,
+    mlp_factory,
+    resnet34_factory,
+)
 from dynamics.methods.oracle import Oracle
 from dynamics.methods.small_loss import SmallLoss, SmallLossParams
-from dynamics.methods.surrogate import Surrogate, SurrogateParams, surrogate_weights
+from dynamics.methods.surrogate import SURROGATE_ABLATIONS, Surrogate, SurrogateParams, surrogate_weights
+from dynamics.methods.trusted import TrustedLR, TrustedMean
 
 REGISTRY: dict[str, type[Method]] = {method.name: method for method in (
     ERM,
+    ERMClean,
+    EarlyStop,
     MetaReweighting,
     L2RW,
     SmallLoss,
     CoTeaching,
     FINE,
     Surrogate,
+    *SURROGATE_ABLATIONS,
+    TrustedLR,
+    TrustedMean,
     Oracle,
     Cleanlab,
 )}
@@ -73,7 +99,8 @@ METHODS = tuple(REGISTRY)
 from dynamics.methods.loop import limit_threads, train  # noqa: E402
 
 __all__ = [
-    "Batch", "CleanlabParams", "Cleanlab", "CoTeaching", "Context", "ERM", "FINE", "FeatureMLP", "FineParams", "L2RW",
+    "Batch", "CleanlabParams", "Cleanlab", "CoTeaching", "Context", "ERM", "ERMClean", "EarlyStop", "FINE",
+    "FeatureMLP", "FineParams", "L2RW", "LinearHead", "TrustedLR", "TrustedMean", "linear_factory",
     "METHODS", "MetaParams", "MetaReweighting", "Method", "MethodResult", "MethodState", "MethodUnavailable",
     "NetworkFactory", "NoParams", "Oracle", "REGISTRY", "ResNet34", "SmallLoss", "SmallLossParams", "Surrogate",
     "SurrogateParams", "TrainBudget", "TrainingData", "TrainingDiverged", "cnn_factory", "detection_metrics",

@@ -20,10 +20,19 @@ clean subset every step::
     train term + gamma * (m / n) * mean_{j in V} l_j
 
 The clean term is the unbiased mini-batch estimate of docs/theory.md
-section 2's ``gamma * sum_j l_meta_j`` in units of the training term (every
-method gets it, so all see the same data, section 7; ``gamma = 0`` trains on
-the noisy set only). The training term is the weighted mean
-``sum_B w_i l_i / sum_B w_i`` unless a method says otherwise.
+section 2's ``gamma * sum_j l_meta_j`` in units of the training term. The
+training term is the weighted mean ``sum_B w_i l_i / sum_B w_i`` unless a
+method says otherwise. Before every epoch the loop may also make
+``clean_passes`` passes over the clean subset (plain cross-entropy, the same
+optimiser), as the reference code of the surrogate does (section 6).
+
+The fair protocol of section 7: the clean term and the clean passes are the
+protocol's clean-data training, and every method gets the same, except the
+two that by definition train on the noisy set only (``clean_training =
+False``): plain ``erm``, reported beside ``erm-clean`` (ERM with the same
+clean training) so that the gain of reweighting is not confused with the
+gain of training on clean data, and ``early-stop``, which uses the clean
+subset to choose its epoch instead.
 """
 
 from __future__ import annotations
@@ -63,12 +72,18 @@ class TrainBudget:
     batch_size : training examples per step ``b``.
     meta_batch_size : clean examples per step ``b_m`` (the clean term of the
         loss and the meta objective of ``meta`` / ``l2rw``).
-    lr : initial SGD learning rate ``eta``, annealed to 0 by a per-step cosine.
+    lr : initial SGD learning rate ``eta``.
+    milestones : empty: the learning rate follows a per-step cosine from
+        ``lr`` to 0; else it is multiplied by 0.1 at the start of each of
+        these (0-based) epochs, the reference's step schedule (docs/theory.md section 6).
     momentum, weight_decay : SGD's (they act on the model step only; the
         look-ahead of ``meta`` / ``l2rw`` is one plain gradient step, docs/theory.md section 2).
-    gamma : weight of the clean subset in every method's training loss.
-    warmup_epochs : ERM warm-up of ``fine`` / ``cleanlab``, alpha0 warm-up of
-        ``surrogate``, forget-rate ramp of ``small-loss`` / ``coteaching``.
+    gamma : weight of the clean term in the training loss of every method with clean training.
+    clean_passes : passes over the clean subset before every epoch (plain
+        cross-entropy, batches of ``batch_size``, the epoch's first learning
+        rate), for every method with clean training; the reference code makes 30.
+    warmup_epochs : ERM warm-up of ``fine`` / ``cleanlab`` / ``surrogate``
+        (weights 1), forget-rate ramp of ``small-loss`` / ``coteaching``.
     augment : random crop + flip of image batches (ignored for vector inputs).
     eval_every : test accuracy in the history every this many epochs (0: the
         final epoch only); it is never part of the timed training.
@@ -83,6 +98,8 @@ class TrainBudget:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     gamma: float = 1.0
+    milestones: tuple[int, ...] = ()
+    clean_passes: int = 0
     warmup_epochs: int = 2
     augment: bool = True
     eval_every: int = 1
@@ -93,7 +110,10 @@ class TrainBudget:
         for name in ("epochs", "batch_size", "meta_batch_size", "eval_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        for name in ("warmup_epochs", "eval_every"):
+        object.__setattr__(self, "milestones", tuple(int(epoch) for epoch in self.milestones))
+        if list(self.milestones) != sorted(set(self.milestones)) or any(e < 1 for e in self.milestones):
+            raise ValueError(f"milestones must be increasing positive epochs, got {self.milestones}")
+        for name in ("warmup_epochs", "eval_every", "clean_passes"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {getattr(self, name)}")
         for name in ("lr", "momentum", "weight_decay", "gamma"):
@@ -236,7 +256,8 @@ class Context:
         first one is evaluated and featurised.
     optimisers : one SGD optimiser per network.
     rng : the method's own random draws (mixture fits, cross-validation folds).
-    clean_weight : ``gamma * m / n``, the weight of the clean term.
+    clean_weight : ``gamma * m / n``, the weight of the clean term (0 for a
+        method without clean training).
     """
 
     data: TrainingData
@@ -263,6 +284,12 @@ class Method:
         a frozen dataclass of the method's settings (:class:`NoParams` if none).
     ``num_networks``
         networks the loop builds and hands over (Co-teaching trains two).
+    ``clean_training``
+        whether the method gets the protocol's clean-data training (the clean
+        term and the clean passes; module docstring).
+    ``restore_best_clean_epoch``
+        whether the final network is the one of the epoch with the lowest
+        clean-subset loss (early stopping) instead of the last one.
 
     The hooks, in the order the loop calls them: :meth:`resolve` (fill in
     settings that default to the problem), :meth:`init` (the state before
@@ -277,6 +304,8 @@ class Method:
     name: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
     num_networks: ClassVar[int] = 1
+    clean_training: ClassVar[bool] = True
+    restore_best_clean_epoch: ClassVar[bool] = False
 
     def __init__(self, params=None):
         params = self.Params() if params is None else params
@@ -286,6 +315,10 @@ class Method:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.params!r})"
+
+    def clean_passes(self, budget: TrainBudget) -> int:
+        """Passes over the clean subset before every epoch: the budget's, for a method with clean training."""
+        return budget.clean_passes if self.clean_training else 0
 
     def resolve(self, data: TrainingData, budget: TrainBudget) -> Method:
         """This method with the settings that default to the problem or budget filled in (what gets recorded)."""
@@ -389,14 +422,19 @@ class MethodResult:
         (higher = more likely clean), else None.
     epoch_weights : (epochs, n) float32, the weights after every epoch (the
         last row is ``weights``); float32 keeps a long run's record small.
-    test_accuracy : accuracy of the final network on the test set.
+    test_accuracy : accuracy of the final network on the test set (``early-stop``: of its best epoch's network).
+    best_epoch : 0-based epoch whose network had the lowest loss on the clean
+        subset (chosen without the test set, docs/theory.md section 7).
+    best_epoch_accuracy : test accuracy of that epoch's network (NaN when
+        that epoch was not evaluated).
     wall_time_per_epoch : seconds of training per epoch (the method's own
         featurising and reweighting included, evaluation excluded).
     peak_memory_mb : peak memory of the run above its start, MiB (CUDA:
         allocated device memory; CPU: resident set size, sampled).
-    history : per epoch, lists of ``train_loss``, ``test_accuracy`` (NaN
-        where not evaluated), ``epoch_time`` and the :func:`detection_metrics`
-        of the weights after that epoch.
+    history : per epoch, lists of ``train_loss``, ``clean_loss`` (mean
+        cross-entropy on the clean subset after the epoch), ``test_accuracy``
+        (NaN where not evaluated), ``epoch_time`` and the
+        :func:`detection_metrics` of the weights after that epoch.
     config : method, seed, budget, resolved params and network, JSON-serialisable.
     """
 
@@ -405,6 +443,8 @@ class MethodResult:
     score: np.ndarray | None
     epoch_weights: np.ndarray
     test_accuracy: float
+    best_epoch: int
+    best_epoch_accuracy: float
     wall_time_per_epoch: float
     peak_memory_mb: float
     history: dict

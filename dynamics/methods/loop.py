@@ -6,16 +6,24 @@ returns the same :class:`~dynamics.methods.base.MethodResult`. The loop
 knows no method by name: it drives the hooks of
 :class:`~dynamics.methods.base.Method`.
 
+Before every epoch, a method with clean training (``Method.clean_training``)
+makes the budget's ``clean_passes`` passes over the clean subset; after
+every epoch the loop records the clean-subset loss, and the epoch where it is
+lowest gives the best-epoch test accuracy (docs/theory.md section 7: chosen
+without the test set).
+
 Randomness: all of it comes from ``seed`` through explicit generators,
 spawned from ``numpy.random.SeedSequence(seed)`` in a fixed order (initial
 network, batch order and clean batches, augmentation, the method's own
-draws, further networks), so two methods with the same seed see the same
-initial network and the same batches, and global random state is never used.
+draws, the clean passes, further networks), so two methods with the same
+seed see the same initial network and the same batches whether or not they
+make clean passes, and global random state is never used.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
 import os
@@ -25,6 +33,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from dynamics.methods import REGISTRY
 from dynamics.methods.base import (
@@ -37,10 +46,11 @@ from dynamics.methods.base import (
     TrainingDiverged,
     accuracy,
     detection_metrics,
+    predict,
 )
 from dynamics.methods.networks import NetworkFactory
 
-_HISTORY = ("train_loss", "test_accuracy", "epoch_time", "precision", "recall", "f1", "auc", "noisy_mass",
+_HISTORY = ("train_loss", "clean_loss", "test_accuracy", "epoch_time", "precision", "recall", "f1", "auc", "noisy_mass",
             "mean_w_clean", "mean_w_noisy")
 
 
@@ -80,9 +90,10 @@ def train(method: str | Method, data: TrainingData, network_factory: NetworkFact
     data = data.to(device)
     n, m, p = data.sizes
     noisy = data.noisy
-    init_seed, batch_seed, augment_seed, method_seed, *more_network_seeds = \
-        np.random.SeedSequence(int(seed)).spawn(3 + method.num_networks)
+    init_seed, batch_seed, augment_seed, method_seed, clean_seed, *more_network_seeds = \
+        np.random.SeedSequence(int(seed)).spawn(4 + method.num_networks)
     batches = _Batches(data, budget, np.random.default_rng(batch_seed), _torch_generator(augment_seed, device))
+    clean_passes = _CleanPasses(data, budget, method.clean_passes(budget), clean_seed)
 
     with _PeakMemory(device) as peak_memory:
         networks = tuple(network_factory(_torch_generator(sequence, device))
@@ -92,18 +103,18 @@ def train(method: str | Method, data: TrainingData, network_factory: NetworkFact
         optimisers = tuple(torch.optim.SGD(net.parameters(), lr=budget.lr, momentum=budget.momentum,
                                            weight_decay=budget.weight_decay) for net in networks)
         context = Context(data, budget, networks, optimisers, np.random.default_rng(method_seed),
-                          budget.gamma * m / n)
+                          budget.gamma * m / n if method.clean_training else 0.0)
         state = method.init(context)
         history = {key: [] for key in _HISTORY}
         epoch_weights = []
+        best_clean_loss, best_network = math.inf, None
         for epoch in range(budget.epochs):
             started = time.perf_counter()
+            clean_passes.run(networks, optimisers, batches.lr_at(batches.step))
             state = method.on_epoch(state, epoch, context)
             loss_sum = 0.0
             for batch in batches.epoch(epoch):
-                for optimiser in optimisers:
-                    for group in optimiser.param_groups:
-                        group["lr"] = batch.lr
+                _set_lr(optimisers, batch.lr)
                 state, loss = method.batch_step(state, batch, context)
                 loss = float(loss)
                 if not math.isfinite(loss):
@@ -118,7 +129,12 @@ def train(method: str | Method, data: TrainingData, network_factory: NetworkFact
             weights = state.weights.detach().cpu().numpy()
             epoch_weights.append(weights.astype(np.float32))
             evaluate = epoch == budget.epochs - 1 or (budget.eval_every > 0 and (epoch + 1) % budget.eval_every == 0)
-            row = {"train_loss": loss_sum / n / len(networks),
+            clean_loss = _mean_loss(networks[0], data.X_meta, data.y_meta, budget.eval_batch_size)
+            if clean_loss < best_clean_loss:
+                best_clean_loss = clean_loss
+                if method.restore_best_clean_epoch:
+                    best_network = copy.deepcopy(networks[0].state_dict())
+            row = {"train_loss": loss_sum / n / len(networks), "clean_loss": clean_loss,
                    "test_accuracy": (accuracy(networks[0], data.X_test, data.y_test, budget.eval_batch_size)
                                      if evaluate else math.nan),
                    "epoch_time": elapsed, **detection_metrics(weights, noisy)}
@@ -127,6 +143,11 @@ def train(method: str | Method, data: TrainingData, network_factory: NetworkFact
             if progress is not None:
                 progress(epoch, row)
 
+    best_epoch = int(np.argmin(history["clean_loss"]))
+    test_accuracy = history["test_accuracy"][-1]
+    if best_network is not None:
+        networks[0].load_state_dict(best_network)
+        test_accuracy = accuracy(networks[0], data.X_test, data.y_test, budget.eval_batch_size)
     score = method.clean_score(state)
     config = {
         "method": method.name, "seed": int(seed), "budget": dataclasses.asdict(budget),
@@ -137,7 +158,8 @@ def train(method: str | Method, data: TrainingData, network_factory: NetworkFact
     return MethodResult(
         method=method.name, weights=state.weights.detach().double().cpu().numpy(),
         score=None if score is None else np.asarray(score, dtype=np.float64), epoch_weights=np.stack(epoch_weights),
-        test_accuracy=history["test_accuracy"][-1], wall_time_per_epoch=float(np.mean(history["epoch_time"])),
+        test_accuracy=test_accuracy, best_epoch=best_epoch, best_epoch_accuracy=history["test_accuracy"][best_epoch],
+        wall_time_per_epoch=float(np.mean(history["epoch_time"])),
         peak_memory_mb=peak_memory.mib, history=history, config=config)
 
 
@@ -148,7 +170,8 @@ class _Batches:
     last one shorter); clean batches of ``b_m`` taken in turn from a random
     order of the clean subset, redrawn when too few remain; both augmented
     when the budget and the data allow; the learning rate of each step
-    follows a cosine from ``lr`` to 0 over all steps.
+    follows a cosine from ``lr`` to 0 over all steps, or the budget's step
+    schedule (x0.1 at each milestone epoch).
     """
 
     def __init__(self, data: TrainingData, budget: TrainBudget, rng: np.random.Generator,
@@ -156,9 +179,10 @@ class _Batches:
         n, m, _ = data.sizes
         self.data, self.rng, self.augment_generator = data, rng, augment_generator
         self.augment = data.augment if budget.augment else None
-        self.lr = budget.lr
+        self.lr, self.milestones = budget.lr, budget.milestones
         self.b, self.b_m = min(budget.batch_size, n), min(budget.meta_batch_size, m)
-        self.total_steps = budget.epochs * math.ceil(n / self.b)
+        self.steps_per_epoch = math.ceil(n / self.b)
+        self.total_steps = budget.epochs * self.steps_per_epoch
         self.step = 0
         self.meta_order, self.meta_position = rng.permutation(m), 0
 
@@ -176,9 +200,60 @@ class _Batches:
             x, x_meta = data.X[index], data.X_meta[meta_index]
             if self.augment is not None:
                 x, x_meta = self.augment(x, self.augment_generator), self.augment(x_meta, self.augment_generator)
-            lr = 0.5 * self.lr * (1 + math.cos(math.pi * self.step / self.total_steps))
+            lr = self.lr_at(self.step)
             self.step += 1
             yield Batch(epoch, index, x, data.y_noisy[index], x_meta, data.y_meta[meta_index], lr)
+
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of training step ``step`` (0-based, over all epochs)."""
+        if self.milestones:
+            epoch = step // self.steps_per_epoch
+            return self.lr * 0.1 ** sum(epoch >= milestone for milestone in self.milestones)
+        return 0.5 * self.lr * (1 + math.cos(math.pi * step / self.total_steps))
+
+
+class _CleanPasses:
+    """``passes`` passes over the clean subset, each in a fresh random order in batches of the budget's
+    ``batch_size`` (augmented when the budget and the data allow): one plain cross-entropy step of every
+    network per batch. Its own generators, so that the training batches do not depend on it."""
+
+    def __init__(self, data: TrainingData, budget: TrainBudget, passes: int, sequence: np.random.SeedSequence):
+        order_seed, augment_seed = sequence.spawn(2)
+        self.data, self.passes = data, passes
+        self.b = min(budget.batch_size, data.sizes[1])
+        self.rng = np.random.default_rng(order_seed)
+        self.augment = data.augment if budget.augment else None
+        self.augment_generator = _torch_generator(augment_seed, data.X.device)
+
+    def run(self, networks, optimisers, lr: float) -> None:
+        if self.passes == 0:
+            return
+        _set_lr(optimisers, lr)
+        m = self.data.sizes[1]
+        for _ in range(self.passes):
+            order = torch.as_tensor(self.rng.permutation(m), device=self.data.X.device)
+            for start in range(0, m, self.b):
+                index = order[start:start + self.b]
+                x, y = self.data.X_meta[index], self.data.y_meta[index]
+                if self.augment is not None:
+                    x = self.augment(x, self.augment_generator)
+                for optimiser in optimisers:
+                    optimiser.zero_grad(set_to_none=True)
+                sum(F.cross_entropy(net(x), y) for net in networks).backward()
+                for optimiser in optimisers:
+                    optimiser.step()
+
+
+def _set_lr(optimisers, lr: float) -> None:
+    for optimiser in optimisers:
+        for group in optimiser.param_groups:
+            group["lr"] = lr
+
+
+def _mean_loss(model, X: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
+    """Mean cross-entropy of ``model`` on ``(X, y)``, in evaluation mode."""
+    return float(F.cross_entropy(predict(model, X, batch_size), y))
 
 
 def _torch_generator(sequence: np.random.SeedSequence, device: torch.device) -> torch.Generator:

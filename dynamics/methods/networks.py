@@ -67,6 +67,25 @@ class FeatureMLP(nn.Module):
         return self.head(self.body(x))
 
 
+class LinearHead(nn.Module):
+    """A linear classifier ``x -> W x + b`` on fixed features (the frozen-embedding profile); ``features`` is the input.
+
+    ``W`` LeCun-normal from ``generator``, ``b = 0``.
+    """
+
+    def __init__(self, in_dim: int, num_classes: int, *, generator: torch.Generator,
+                 dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.feature_dim = in_dim
+        self.head = FeatureMLP._linear(in_dim, num_classes, 1.0, generator, generator.device, dtype)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x)
+
+
 class _BasicBlock(nn.Module):
     def __init__(self, in_channels, out_channels, stride, generator, dtype):
         super().__init__()
@@ -126,6 +145,11 @@ def mlp_factory(in_dim: int, num_classes: int, hidden: Sequence[int] = (256, 256
     return lambda generator: FeatureMLP(in_dim, num_classes, hidden=tuple(hidden), generator=generator, dtype=dtype)
 
 
+def linear_factory(in_dim: int, num_classes: int) -> NetworkFactory:
+    """``generator -> LinearHead``: a linear head on frozen embeddings."""
+    return lambda generator: LinearHead(in_dim, num_classes, generator=generator)
+
+
 def cnn_factory(num_classes: int, width: float = 0.5) -> NetworkFactory:
     """``generator -> dynamics.cnn.SmallCNN``: the small CNN of the CPU CIFAR profile."""
     from dynamics.cnn import SmallCNN
@@ -138,4 +162,5 @@ def resnet34_factory(num_classes: int) -> NetworkFactory:
     return lambda generator: ResNet34(num_classes, generator=generator)
 
 
-__all__ = ["FeatureMLP", "NetworkFactory", "ResNet34", "cnn_factory", "mlp_factory", "resnet34_factory"]
+__all__ = ["FeatureMLP", "LinearHead", "NetworkFactory", "ResNet34", "cnn_factory", "linear_factory", "mlp_factory",
+           "resnet34_factory"]

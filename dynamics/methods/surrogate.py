@@ -1,36 +1,62 @@
-"""The surrogate reweighter on the network's own features, recomputed every epoch (docs/theory.md section 6)."""
+"""The surrogate reweighter on the network's own features, and its ablations (docs/theory.md section 6).
+
+``surrogate`` follows the reference code's schedule: weights 1 during the
+budget's warm-up, then, from the network's penultimate features, the
+surrogate's weights recomputed before every epoch (on the whole training set)
+or for every batch (on that batch, against clean features computed once per
+epoch), with ``alpha0 = 1/(C-1)`` for the first ``alpha0_fraction`` of the
+epochs and 0 after. The ablations are the same method with one setting
+changed, each under its own registry name (:data:`ABLATIONS`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from dynamics.methods.base import Context, Method, MethodState, TrainBudget, TrainingData, predict_features
-from dynamics.surrogate import RULES, ReweightResult, alpha0_schedule, reweight
+from dynamics.methods.base import Batch, Context, Method, MethodState, predict_features, set_batch_weights
+from dynamics.surrogate import RULES, ReweightResult, modulated_scores, reweight, weights_from_scores
+
+RECOMPUTE = ("epoch", "batch")
 
 
 @dataclasses.dataclass(frozen=True)
 class SurrogateParams:
-    """Settings of ``surrogate``.
+    """Settings of ``surrogate`` and its ablations.
 
     Attributes
     ----------
-    rule : weight rule of :func:`dynamics.surrogate.reweight` (``"reference"`` or ``"sign"``).
-    alpha0_epochs : epochs with ``alpha0 = 1/(C-1)`` before it drops to 0;
-        None for the budget's ``warmup_epochs``.
+    rule : weight rule of :func:`dynamics.surrogate.weights_from_scores` (``"reference"`` or ``"sign"``).
+    recompute : ``"epoch"``: weights of the whole training set before every
+        epoch; ``"batch"``: weights of every batch from its own features (the
+        reference code), the rule's step chosen within the batch.
+    alpha0_fraction : fraction of the epochs (counted from the first) with
+        ``alpha0 = 1/(C-1)``; 0 after (the reference: 40 of 150 epochs). 1
+        keeps ``1/(C-1)`` throughout, 0 uses 0 throughout.
+    center : centre the features on the class-balanced clean mean (step 1 of section 6).
+    shift : subtract each row's second-largest similarity (step 3).
+    clean_passes : make the protocol's clean passes (the budget's ``clean_passes``).
     """
 
     rule: str = "reference"
-    alpha0_epochs: int | None = None
+    recompute: str = "epoch"
+    alpha0_fraction: float = 40 / 150
+    center: bool = True
+    shift: bool = True
+    clean_passes: bool = True
 
     def __post_init__(self):
         if self.rule not in RULES:
             raise ValueError(f"rule must be one of {RULES}, got {self.rule!r}")
-        if self.alpha0_epochs is not None and self.alpha0_epochs < 0:
-            raise ValueError(f"alpha0_epochs must be >= 0, got {self.alpha0_epochs}")
+        if self.recompute not in RECOMPUTE:
+            raise ValueError(f"recompute must be one of {RECOMPUTE}, got {self.recompute!r}")
+        if not (math.isfinite(self.alpha0_fraction) and 0 <= self.alpha0_fraction <= 1):
+            raise ValueError(f"alpha0_fraction must lie in [0, 1], got {self.alpha0_fraction}")
 
 
 def surrogate_weights(model: nn.Module, X: torch.Tensor, y: torch.Tensor, X_meta: torch.Tensor,
@@ -64,26 +90,120 @@ def surrogate_weights(model: nn.Module, X: torch.Tensor, y: torch.Tensor, X_meta
                     alpha0=alpha0, rule=rule)
 
 
-class Surrogate(Method):
-    """Before every epoch, :func:`surrogate_weights` of the first network; ``alpha0 = 1/(C-1)`` early, then 0.
+@dataclasses.dataclass(frozen=True)
+class ClassDirections:
+    """The clean side of the linear-kernel similarities: ``S = Phi @ directions + offset`` (section 6, steps 1-2).
 
-    The weights of one epoch are the reference rule's (or the sign rule's)
-    on the surrogate scores ``d`` of the whole training set against the whole
-    clean subset; ``d`` is the clean score.
+    Centred: ``directions = (M - mu).T`` and ``offset = -mu @ directions`` with the clean class means ``M (C, D)``
+    and their mean ``mu``; uncentred: ``directions = M.T``, ``offset = 0``.
+    """
+
+    directions: np.ndarray
+    offset: np.ndarray
+
+    @classmethod
+    def of(cls, meta_features: np.ndarray, y_meta: np.ndarray, num_classes: int, center: bool) -> ClassDirections:
+        means = np.stack([meta_features[y_meta == k].mean(axis=0) for k in range(num_classes)])
+        if not center:
+            return cls(means.T, np.zeros(num_classes))
+        directions = (means - means.mean(axis=0)).T
+        return cls(directions, -means.mean(axis=0) @ directions)
+
+    def scores(self, features: np.ndarray, y: np.ndarray, alpha0: float, shift: bool) -> np.ndarray:
+        """``d (n,)`` of ``features (n, D)`` with observed labels ``y (n,)`` (steps 3-4; step 3 only with ``shift``)."""
+        S = features @ self.directions + self.offset
+        if shift:
+            return modulated_scores(S, y, alpha0)
+        own = S[np.arange(len(y)), y]
+        return own - alpha0 * (S.sum(axis=1) - own)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SurrogateState(MethodState):
+    """:class:`MethodState` plus the epoch's clean-side directions and ``alpha0`` (None: the warm-up)."""
+
+    directions: ClassDirections | None = None
+    alpha0: float = 0.0
+
+
+class Surrogate(Method):
+    """The surrogate's weights from the first network's penultimate features (module docstring).
+
+    The scores ``d`` are the clean score (per batch: each example's latest).
     """
 
     name = "surrogate"
     Params = SurrogateParams
+    #: the settings an ablation fixes, whatever the parameters given
+    overrides: ClassVar[dict] = {}
 
-    def resolve(self, data: TrainingData, budget: TrainBudget) -> Surrogate:
-        return self.with_default("alpha0_epochs", budget.warmup_epochs)
+    def __init__(self, params: SurrogateParams | None = None):
+        super().__init__(params)
+        self.params = dataclasses.replace(self.params, **self.overrides)
 
-    def on_epoch(self, state: MethodState, epoch: int, context: Context) -> MethodState:
-        data, batch_size = context.data, context.budget.eval_batch_size
+    def clean_passes(self, budget) -> int:
+        return budget.clean_passes if self.params.clean_passes else 0
+
+    def init(self, context: Context) -> SurrogateState:
+        return SurrogateState(super().init(context).weights)
+
+    def on_epoch(self, state: SurrogateState, epoch: int, context: Context) -> SurrogateState:
+        if epoch < context.budget.warmup_epochs:
+            return state
+        data, batch_size, params = context.data, context.budget.eval_batch_size, self.params
         model = context.networks[0]
-        result = surrogate_weights(model, data.X, data.y_noisy, data.X_meta, data.y_meta, data.num_classes,
-                                   alpha0=alpha0_schedule(epoch, data.num_classes, self.params.alpha0_epochs),
-                                   rule=self.params.rule, batch_size=batch_size,
-                                   features=predict_features(model, data.X, batch_size))
-        weights = torch.as_tensor(result.weights, device=data.X.device, dtype=data.X.dtype)
-        return MethodState(weights, np.asarray(result.score, dtype=np.float64))
+        alpha0 = 1.0 / (data.num_classes - 1) if epoch < params.alpha0_fraction * context.budget.epochs else 0.0
+        directions = ClassDirections.of(predict_features(model, data.X_meta, batch_size), data.y_meta.cpu().numpy(),
+                                        data.num_classes, params.center)
+        state = dataclasses.replace(state, directions=directions, alpha0=alpha0)
+        if params.recompute == "batch":
+            return state
+        d = directions.scores(predict_features(model, data.X, batch_size), data.y_noisy.cpu().numpy(), alpha0,
+                              params.shift)
+        weights = torch.as_tensor(weights_from_scores(d, params.rule), device=data.X.device, dtype=data.X.dtype)
+        return dataclasses.replace(state, weights=weights, score=d)
+
+    def batch_step(self, state: SurrogateState, batch: Batch, context: Context) -> tuple[MethodState, torch.Tensor]:
+        if self.params.recompute == "batch" and state.directions is not None:
+            d = state.directions.scores(predict_features(context.networks[0], batch.x, len(batch.x)),
+                                        batch.y.cpu().numpy(), state.alpha0, self.params.shift)
+            w = torch.as_tensor(weights_from_scores(d, self.params.rule), device=batch.x.device, dtype=batch.x.dtype)
+            score = np.zeros(len(state.weights)) if state.score is None else state.score.copy()
+            score[batch.index.cpu().numpy()] = d
+            state = dataclasses.replace(set_batch_weights(state, batch, w), score=score)
+        return super().batch_step(state, batch, context)
+
+
+class SurrogateNoCenter(Surrogate):
+    """Ablation: similarities of the uncentred features (no step 1)."""
+
+    name, overrides = "surrogate-no-center", {"center": False}
+
+
+class SurrogateNoShift(Surrogate):
+    """Ablation: no row shift (no step 3); it changes nothing while ``alpha0 = 1/(C-1)`` (C11)."""
+
+    name, overrides = "surrogate-no-shift", {"shift": False}
+
+
+class SurrogateAlpha0Fixed(Surrogate):
+    """Ablation: ``alpha0 = 1/(C-1)`` throughout."""
+
+    name, overrides = "surrogate-alpha0-fixed", {"alpha0_fraction": 1.0}
+
+
+class SurrogateAlpha0Zero(Surrogate):
+    """Ablation: ``alpha0 = 0`` throughout."""
+
+    name, overrides = "surrogate-alpha0-zero", {"alpha0_fraction": 0.0}
+
+
+class SurrogateNoCleanPasses(Surrogate):
+    """Ablation: without the protocol's clean passes (the clean term, if any, stays)."""
+
+    name, overrides = "surrogate-no-clean-passes", {"clean_passes": False}
+
+
+#: The ablations of docs/theory.md section 6: each is ``surrogate`` with the settings ``overrides`` changed.
+SURROGATE_ABLATIONS = (SurrogateNoCenter, SurrogateNoShift, SurrogateAlpha0Fixed, SurrogateAlpha0Zero,
+                       SurrogateNoCleanPasses)

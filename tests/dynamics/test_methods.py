@@ -28,6 +28,7 @@ import dynamics.methods.loop
 from dynamics.methods import (
     ERM,
     L2RW,
+    SURROGATE_ABLATIONS,
     METHODS,
     REGISTRY,
     Batch,
@@ -37,11 +38,14 @@ from dynamics.methods import (
     MetaParams,
     MethodUnavailable,
     SmallLossParams,
+    Surrogate,
+    SurrogateParams,
     TrainBudget,
     TrainingData,
     TrainingDiverged,
     cnn_factory,
     detection_metrics,
+    LinearHead,
     fine_clean_probability,
     mlp_factory,
     set_batch_weights,
@@ -54,8 +58,9 @@ from dynamics.surrogate import reweight
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-# Two epochs with a one-epoch warm-up: every method's per-epoch reweighting and ramp takes effect in the second.
-_BUDGET = TrainBudget(epochs=2, batch_size=20, meta_batch_size=8, warmup_epochs=1)
+# Two epochs with a one-epoch warm-up: every method's per-epoch reweighting and ramp takes effect in the second; one
+# clean pass before each epoch (for the methods with clean training) must leave the training batches alone.
+_BUDGET = TrainBudget(epochs=2, batch_size=20, meta_batch_size=8, warmup_epochs=1, clean_passes=1)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +75,11 @@ class _Recording(Method):
     def __init__(self, inner: Method):
         self.inner, self.params = inner, inner.params
         self.name, self.num_networks = inner.name, inner.num_networks
+        self.clean_training, self.restore_best_clean_epoch = inner.clean_training, inner.restore_best_clean_epoch
         self.batches, self.initial_network = [], None
+
+    def clean_passes(self, budget):
+        return self.inner.clean_passes(budget)
 
     def resolve(self, data, budget):
         self.inner = self.inner.resolve(data, budget)
@@ -422,3 +431,137 @@ def test_detection_metrics_by_hand():
     assert_close(metrics["noisy_mass"], 0.25 / 1.75)
     # Pairs (clean, noisy): (1, .25) (1, 0) (.5, .25) (.5, 0) (0, .25) (0, 0)=tie -> (5 + 0.5 - 1) / 6.
     assert_close(metrics["auc"], 4.5 / 6)
+
+
+# ----------------------------------------------------------------------------- the protocol and the references
+
+
+class _StepCounting(_Recording):
+    """Counts every optimiser step of the run (training and clean passes)."""
+
+    def init(self, context):
+        self.steps = 0
+        for optimiser in context.optimisers:
+            optimiser.register_step_post_hook(lambda *args: setattr(self, "steps", self.steps + 1))
+        return super().init(context)
+
+
+@pytest.mark.parametrize("name, passes", [("erm", 0), ("early-stop", 0), ("erm-clean", 3), ("surrogate", 3),
+                                          ("surrogate-no-clean-passes", 0), ("meta", 3)])
+def test_clean_passes_are_extra_optimiser_steps_of_the_methods_with_clean_training(tiny, name, passes):
+    data, factory = tiny
+    n, m, _ = data.sizes
+    budget = dataclasses.replace(_BUDGET, clean_passes=3, batch_size=8)  # 12 clean examples: 2 steps per pass
+    recording = _StepCounting(REGISTRY[name]())
+    train(recording, data, factory, budget, seed=0)
+    batches = math.ceil(n / budget.batch_size)
+    assert recording.steps == budget.epochs * (batches + passes * math.ceil(m / budget.batch_size))
+
+
+def test_erm_and_erm_clean_differ_only_by_the_clean_training(tiny):
+    """Same initial network and batches; the clean term and passes change the trained network."""
+    data, factory = tiny
+    erm, clean = (_Recording(REGISTRY[name]()) for name in ("erm", "erm-clean"))
+    results = [train(method, data, factory, _BUDGET, seed=4) for method in (erm, clean)]
+    assert all(torch.equal(erm.initial_network[key], clean.initial_network[key]) for key in erm.initial_network)
+    assert [(e, i.tolist()) for e, i, _, _ in erm.batches] == [(e, i.tolist()) for e, i, _, _ in clean.batches]
+    assert results[0].history["clean_loss"] != results[1].history["clean_loss"]
+
+
+def test_step_schedule_multiplies_the_learning_rate_by_a_tenth_at_each_milestone(tiny):
+    data, factory = tiny
+    recording = _Recording(REGISTRY["erm"]())
+    train(recording, data, factory, TrainBudget(epochs=4, batch_size=20, lr=0.3, milestones=(1, 3)), seed=0)
+    rates = {epoch: {lr for e, _, _, lr in recording.batches if e == epoch} for epoch in range(4)}
+    assert_close([rates[epoch].pop() for epoch in range(4)], [0.3, 0.03, 0.03, 0.003])
+    with pytest.raises(ValueError, match="milestones"):
+        TrainBudget(milestones=(3, 1))
+
+
+def test_early_stop_keeps_the_network_of_the_epoch_with_the_lowest_clean_loss():
+    """ERM with the same seed is the same run; early-stop reports its test accuracy at the clean-loss minimum."""
+    problem = gaussian_mixture(np.random.default_rng(2), n=80, m=16, p=200, num_classes=3, dim=6, noise_rate=0.45)
+    data, factory = TrainingData.from_problem(problem), mlp_factory(6, 3, hidden=(32,))
+    budget = TrainBudget(epochs=8, batch_size=10, meta_batch_size=8, lr=0.3)
+    erm, stopped = (train(name, data, factory, budget, seed=1) for name in ("erm", "early-stop"))
+    best = int(np.argmin(erm.history["clean_loss"]))
+    assert best < budget.epochs - 1, "a run whose clean loss rises after its minimum"
+    assert erm.history["test_accuracy"][best] != erm.test_accuracy
+    assert stopped.best_epoch == erm.best_epoch == best
+    assert stopped.test_accuracy == erm.history["test_accuracy"][best] == erm.best_epoch_accuracy
+    assert stopped.history["clean_loss"] == erm.history["clean_loss"]
+
+
+def test_trusted_classifiers_keep_exactly_the_examples_they_agree_with(tiny):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import NearestCentroid
+
+    data, factory = tiny
+    X, y, X_meta, y_meta = (t.double().numpy() if t.is_floating_point() else t.numpy()
+                            for t in (data.X, data.y_noisy, data.X_meta, data.y_meta))
+    for name, classifier in (("trusted-lr", LogisticRegression(max_iter=1000)), ("trusted-mean", NearestCentroid())):
+        expected = classifier.fit(X_meta, y_meta).predict(X) == y
+        assert 0 < expected.sum() < len(y)
+        result = train(name, data, factory, _BUDGET, seed=0)
+        assert np.array_equal(result.weights, expected.astype(np.float64)), name
+        assert np.all(result.epoch_weights == expected), name  # fixed before training
+
+
+def _surrogate_context(X, y, X_meta, y_meta, epochs=10):
+    data = TrainingData(*(torch.as_tensor(a) for a in (X, y, y, X_meta, y_meta, X_meta, y_meta)), num_classes=3)
+    network = LinearHead(X.shape[1], 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)  # features = x
+    budget = TrainBudget(epochs=epochs, warmup_epochs=1, clean_passes=2)
+    return Context(data, budget, (network,), (torch.optim.SGD(network.parameters(), lr=0.1),),
+                   np.random.default_rng(0), 0.0)
+
+
+def test_surrogate_ablations_change_the_weights_of_a_crafted_problem():
+    """Three classes with a large common offset (centring matters), overlapping clusters (the row shift matters
+    at alpha0 = 0); epoch 5 of 10 is past alpha0's 40/150 of training. Each ablation changes its one setting."""
+    rng = np.random.default_rng(0)
+    centres = np.array([[2.0, 0.0], [-1.0, 1.7], [-1.0, -1.7]]) + 10.0
+    y_meta = np.repeat(np.arange(3), 10)
+    X_meta = centres[y_meta] + 0.5 * rng.standard_normal((30, 2))
+    y = rng.integers(0, 3, 200)
+    X = centres[rng.integers(0, 3, 200)] + 1.5 * rng.standard_normal((200, 2))
+    context = _surrogate_context(X, y, X_meta, y_meta)
+
+    def weights(method, epoch=5):
+        return method.on_epoch(method.init(context), epoch, context).weights.numpy()
+
+    full = weights(Surrogate())
+    expected = reweight(y, X, y_meta, X_meta, num_classes=3, alpha0=0.0)
+    assert_close(full, expected.weights)
+    assert np.array_equal(weights(Surrogate(), epoch=2), reweight(y, X, y_meta, X_meta, alpha0=0.5).weights)
+    assert np.all(weights(Surrogate(), epoch=0) == 1)  # the warm-up
+    ablations = {method.name: method for method in SURROGATE_ABLATIONS}
+    for name in ("surrogate-no-center", "surrogate-no-shift", "surrogate-alpha0-fixed"):
+        assert not np.array_equal(weights(ablations[name]()), full), name
+    assert np.array_equal(weights(ablations["surrogate-alpha0-fixed"]()), weights(Surrogate(), epoch=2))
+    assert np.array_equal(weights(ablations["surrogate-alpha0-zero"](), epoch=2), full)
+    assert np.array_equal(weights(ablations["surrogate-no-clean-passes"]()), full)
+    assert ablations["surrogate-no-clean-passes"]().clean_passes(context.budget) == 0
+    assert Surrogate().clean_passes(context.budget) == 2
+    # An ablation keeps its change whatever the parameters given; the other settings are shared.
+    shared = ablations["surrogate-no-shift"](SurrogateParams(shift=True, recompute="batch")).params
+    assert not shared.shift and shared.recompute == "batch"
+
+
+def test_per_batch_surrogate_applies_the_rule_within_each_batch():
+    rng = np.random.default_rng(1)
+    y_meta = np.repeat(np.arange(3), 6)
+    X_meta = np.eye(3)[y_meta] * 2 + 0.3 * rng.standard_normal((18, 3))
+    y = rng.integers(0, 3, 40)
+    X = np.eye(3)[rng.integers(0, 3, 40)] * 2 + 0.8 * rng.standard_normal((40, 3))
+    context = _surrogate_context(X, y, X_meta, y_meta)
+    method = Surrogate(SurrogateParams(recompute="batch"))
+    state = method.on_epoch(method.init(context), 5, context)
+    assert np.all(state.weights.numpy() == 1)  # nothing until the batches
+    index = torch.arange(10, 26)
+    x = torch.as_tensor(X[10:26])
+    state, _ = method.batch_step(state, Batch(5, index, x, torch.as_tensor(y[10:26]), context.data.X_meta,
+                                              context.data.y_meta, 0.1), context)
+    batch = reweight(y[10:26], X[10:26], y_meta, X_meta, alpha0=0.0)
+    assert_close(state.weights.numpy()[10:26], batch.weights)
+    assert_close(state.score[10:26], batch.score)
+    assert np.all(state.weights.numpy()[:10] == 1)  # only the batch's weights moved

@@ -1,14 +1,20 @@
 """The method comparison: the library (``phases.comparison``) and ``python -m phases.compare``, at tiny sizes."""
 
+import dataclasses
 import json
 import os
+import types
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from dynamics.methods import MetaParams, SmallLossParams
 from phases.compare import main
-from phases.comparison import METRICS, SCHEMA, compare, format_table, resolve_setup, write_results
+from dynamics.embeddings import save_features
+from dynamics.methods import SurrogateParams
+from dynamics.problem import gaussian_mixture
+from phases.comparison import METRICS, SCHEMA, compare, resolve_setup, results_frame, summary_table, write_results
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -41,7 +47,13 @@ def test_compare_returns_the_documented_schema_and_reports_progress(tmp_path):
     assert all(run["params"] == {"forget_rate": 0.25} for run in small_loss)
     erm = [run for run in results["runs"] if run["method"] == "erm"]
     assert all(run["params"] == {} for run in erm)
-    assert "oracle" in format_table(results)
+    table = summary_table(results)
+    assert list(table.index) == ["erm", "oracle", "small-loss"]
+    values = results["summary"]["erm"]["test_accuracy"]["values"]
+    assert table.loc["erm", "final test acc"] == f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+    for run in results["runs"]:
+        best = int(np.argmin(run["history"]["clean_loss"]))
+        assert run["best_epoch"] == best and run["best_epoch_accuracy"] == run["history"]["test_accuracy"][best]
 
     # One event per epoch and per finished run, counting up to the whole.
     assert [event.epochs_done for event in events] == sorted(event.epochs_done for event in events)
@@ -51,8 +63,6 @@ def test_compare_returns_the_documented_schema_and_reports_progress(tmp_path):
 
     assert write_results(results, str(tmp_path), "a command") == ["results.json", "results.md", "results.csv",
                                                                   "weights.npz"]
-    import pandas as pd
-
     table = pd.read_csv(tmp_path / "results.csv", header=[0, 1], index_col=0)
     for method, metrics in results["summary"].items():
         if metrics.get("test_accuracy"):
@@ -76,7 +86,10 @@ def test_resolve_setup_states_the_cpu_profile_and_rejects_noise_on_real_labels()
     setup = resolve_setup("cifar10n-worse", "cpu")
     assert "SmallCNN" in setup.description and "training images" in setup.description
     assert setup.network["kind"] == "cnn" and setup.problem["label_set"] == "worse"
-    assert resolve_setup("cifar10n-aggre", "gpu", device="cpu").network["kind"] == "resnet34"
+    with pytest.raises(ValueError, match="profile linear trains on frozen features"):
+        resolve_setup("gmm", "linear")
+    with pytest.raises(ValueError, match="needs a feature profile"):
+        resolve_setup("features", "cpu", features="x.npz")
     with pytest.raises(ValueError, match="real human label noise"):
         resolve_setup("cifar10n-worse", noise_rate=0.2)
     assert resolve_setup("gmm", params={"meta": MetaParams(beta=0.5)}).params["meta"].beta == 0.5
@@ -92,7 +105,7 @@ def test_cli_writes_json_markdown_and_weights(tmp_path, capsys):
                "--n-train", "100", "--batch-size", "50", "--forget-rate", "0.3", "--jobs", "1", "--out", str(out)])
     assert rc == 0
     captured = capsys.readouterr()
-    assert "test acc" in captured.out and "oracle" in captured.out
+    assert "| method" in captured.out and "final test acc" in captured.out and "oracle" in captured.out
     assert "[6/6]" in captured.err  # one line per finished run
     assert sorted(name for name in os.listdir(out) if not name.startswith(".")) == \
         ["results.csv", "results.json", "results.md", "weights.npz"]
@@ -104,7 +117,7 @@ def test_cli_writes_json_markdown_and_weights(tmp_path, capsys):
     assert "torch" in results["versions"]
     assert {run["method"] for run in results["runs"]} <= {"erm", "oracle", "cleanlab"}
     markdown = (out / "results.md").read_text()
-    assert "| method | test acc |" in markdown and PROG in markdown
+    assert "| method " in markdown and "best-epoch test acc |" in markdown and PROG in markdown
     with np.load(out / "weights.npz") as weights:
         assert weights["oracle/seed1"].shape == (100,) and weights["erm/seed0/epochs"].shape == (1, 100)
     if "cleanlab" in results["skipped"]:
@@ -114,6 +127,9 @@ def test_cli_writes_json_markdown_and_weights(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--data", "mnist"], "invalid choice"),
+    (["--seeds", "1"], "give one of --data (--dataset) and --features"),
+    (["--features", "{tmp}/none.npz"], "is not a file"),
+    (["--data", "gmm", "--profile", "linear"], "frozen features"),
     (["--data", "gmm", "--seeds", "0"], "--seeds"),
     (["--data", "gmm", "--methods", "erm,bogus"], "bogus"),
     (["--data", "gmm", "--epochs", "-1"], "--epochs"),
@@ -153,3 +169,85 @@ def test_help_states_units_and_defaults(capsys):
     text = capsys.readouterr().out
     for fragment in ("--data", "--methods", "--seeds", "--profile", "--out", "default", "epochs"):
         assert fragment in text
+
+
+def test_reference_profile_is_the_reference_codes_protocol():
+    """docs/theory.md section 6: ResNet-34, 150 epochs, lr 0.02 x0.1 at 40/80/100, momentum 0.9, weight decay
+    1e-3, batch 128, 2,000 clean images, 30 clean passes per epoch."""
+    setup = resolve_setup("cifar10n-aggre", "reference", device="cpu")
+    budget = setup.budget
+    assert setup.network["kind"] == "resnet34" and setup.problem["n_meta"] == 2000
+    assert setup.problem["n_train"] == 45_000 and setup.params["surrogate-no-shift"].recompute == "batch"
+    assert (budget.epochs, budget.lr, budget.momentum, budget.weight_decay, budget.batch_size) == \
+        (150, 0.02, 0.9, 1e-3, 128)
+    assert budget.milestones == (40, 80, 100) and budget.clean_passes == 30
+    linear = resolve_setup("cifar10n-random2", "linear")
+    assert linear.network == {"kind": "linear"} and linear.problem == {"label_set": "random2", "n_train": None}
+    assert "45,000 noisy / 2,000 clean / 10,000 test" in linear.description
+    # The surrogate's settings are shared by its ablations, each keeping its own change.
+    shared = resolve_setup("gmm", params={"surrogate": SurrogateParams(recompute="batch")}).params
+    assert shared["surrogate-no-center"] == SurrogateParams(recompute="batch", center=False)
+
+
+@pytest.fixture(scope="module")
+def features_file(tmp_path_factory):
+    problem = gaussian_mixture(np.random.default_rng(5), n=120, m=30, p=60, num_classes=3, dim=8, noise_rate=0.3)
+    path = tmp_path_factory.mktemp("features") / "mine.npz"
+    save_features(path, problem)
+    return path, problem
+
+
+def test_linear_profile_on_a_features_file(features_file, tmp_path, capsys):
+    path, problem = features_file
+    out = tmp_path / "linear"
+    methods = "erm,erm-clean,early-stop,trusted-lr,surrogate,surrogate-alpha0-zero,oracle"
+    assert main(["--features", str(path), "--methods", methods, "--seeds", "2", "--epochs", "3", "--batch-size",
+                 "32", "--meta-batch-size", "16", "--clean-passes", "2", "--jobs", "1", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "linear profile: a linear head on the features of mine.npz" in captured.out
+    assert "| trusted-lr " in captured.out
+    with open(out / "results.json") as handle:
+        results = json.load(handle)
+    assert results["profile"] == "linear" and results["setup"]["budget"]["clean_passes"] == 2
+    assert [info["n"] for info in results["problems"]] == [120, 120]
+    assert results["problems"][0]["realised_noise_rate"] == pytest.approx(problem.noise_rate)
+    frame = pd.read_csv(out / "results.csv", header=[0, 1], index_col=0)
+    assert list(frame.index) == methods.split(",")
+    assert frame.loc["oracle", ("precision", "mean")] == 1.0
+    assert frame.loc["erm", ("best_epoch_accuracy", "mean")] == pytest.approx(
+        results["summary"]["erm"]["best_epoch_accuracy"]["mean"])
+    assert "| surrogate-alpha0-zero " in (out / "results.md").read_text()
+
+
+def test_a_features_file_without_true_labels_has_no_detection_scores(features_file, tmp_path):
+    path, problem = features_file
+    unlabelled = tmp_path / "unlabelled.npz"
+    with np.load(path) as arrays:
+        np.savez(unlabelled, **{key: arrays[key] for key in arrays.files if key != "y_true"})
+    results = compare("features", ["erm", "oracle"], 1, profile="linear", features=str(unlabelled), epochs=1,
+                      budget_overrides={"batch_size": 32, "meta_batch_size": 16})
+    assert "y_true" in results["skipped"]["oracle"]
+    assert np.isnan(results["summary"]["erm"]["f1"]["mean"]) and results["summary"]["erm"]["test_accuracy"]["mean"] > 0
+    assert np.isnan(results_frame(results).loc["erm", ("auc", "mean")])
+
+
+def test_reference_profile_trains_end_to_end_on_a_tiny_slice():
+    """The reference profile's network, protocol and surrogate settings, on 24 random 8 x 8 images (decoding the
+    CIFAR-10 images takes minutes; the profile's loader is the cpu profile's): the step schedule, the clean passes and
+    the per-batch surrogate weights run on ResNet-34."""
+    from dynamics.methods import TrainingData, train
+    from phases.comparison import _factory
+
+    setup = resolve_setup("cifar10n-worse", "reference", device="cpu")
+    rng = np.random.default_rng(1)
+    images, labels = rng.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8), np.arange(40) % 3
+    problem = types.SimpleNamespace(  # the fields TrainingData.from_images reads from a dynamics.cifar.ImageProblem
+        images=images[:24], y_noisy=(labels[:24] + (np.arange(24) < 6)) % 3, y_true=labels[:24],
+        meta_images=images[24:32], y_meta=labels[24:32], test_images=images[32:], y_test=labels[32:],
+        num_classes=3, name="tiny images")
+    data = TrainingData.from_images(problem)
+    budget = dataclasses.replace(setup.budget, epochs=2, milestones=(1,), clean_passes=1, batch_size=12,
+                                 meta_batch_size=4, warmup_epochs=1)
+    result = train("surrogate", data, _factory(setup.network, data), budget, 0, setup.params["surrogate"])
+    assert result.epoch_weights.shape == (2, 24) and np.all(result.epoch_weights[0] == 1)
+    assert result.config["network"] == "ResNet34" and result.config["params"]["recompute"] == "batch"
