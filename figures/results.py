@@ -10,7 +10,8 @@ Layout of a results folder (what ``--from DIR`` reads and ``--save-results DIR``
 ``finite/``             ``python -m phases.finite --out DIR/finite`` (figure 7)
 ``compare/*/``          ``python -m phases.compare --data D [--noise R] --out DIR/compare/NAME``,
                         one folder per data set and noise rate, CIFAR-10N label sets
-                        included (figure 8)
+                        included (figure 8; figure 11 draws one of them, with its
+                        ``weights.npz``)
 ======================  ==================================================================
 
 Everything is computed by the packages that own it (``phases``, ``dynamics``);
@@ -291,3 +292,79 @@ class Results:
         if not records:
             raise MissingResults(f"no method records found in {', '.join(files)}")
         return records
+
+    def compare_weights(self) -> dict:
+        """Figure 11's inputs: the per-epoch weights and noise masks of one comparison under ``DIR/compare``.
+
+        Among the folders holding ``results.json`` and a ``weights.npz`` with noise masks
+        (``noisy/seedS``, written by ``python -m phases.compare`` since it records them), a CIFAR-10N
+        label set is preferred (worse, aggre, random1-3), then digits before the Gaussian mixture at the
+        highest noise rate. To draw another one, pass ``--from`` a folder whose ``compare/`` holds only it.
+        A fresh regeneration first runs the comparisons of :meth:`compare`.
+
+        Returns ``{"source": the folder relative to DIR/compare, "title", "warmup_epochs",
+        "epoch_weights": {method: {seed: (epochs, n)}}, "noisy": {seed: (n,) bool}}``.
+        """
+        return self._cached("compare_weights", self._compare_weights)
+
+    def _compare_weights(self) -> dict:
+        if self.fresh:
+            self.compare()
+        path = os.path.join(self.root, "compare")
+        label_sets = ("worse", "aggre", "random1", "random2", "random3")
+        candidates, unmasked = [], []
+        for file in sorted(glob.glob(os.path.join(path, "**", "results.json"), recursive=True)):
+            folder = os.path.dirname(file)
+            weights = os.path.join(folder, "weights.npz")
+            if not os.path.isfile(weights):
+                continue
+            with np.load(weights) as data:
+                if not any(key.startswith("noisy/seed") for key in data.files):
+                    unmasked.append(os.path.relpath(folder, path))
+                    continue
+            with open(file) as handle:
+                payload = json.load(handle)
+            data_name = str(payload.get("data", ""))
+            problem = (payload.get("setup") or {}).get("problem") or {}
+            if data_name.startswith("cifar10n"):
+                label_set = data_name.removeprefix("cifar10n-")
+                rank = (0, label_sets.index(label_set) if label_set in label_sets else len(label_sets), 0.0)
+            else:
+                rank = (1, {"digits": 0, "gmm": 1}.get(data_name, 2), -float(problem.get("noise_rate") or 0.0))
+            candidates.append((rank, os.path.relpath(folder, path), payload))
+        if not candidates:
+            if unmasked:
+                raise MissingResults(f"the weights.npz under {path} ({', '.join(unmasked)}) carry no noise masks "
+                                     "(noisy/seedS); rerun python -m phases.compare, which now writes them")
+            raise MissingResults("needs results of python -m phases.compare with weights.npz; pass --from DIR with "
+                                 f"DIR/compare/NAME/results.json and weights.npz (none at {path})")
+        _, source, payload = min(candidates, key=lambda candidate: candidate[0])
+        epoch_weights, noisy = {}, {}
+        with np.load(os.path.join(path, source, "weights.npz")) as data:
+            for key in data.files:
+                parts = key.split("/")
+                if len(parts) == 2 and parts[0] == "noisy" and parts[1].startswith("seed"):
+                    noisy[int(parts[1][4:])] = data[key].astype(bool)
+                elif len(parts) == 3 and parts[2] == "epochs" and parts[1].startswith("seed"):
+                    epoch_weights.setdefault(parts[0], {})[int(parts[1][4:])] = data[key]
+        order = [m for m in payload.get("methods") or [] if m in epoch_weights]
+        epoch_weights = {m: epoch_weights[m] for m in order + sorted(set(epoch_weights) - set(order))}
+        setup = payload.get("setup") or {}
+        data_name = str(payload.get("data") or source)
+        if data_name.startswith("cifar10n"):
+            title = f"CIFAR-10N {data_name.removeprefix('cifar10n-')}"
+        else:
+            rate = (setup.get("problem") or {}).get("noise_rate")
+            title = {"gmm": "Gaussian mixture", "digits": "digits"}.get(data_name, data_name)
+            title += f", noise rate {rate:g}" if isinstance(rate, (int, float)) else ""
+        problems = payload.get("problems") or []
+        n = {info.get("n") for info in problems}
+        realised = [info.get("realised_noise_rate") for info in problems
+                    if isinstance(info.get("realised_noise_rate"), (int, float))]
+        details = [f"{payload['profile']} profile" if payload.get("profile") else None,
+                   f"n = {n.pop():,}" if len(n) == 1 and isinstance(next(iter(n)), int) else None,
+                   f"{100 * float(np.mean(realised)):.1f}% noisy labels" if realised else None]
+        details = [detail for detail in details if detail]
+        budget = setup.get("budget") or {}
+        return {"source": source, "title": title + (f" ({', '.join(details)})" if details else ""),
+                "warmup_epochs": budget.get("warmup_epochs"), "epoch_weights": epoch_weights, "noisy": noisy}

@@ -12,7 +12,7 @@ accuracy, clean-detection precision, recall and F1 of ``{w > 0}``, AUC of the
 weights, weight mass on noisy examples, wall time per epoch, peak memory) as
 markdown and writes ``results.json`` (every per-seed number, the full
 configuration and package versions), ``results.md``, ``results.csv`` and
-``weights.npz`` (final and per-epoch weights) into ``--out``.
+``weights.npz`` (final and per-epoch weights, and each seed's noise mask) into ``--out``.
 """
 
 from __future__ import annotations

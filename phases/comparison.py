@@ -422,7 +422,7 @@ def compare(data: str, methods: Sequence[str] | None = None, seeds: Sequence[int
 
     Returns
     -------
-    dict, JSON-serialisable except ``"weights"`` and ``"epoch_weights"``::
+    dict, JSON-serialisable except ``"weights"``, ``"epoch_weights"`` and ``"noisy"``::
 
         schema      SCHEMA
         data, profile, description
@@ -439,6 +439,8 @@ def compare(data: str, methods: Sequence[str] | None = None, seeds: Sequence[int
                     for metric in METRICS
         weights     {method: {seed: (n,) float64 array}}, the final weights
         epoch_weights  {method: {seed: (epochs, n) float32 array}}, the weights after every epoch
+        noisy       {seed: (n,) bool array}, the seed's noise mask (y_noisy != y_true; empty for a
+                    features file without y_true)
         versions, started (ISO time), wall_time_total (s), jobs, threads
 
     Raises
@@ -471,13 +473,15 @@ def compare(data: str, methods: Sequence[str] | None = None, seeds: Sequence[int
 
     if jobs == 1 and threads:
         limit_threads(threads)
-    problem_info = []
+    problem_info, noisy = [], {}
     for seed in seeds:
         problem, has_y_true = _training_data(setup, seed)
         n, m, p = problem.sizes
         problem_info.append({"seed": seed, "name": problem.name, "n": n, "m": m, "p": p,
                              "num_classes": problem.num_classes,
                              "realised_noise_rate": problem.noise_rate if has_y_true else math.nan})
+        if has_y_true:
+            noisy[seed] = np.asarray(problem.noisy, dtype=bool).copy()
     if jobs > 1:
         _DATA_CACHE.clear()  # the workers build their own
     if setup.budget.meta_batch_size > min(info["m"] for info in problem_info):
@@ -522,7 +526,7 @@ def compare(data: str, methods: Sequence[str] | None = None, seeds: Sequence[int
         "schema": SCHEMA, "data": data, "profile": profile, "description": setup.description,
         "methods": methods, "seeds": seeds, "setup": setup.to_json(), "problems": problem_info,
         "runs": [run for run in runs if "skipped" not in run], "skipped": skipped,
-        "summary": _summary(runs, methods), "weights": weights, "epoch_weights": epoch_weights,
+        "summary": _summary(runs, methods), "weights": weights, "epoch_weights": epoch_weights, "noisy": noisy,
         "versions": versions(), "started": started_at, "wall_time_total": time.perf_counter() - started,
         "jobs": jobs, "threads": threads,
     }
@@ -633,10 +637,12 @@ def write_results(results: dict, directory: str, command: str | None = None) -> 
     ``results.json`` (everything but the weights; NaN as null), ``results.md``,
     ``results.csv`` (:func:`results_frame`: mean and standard deviation over
     seeds per method and metric) and ``weights.npz``: ``METHOD/seedS`` the
-    final weights ``(n,)`` and ``METHOD/seedS/epochs`` the weights after every
-    epoch ``(epochs, n)``.
+    final weights ``(n,)``, ``METHOD/seedS/epochs`` the weights after every
+    epoch ``(epochs, n)`` and ``noisy/seedS`` the seed's noise mask ``(n,)``
+    bool (when the problem has true labels; the seed fixes the problem draw,
+    so each seed has its own).
     """
-    payload = {key: value for key, value in results.items() if key not in ("weights", "epoch_weights")}
+    payload = {key: value for key, value in results.items() if key not in ("weights", "epoch_weights", "noisy")}
     payload["command"] = command
     write_json(os.path.join(directory, "results.json"), payload)
     write_text(os.path.join(directory, "results.md"), format_markdown(results, command))
@@ -646,6 +652,8 @@ def write_results(results: dict, directory: str, command: str | None = None) -> 
         for seed, w in per_seed.items():
             arrays[f"{method}/seed{seed}"] = w
             arrays[f"{method}/seed{seed}/epochs"] = results["epoch_weights"][method][seed]
+    for seed, mask in (results.get("noisy") or {}).items():
+        arrays[f"noisy/seed{seed}"] = np.asarray(mask, dtype=bool)
 
     def save(path):
         with open(path, "wb") as handle:

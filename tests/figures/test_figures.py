@@ -3,6 +3,7 @@ and every figure function on small synthetic results."""
 
 import json
 import os
+import shutil
 
 import matplotlib
 
@@ -14,7 +15,7 @@ import pytest  # noqa: E402
 
 from dynamics.trajectory import Trajectory  # noqa: E402
 from figures import FIGURES, finite_eta, finite_gap_time, finite_width, histograms, mechanism, methods, \
-    phase_diagram, sensitivity, spectral, weights  # noqa: E402
+    phase_diagram, sensitivity, spectral, weight_trajectories, weights  # noqa: E402
 from figures.__main__ import main  # noqa: E402
 from phases.detect import detect_phases  # noqa: E402
 from phases.sweep import RECORD_FIELDS  # noqa: E402
@@ -35,6 +36,7 @@ COLUMNS = {  # columns each CSV must hold (some figures add more)
     "finite_gap_time": {"network", "width", "seed", "step", "weight_gap", "output_gap", "T_align", "T_filter"},
     "finite_eta": {"eta", "eta_fraction", "main", "run", "seed", "weight_gap", "output_gap", "readmitted_noisy",
                    "diverged"},
+    "weight_trajectories": set(weight_trajectories.COLUMNS),
 }
 
 
@@ -351,3 +353,72 @@ def test_finite_eta_figure():
         for row in entry["per_width"]:
             row["readmitted_noisy"]["per_seed"] = [None, None]
     assert _check(finite_eta.figure(nothing_filtered))["readmitted_noisy"].isna().all()
+
+
+def _epoch_weights(rng, n=30, epochs=4, seeds=(0, 1, 2)):
+    """Per-epoch weights of three kinds of method (constant, continuous, 0/1 selection) and the seeds' masks."""
+    noisy = {seed: rng.random(n) < 0.4 for seed in seeds}
+    epoch_weights = {
+        "erm": {seed: np.ones((epochs, n), np.float32) for seed in seeds},
+        "meta": {seed: rng.uniform(0, 1, (epochs, n)).astype(np.float32) for seed in seeds},
+        "small-loss": {seed: (rng.random((epochs, n)) < 0.5).astype(np.float32) for seed in seeds},
+    }
+    return epoch_weights, noisy
+
+
+def test_weight_trajectories_figure():
+    epochs = 4
+    epoch_weights, noisy = _epoch_weights(np.random.default_rng(0), epochs=epochs)
+    table = _check(weight_trajectories.figure(epoch_weights, noisy, title="synthetic", warmup_epochs=1))
+    assert list(table.columns) == list(weight_trajectories.COLUMNS)
+    assert len(table) == len(epoch_weights) * epochs and list(dict.fromkeys(table["method"])) == list(epoch_weights)
+    for method, per_seed in epoch_weights.items():
+        rows = table[table["method"] == method]
+        assert rows["epoch"].tolist() == list(range(1, epochs + 1)) and (rows["seeds"] == 3).all()
+        expected = {
+            "mean_w_clean": [per_seed[s][:, ~noisy[s]].mean(axis=1) for s in noisy],
+            "mean_w_noisy": [per_seed[s][:, noisy[s]].mean(axis=1) for s in noisy],
+            "frac_clean_zero": [(per_seed[s][:, ~noisy[s]] == 0).mean(axis=1) for s in noisy],
+            "frac_noisy_zero": [(per_seed[s][:, noisy[s]] == 0).mean(axis=1) for s in noisy],
+        }
+        for column, per_seed_series in expected.items():
+            assert np.allclose(rows[column], np.mean(per_seed_series, axis=0)), (method, column)
+            assert np.allclose(rows[column + "_sd"], np.std(per_seed_series, axis=0, ddof=1)), (method, column)
+        assert rows["constant"].all() == (method == "erm")
+    one_seed = _check(weight_trajectories.figure({"meta": {0: epoch_weights["meta"][0]}}, {0: noisy[0]}))
+    assert len(one_seed) == epochs and one_seed["mean_w_clean_sd"].isna().all()
+    with pytest.raises(ValueError, match="noise mask"):
+        weight_trajectories.figure({"meta": {7: epoch_weights["meta"][0]}}, noisy)
+
+
+def test_weight_trajectories_from_saved_comparisons(tmp_path):
+    """--from DIR draws one comparison of DIR/compare (CIFAR-10N preferred); outputs without masks are skipped."""
+    rng = np.random.default_rng(1)
+    root, drawn = tmp_path / "results", {}
+    for name, data, masks in (("gmm-noise0.4", "gmm", True), ("worse", "cifar10n-worse", True),
+                              ("old", "cifar10n-aggre", False)):
+        folder = root / "compare" / name
+        folder.mkdir(parents=True)
+        epoch_weights, noisy = _epoch_weights(rng, n=20 if data == "gmm" else 25, epochs=3, seeds=(0, 1))
+        drawn[name] = np.mean([epoch_weights["meta"][s][:, ~noisy[s]].mean(axis=1) for s in noisy], axis=0)
+        (folder / "results.json").write_text(json.dumps({
+            "data": data, "profile": "linear", "methods": ["small-loss", "erm", "meta"],
+            "setup": {"problem": {"noise_rate": 0.4} if data == "gmm" else {"label_set": data[9:]},
+                      "budget": {"warmup_epochs": 1}},
+            "problems": [{"seed": s, "n": len(noisy[s]), "realised_noise_rate": float(noisy[s].mean())}
+                         for s in noisy]}))
+        arrays = {f"{m}/seed{s}/epochs": w for m, per_seed in epoch_weights.items() for s, w in per_seed.items()}
+        arrays |= {f"{m}/seed{s}": w[-1] for m, per_seed in epoch_weights.items() for s, w in per_seed.items()}
+        if masks:
+            arrays |= {f"noisy/seed{s}": mask for s, mask in noisy.items()}
+        np.savez(folder / "weights.npz", **arrays)
+    out = tmp_path / "out"
+    assert main(["weight_trajectories", "--from", str(root), "--out", str(out)]) == 0
+    table = pd.read_csv(out / "weight_trajectories.csv")
+    assert list(dict.fromkeys(table["method"])) == ["small-loss", "erm", "meta"] and len(table) == 9
+    assert np.allclose(table.loc[table["method"] == "meta", "mean_w_clean"], drawn["worse"])  # CIFAR-10N preferred
+    shutil.rmtree(root / "compare" / "worse")
+    shutil.rmtree(root / "compare" / "gmm-noise0.4")
+    assert main(["weight_trajectories", "--from", str(root), "--out", str(tmp_path / "out2")]) == 0
+    entry = json.loads((tmp_path / "out2" / "figures.json").read_text())["figures"][0]
+    assert entry["status"] == "skipped" and "noisy/seedS" in entry["message"] and "phases.compare" in entry["message"]

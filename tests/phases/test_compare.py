@@ -71,6 +71,9 @@ def test_compare_returns_the_documented_schema_and_reports_progress(tmp_path):
     with np.load(tmp_path / "weights.npz") as weights:
         assert np.array_equal(weights["oracle/seed1"], results["weights"]["oracle"][1])
         assert np.array_equal(weights["small-loss/seed0/epochs"], results["epoch_weights"]["small-loss"][0])
+        for seed in (0, 1):  # the oracle keeps exactly the examples the saved mask calls clean
+            assert weights[f"noisy/seed{seed}"].dtype == bool
+            assert np.array_equal(weights[f"oracle/seed{seed}"] == 0, weights[f"noisy/seed{seed}"])
 
 
 def test_parallel_jobs_reproduce_the_serial_run():
