@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from kernels._nt import stax
-from kernels.infinite import ACTIVATIONS, KINDS, MAX_DEPTH
+from kernels.infinite import check_network
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,14 +51,7 @@ class ConvSpec:
     filter_size: int = 3
 
     def __post_init__(self):
-        if isinstance(self.depth, bool) or not float(self.depth).is_integer() or not 1 <= self.depth <= MAX_DEPTH:
-            raise ValueError(f"depth must be an integer in [1, {MAX_DEPTH}], got {self.depth}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
-        if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
-        if not (math.isfinite(self.W_std) and math.isfinite(self.b_std)) or self.W_std <= 0 or self.b_std < 0:
-            raise ValueError(f"W_std must be > 0 and b_std >= 0, got {self.W_std} and {self.b_std}")
+        check_network(self, min_depth=1)
         object.__setattr__(self, "image_shape", tuple(int(s) for s in self.image_shape))
         if len(self.image_shape) != 3 or min(self.image_shape) < 1:
             raise ValueError(f"image_shape must be (H, W, channels) of positive sizes, got {self.image_shape}")

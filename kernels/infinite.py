@@ -21,6 +21,20 @@ KINDS = ("ntk", "nngp")
 MAX_DEPTH = 100  # the layer recursion is sequential: a larger depth is a typo, not a network
 
 
+def check_network(spec, min_depth: int) -> None:
+    """The checks every network spec shares (``depth``, ``activation``, ``kind``, ``W_std``, ``b_std``): a
+    ``ValueError`` naming the first bad field."""
+    depth = spec.depth
+    if isinstance(depth, bool) or not float(depth).is_integer() or not min_depth <= depth <= MAX_DEPTH:
+        raise ValueError(f"depth must be an integer in [{min_depth}, {MAX_DEPTH}], got {depth}")
+    if spec.activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {spec.activation!r}")
+    if spec.kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {spec.kind!r}")
+    if not (math.isfinite(spec.W_std) and math.isfinite(spec.b_std)) or spec.W_std <= 0 or spec.b_std < 0:
+        raise ValueError(f"W_std must be > 0 and b_std >= 0, got {spec.W_std} and {spec.b_std}")
+
+
 @dataclasses.dataclass(frozen=True)
 class KernelSpec:
     """A fully connected network ``Dense -> (act -> Dense) * depth``.
@@ -38,14 +52,7 @@ class KernelSpec:
     kind: str = "ntk"
 
     def __post_init__(self):
-        if isinstance(self.depth, bool) or not float(self.depth).is_integer() or not 0 <= self.depth <= MAX_DEPTH:
-            raise ValueError(f"depth must be an integer in [0, {MAX_DEPTH}], got {self.depth}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
-        if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
-        if not (math.isfinite(self.W_std) and math.isfinite(self.b_std)) or self.W_std <= 0 or self.b_std < 0:
-            raise ValueError(f"W_std must be > 0 and b_std >= 0, got {self.W_std} and {self.b_std}")
+        check_network(self, min_depth=0)
 
 
 def stax_network(spec: KernelSpec, width: int = 512, out_dim: int = 1):

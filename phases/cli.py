@@ -75,6 +75,16 @@ def bounded(kind: type, low: float, high: float = math.inf, *, strict: bool = Fa
 positive_int = bounded(int, 1)
 
 
+def add_weight_arguments(group, defaults) -> None:
+    """The reweighting knobs of docs/theory.md section 2 that every simulating command takes: ``--beta``,
+    ``--gamma``, ``--w0`` (defaults from ``defaults``' attributes of the same names)."""
+    group.add_argument("--beta", type=bounded(float, 0.0), default=defaults.beta,
+                       help="meta step size (weights move by beta/m * score)")
+    group.add_argument("--gamma", type=bounded(float, 0.0), default=defaults.gamma,
+                       help="weight of the clean-subset loss in training")
+    group.add_argument("--w0", type=float, default=defaults.w0, help="initial weight of every example, in [0, 1]")
+
+
 def add_size_arguments(group, *, n: int, m: int, p: int, classes: int, dim: int, mixture_only: str = "") -> None:
     """The problem sizes every command takes: ``--n``, ``--m``, ``--p``, ``--classes``, ``--dim``.
 

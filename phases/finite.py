@@ -18,7 +18,8 @@ import argparse
 import sys
 
 from phases.cli import ArgumentParser, HelpFormatter, OutputDirectory, UserError, add_output_arguments, \
-    add_size_arguments, bounded, int_list, parse_settings, positive_int, refuse_jax_cache, run_main
+    add_size_arguments, add_weight_arguments, bounded, int_list, parse_settings, positive_int, refuse_jax_cache, \
+    run_main
 from phases.experiments import FINITE_DATASETS, FINITE_NETWORKS, FiniteWidthConfig, read_settings
 
 PROG = "python -m phases.finite"
@@ -79,11 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="further step sizes, comma-separated, as fractions of the stability limit 2/lambda_max of "
                           "the analytic kernel; each repeats the width sweep (gaps and re-admission summarised in "
                           "summary.json's eta_sweep, trajectories not saved)")
-    dyn.add_argument("--beta", type=bounded(float, 0.0), default=d.beta,
-                     help="meta step size (weights move by beta/m * score)")
-    dyn.add_argument("--gamma", type=bounded(float, 0.0), default=d.gamma,
-                     help="weight of the clean-subset loss in training")
-    dyn.add_argument("--w0", type=float, default=d.w0, help="initial weight of every example, in [0, 1]")
+    add_weight_arguments(dyn, d)
     out = parser.add_argument_group("output")
     add_output_arguments(out, out_help="output directory (must not exist unless --overwrite)", required=True,
                          saved_file="summary.json")

@@ -34,7 +34,7 @@ import sys
 import time
 
 from phases.cli import ArgumentParser, HelpFormatter, OutputDirectory, UserError, add_output_arguments, \
-    add_size_arguments, bounded, parse_settings, positive_int, refuse_jax_cache, run_main
+    add_size_arguments, add_weight_arguments, bounded, parse_settings, positive_int, refuse_jax_cache, run_main
 from dynamics.embeddings import EXTRACTOR_NAMES, IMAGE_SIZES
 from phases.claims import THRESHOLD_DOCS
 from phases.experiments import DATASETS, INITS, KERNEL_DTYPES, NOISE_TYPES, SimulationConfig, read_settings
@@ -99,11 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="model step size as a fraction of the stability limit: eta = FRACTION * 2/lambda_joint "
                           "(lambda_joint: top eigenvalue of the joint train and clean kernel; above 1 may diverge); "
                           "instead of --eta")
-    dyn.add_argument("--beta", type=bounded(float, 0.0), default=d.beta,
-                     help="meta step size (weights move by beta/m * score)")
-    dyn.add_argument("--gamma", type=bounded(float, 0.0), default=d.gamma,
-                     help="weight of the clean-subset loss in training")
-    dyn.add_argument("--w0", type=float, default=d.w0, help="initial weight of every example, in [0, 1]")
+    add_weight_arguments(dyn, d)
     dyn.add_argument("--init", choices=INITS, default=d.init,
                      help="initial outputs: zero (centred network) or a draw from the NNGP prior")
     dyn.add_argument("--batch-size", type=positive_int, default=d.batch_size,
