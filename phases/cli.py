@@ -48,11 +48,12 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each default once: not for ``None`` (the help says what happens then), flags, or help that names it."""
+    """Shows each default once: not for ``None`` or an empty list (the help says what happens then), flags, or
+    help that names it."""
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if action.default in (None, False, argparse.SUPPRESS) or "(default" in text:
+        if action.default in (None, False, [], argparse.SUPPRESS) or "(default" in text:
             return text
         return super()._get_help_string(action)
 

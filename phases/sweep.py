@@ -435,8 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     parser.add_argument("--grid", action="append", default=[], metavar="KNOB=V1,V2,...",
                         help="one axis of the grid: a python -m phases.simulate flag without its dashes and its "
-                             "values (repeat for more axes; one value fixes the knob; 'none' is an unset default; "
-                             "default: no axis, the one configuration at every seed)")
+                             "values (repeat for more axes; one value fixes the knob; 'none' is an unset default); "
+                             "without it, the one configuration at every seed")
     parser.add_argument("--seeds", type=positive_int, default=4, help="seeds per grid point (seeds 0..k-1)")
     parser.add_argument("--config", default=None, metavar="FILE",
                         help="start from the settings of a saved run (a config.json of python -m phases.simulate, "

@@ -134,3 +134,19 @@ def test_json_has_no_nan_and_bounded_refuses_non_finite(tmp_path):
         with pytest.raises(Exception, match="must be"):
             parse(text)
     assert parse("0") == 0.0
+
+
+@pytest.mark.parametrize("module", ["phases.simulate", "phases.sweep", "phases.finite", "phases.compare", "figures.__main__",
+                                    "figures.studies"])
+def test_help_states_each_default_once(module, capsys):
+    import importlib
+    import re
+
+    with pytest.raises(SystemExit) as done:
+        importlib.import_module(module).main(["--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    # One option's help runs from its flag to the next one; a default named in the text is not repeated after it.
+    for option in re.split(r"(?=\s--?[a-z])", text):
+        assert option.count("(default") <= 1, option
+        assert not re.search(r"default:[^()]*\)\s*\(default:", option), option
