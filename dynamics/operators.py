@@ -220,9 +220,13 @@ class KernelBlocks:
 
     @classmethod
     def from_problem(cls, problem: Problem, kernel_fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> KernelBlocks:
-        """Evaluate ``kernel_fn(x1 (a, d), x2 (b, d)) -> (a, b)`` on the problem's inputs."""
-        X, V, T = problem.X, problem.X_meta, problem.X_test
-        return cls(kernel_fn(X, X), kernel_fn(V, X), kernel_fn(V, V), kernel_fn(T, X), kernel_fn(T, V))
+        """Evaluate ``kernel_fn(x1 (a, d), x2 (b, d)) -> (a, b)`` on the problem's inputs, in one call: every input
+        against the training and clean inputs (one compilation instead of five; ``K_XV``, the 5% it computes
+        twice, is dropped)."""
+        n, m, _ = problem.sizes
+        train_and_clean = np.concatenate([problem.X, problem.X_meta])
+        K = kernel_fn(np.concatenate([train_and_clean, problem.X_test]), train_and_clean)
+        return cls(K[:n, :n], K[n:n + m, :n], K[n:n + m, n:], K[n + m:, :n], K[n + m:, n:])
 
     @property
     def dtype(self) -> np.dtype:
