@@ -9,8 +9,6 @@ import tempfile
 import time
 import uuid
 
-import pytest
-
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
