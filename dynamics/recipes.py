@@ -6,12 +6,14 @@ per-example weights, each a few lines in an ordinary ``DataLoader`` loop:
 - **The surrogate, as the paper's public code uses it** (docs/theory.md
   section 6, "How the reference code trains with it"): once per epoch,
   :func:`clean_subset_features` computes the clean subset's penultimate
-  features; for every mini-batch, :func:`surrogate_batch_weights` computes the
-  batch's features (evaluation mode, no gradient) and applies
-  :func:`dynamics.surrogate.reweight` to that batch alone (every weight reset
-  to 1/2, no memory across batches). The loss is then ``mean_batch(w_i *
-  l_i)``. ``alpha0`` follows :func:`dynamics.surrogate.alpha0_schedule`; the
-  reference code also trains with every weight at 1/2 for a warm-up.
+  features (and, optionally, :func:`dynamics.surrogate.clean_reference` their
+  class directions, so that no batch recomputes them); for every mini-batch,
+  :func:`surrogate_batch_weights` computes the batch's features (evaluation
+  mode, no gradient) and applies :func:`dynamics.surrogate.reweight` to that
+  batch alone (every weight reset to 1/2, no memory across batches). The loss
+  is then ``mean_batch(w_i * l_i)``. ``alpha0`` follows
+  :func:`dynamics.surrogate.alpha0_schedule`; the reference code also trains
+  with every weight at 1/2 for a warm-up.
 - **Exact meta-reweighting** (docs/theory.md section 2): :class:`MetaReweighter`
   keeps one persistent weight per training example and moves the batch's
   weights by the exact meta-gradient through a one-step look-ahead
@@ -19,8 +21,9 @@ per-example weights, each a few lines in an ordinary ``DataLoader`` loop:
   your own; the loader yields each example's index
   (:class:`IndexedDataset`, or ``TensorDataset(X, y, torch.arange(n))``).
 
-The surrogate pass costs one extra forward pass of the batch; the exact step
-costs a gradient of a gradient (3-4 plain steps, see ``bench/finite.py``).
+The surrogate pass costs one extra forward pass of the batch (evaluation
+mode, no gradient); the exact step costs a gradient of a gradient (3-4 plain
+steps, see ``bench/finite.py``; ``bench/surrogate.py`` compares the two).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import torch
 from torch import nn
 
 from dynamics.bilevel import LOSSES, Loss, meta_step
-from dynamics.surrogate import reweight
+from dynamics.surrogate import CleanReference, clean_reference, reweight
 
 FeatureMap = Callable[[torch.Tensor], torch.Tensor]
 
@@ -69,7 +72,10 @@ def penultimate_features(model: nn.Module, x: torch.Tensor, *, features: Feature
             parts = [extract(x[start:start + batch_size]) for start in range(0, len(x), batch_size)]
     finally:
         model.train(was_training)
-    return torch.cat(parts).reshape(len(x), -1).double().cpu().numpy()
+    # A mini-batch is one part: no concatenation, one copy into float64 on the CPU (a copy even when the
+    # features already are, since they may be a view of x).
+    joined = parts[0] if len(parts) == 1 else torch.cat(parts)
+    return joined.reshape(len(x), -1).to(device="cpu", dtype=torch.float64, copy=len(parts) == 1).numpy()
 
 
 def clean_subset_features(model: nn.Module, x_meta: torch.Tensor, *, features: FeatureMap | None = None,
@@ -86,8 +92,8 @@ def _numpy_labels(labels) -> np.ndarray:
     return labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
 
 
-def surrogate_batch_weights(model: nn.Module, x: torch.Tensor, y, meta_features: np.ndarray, meta_labels, *,
-                            alpha0: float, rule: str = "reference",
+def surrogate_batch_weights(model: nn.Module, x: torch.Tensor, y, meta_features: np.ndarray | CleanReference,
+                            meta_labels=None, *, alpha0: float, rule: str = "reference",
                             features: FeatureMap | None = None) -> torch.Tensor:
     """Surrogate weights ``(b,)`` of one mini-batch, the reference protocol (docs/theory.md section 6).
 
@@ -103,8 +109,13 @@ def surrogate_batch_weights(model: nn.Module, x: torch.Tensor, y, meta_features:
     model : the network being trained.
     x : (b, ...) batch inputs; y : (b,) their observed (noisy) labels, a
         tensor or any labels :func:`~dynamics.surrogate.reweight` accepts.
-    meta_features : (m, D) clean-subset features of this epoch.
+    meta_features : (m, D) clean-subset features of this epoch, or, so that
+        no batch recomputes the clean class means, their
+        :class:`~dynamics.surrogate.CleanReference`,
+        ``clean_reference(meta_labels, meta_features)`` built once per epoch
+        (same weights, bit for bit).
     meta_labels : (m,) clean labels; their distinct values are the classes.
+        Omitted (None) with a :class:`~dynamics.surrogate.CleanReference`.
     alpha0 : modulation, e.g. ``alpha0_schedule(epoch, C, warmup_epochs)``:
         ``1/(C-1)`` early in training, then 0.
     rule : ``"reference"`` or ``"sign"``, see :func:`dynamics.surrogate.weights_from_scores`.
@@ -115,9 +126,18 @@ def surrogate_batch_weights(model: nn.Module, x: torch.Tensor, y, meta_features:
     w : (b,) tensor in ``[0, 1]`` on ``x``'s device, with ``x``'s floating dtype
         (the default dtype for integer inputs); no gradient flows through it.
     """
+    by_reference = isinstance(meta_features, CleanReference)
+    if by_reference and meta_labels is not None:
+        raise ValueError("meta_labels: a CleanReference already holds the clean classes; omit meta_labels")
+    if not by_reference and meta_labels is None:
+        raise ValueError("meta_labels are required with (m, D) meta_features (or pass "
+                         "clean_reference(meta_labels, meta_features) instead of both)")
     batch_features = penultimate_features(model, x, features=features, batch_size=max(len(x), 1))
-    result = reweight(_numpy_labels(y), batch_features, _numpy_labels(meta_labels), meta_features,
-                      alpha0=alpha0, rule=rule)
+    if by_reference:
+        result = meta_features.reweight(_numpy_labels(y), batch_features, alpha0=alpha0, rule=rule)
+    else:
+        result = reweight(_numpy_labels(y), batch_features, _numpy_labels(meta_labels), meta_features,
+                          alpha0=alpha0, rule=rule)
     dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
     return torch.as_tensor(result.weights, dtype=dtype, device=x.device)
 
@@ -200,5 +220,5 @@ class MetaReweighter:
         return loss
 
 
-__all__ = ["IndexedDataset", "MetaReweighter", "clean_subset_features", "penultimate_features",
-           "surrogate_batch_weights"]
+__all__ = ["CleanReference", "IndexedDataset", "MetaReweighter", "clean_reference", "clean_subset_features",
+           "penultimate_features", "surrogate_batch_weights"]

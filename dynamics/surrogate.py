@@ -158,12 +158,8 @@ def _indices_in(values: np.ndarray, classes: np.ndarray, classes_sorted: bool) -
         raise ValueError("labels must hold hashable class names") from None
 
 
-def _encode_labels(meta_labels, m: int, num_classes, labels=None, n: int = 0):
-    """``(classes (C,), y_meta (m,), y (n,) or None)``: the classes are the clean subset's distinct labels."""
-    if num_classes is not None:
-        num_classes = integer("num_classes", num_classes, 2)
-    meta_values = _label_values("meta_labels", meta_labels, m)
-    values = None if labels is None else _label_values("labels", labels, n)
+def _encode_meta(meta_values: np.ndarray, num_classes) -> tuple[np.ndarray, np.ndarray, bool]:
+    """``(classes (C,), y_meta (m,), sorted)``: the classes are the clean subset's distinct labels."""
     classes, y_meta, classes_sorted = _distinct(meta_values)
     C = len(classes)
     if C < 2:
@@ -176,15 +172,29 @@ def _encode_labels(meta_labels, m: int, num_classes, labels=None, n: int = 0):
                              "every class needs at least one")
         raise ValueError(f"num_classes is {num_classes}, but meta_labels (the clean subset) holds {C} classes "
                          f"{_short_list(classes)}")
-    y = None
-    if values is not None:
-        y = _indices_in(values, classes, classes_sorted)
-        if (y < 0).any():
-            absent = list(dict.fromkeys(values[y < 0].tolist()))
-            raise ValueError(f"labels hold {len(absent)} class(es) that meta_labels (the clean subset) has no "
-                             f"example of, such as {_short_list(absent[:3])}; every training label needs a clean "
-                             f"example of its class (clean classes: {_short_list(classes)})")
-    return classes, y_meta, y
+    return classes, y_meta, classes_sorted
+
+
+def _encode_training(values: np.ndarray, classes: np.ndarray, classes_sorted: bool) -> np.ndarray:
+    """``y (n,)``: each training label's index among the clean classes; a label they lack is a ``ValueError``."""
+    y = _indices_in(values, classes, classes_sorted)
+    if (y < 0).any():
+        absent = list(dict.fromkeys(values[y < 0].tolist()))
+        raise ValueError(f"labels hold {len(absent)} class(es) that meta_labels (the clean subset) has no "
+                         f"example of, such as {_short_list(absent[:3])}; every training label needs a clean "
+                         f"example of its class (clean classes: {_short_list(classes)})")
+    return y
+
+
+def _encode_labels(meta_labels, m: int, num_classes, labels=None, n: int = 0):
+    """``(classes (C,), y_meta (m,), y (n,) or None, sorted)``: the classes are the clean subset's distinct labels."""
+    if num_classes is not None:
+        num_classes = integer("num_classes", num_classes, 2)
+    meta_values = _label_values("meta_labels", meta_labels, m)
+    values = None if labels is None else _label_values("labels", labels, n)
+    classes, y_meta, classes_sorted = _encode_meta(meta_values, num_classes)
+    y = None if values is None else _encode_training(values, classes, classes_sorted)
+    return classes, y_meta, y, classes_sorted
 
 
 def _check_aligned(labels_name: str, labels, features_name: str, features) -> None:
@@ -203,7 +213,7 @@ def _validated(features, meta_features, meta_labels, num_classes, labels=None):
     Psi = _as_features("meta_features", meta_features)
     if Phi.shape[1] != Psi.shape[1]:
         raise ValueError(f"meta_features has {Psi.shape[1]} features per example, features has {Phi.shape[1]}")
-    classes, y_meta, y = _encode_labels(meta_labels, Psi.shape[0], num_classes, labels, Phi.shape[0])
+    classes, y_meta, y, _ = _encode_labels(meta_labels, Psi.shape[0], num_classes, labels, Phi.shape[0])
     return Phi, Psi, y_meta, y, len(classes), classes
 
 
@@ -225,22 +235,43 @@ def _dense_rows(Phi, start: int, stop: int) -> np.ndarray:
     return block.toarray() if _is_sparse(block) else np.asarray(block, dtype=np.float64)
 
 
-def _class_similarities(Phi, Psi, y_meta, C, kernel, block_rows):
+def _clean_means(Psi, y_meta, C, block_rows):
+    """``(class_average (m, C), mu (D,), class_means (C, D))`` of the clean features (section 6, step 1)."""
     one_hot = np.eye(C)[y_meta]
     class_average = one_hot / one_hot.sum(axis=0)  # (m, C): column k averages over clean class k
     class_means = _times(Psi.T, class_average, block_rows).T if _is_sparse(Psi) else class_average.T @ Psi  # (C, D)
     mu = class_means.mean(axis=0)  # class-balanced, so an unbalanced clean subset does not tilt the centre
+    return class_average, mu, class_means
+
+
+def _linear_clean_side(Psi, y_meta, C, block_rows):
+    """``(directions (D, C), offset (C,))`` with ``S = Phi @ directions - offset`` for the linear kernel.
+
+    ``(Phi - mu) @ (M - mu).T = Phi @ (M - mu).T - mu @ (M - mu).T``: the centring is a rank-one correction, so
+    the centred ``(n, D)`` copy is never formed (memory ``O(D C)`` beyond inputs and output).
+    """
+    _, mu, class_means = _clean_means(Psi, y_meta, C, block_rows)
+    directions = (class_means - mu).T  # (D, C)
+    with np.errstate(over="ignore", invalid="ignore"):
+        offset = mu @ directions
+    return directions, offset
+
+
+def _linear_similarities(Phi, directions, offset, block_rows):
+    """``S = Phi @ directions - offset``, ``(n, C)`` float64; refuses an overflow."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        S = _times(Phi, directions, block_rows)
+        S -= offset
+    if not np.all(np.isfinite(S)):
+        raise ValueError("features are so large that their similarities overflow float64; rescale them "
+                         "(the weights do not change under scaling)")
+    return S
+
+
+def _class_similarities(Phi, Psi, y_meta, C, kernel, block_rows):
     if kernel is None:
-        # (Phi - mu) @ (M - mu).T = Phi @ (M - mu).T - mu @ (M - mu).T: the centring is a rank-one correction,
-        # so the centred (n, D) copy is never formed (memory O(D C) beyond inputs and output).
-        directions = (class_means - mu).T  # (D, C)
-        with np.errstate(over="ignore", invalid="ignore"):
-            S = _times(Phi, directions, block_rows)
-            S -= mu @ directions
-        if not np.all(np.isfinite(S)):
-            raise ValueError("features are so large that their similarities overflow float64; rescale them "
-                             "(the weights do not change under scaling)")
-        return S
+        return _linear_similarities(Phi, *_linear_clean_side(Psi, y_meta, C, block_rows), block_rows)
+    class_average, mu, _ = _clean_means(Psi, y_meta, C, block_rows)
     Psi_c = (Psi.toarray() if _is_sparse(Psi) else np.asarray(Psi, dtype=np.float64)) - mu
     S = np.empty((Phi.shape[0], C))
     for start in range(0, Phi.shape[0], block_rows):
@@ -319,7 +350,8 @@ def modulated_scores(similarities: np.ndarray, labels: np.ndarray, alpha0: float
     d : (n,) float64.
     """
     S = np.asarray(similarities, dtype=np.float64)
-    shifted = S - np.partition(S, -2, axis=1)[:, -2:-1]
+    # Keep only the (n, 1) runner-up column, so that the (n, C) partitioned copy is freed before `shifted` exists.
+    shifted = S - np.partition(S, -2, axis=1)[:, -2:-1].copy()
     own = shifted[np.arange(len(S)), labels]
     return own - alpha0 * (shifted.sum(axis=1) - own)
 
@@ -384,6 +416,98 @@ def sign_agreement(d: np.ndarray, a: np.ndarray) -> float:
     return float(np.mean(np.sign(d) == np.sign(a)))
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class CleanReference:
+    """The clean subset's side of the linear-kernel surrogate, computed once (docs/theory.md section 6, steps 1-2).
+
+    With the clean class means ``M (C, D)`` and their class-balanced mean
+    ``mu``, the centred similarities of any features ``Phi (n, D)`` are
+    ``S = Phi @ directions - offset``, ``directions = (M - mu).T`` and
+    ``offset = mu @ directions``. :func:`reweight` computes these from the
+    clean subset on every call; build them once with :func:`clean_reference`
+    (once per epoch when the features are a network's, as the reference code
+    does) and weight any number of batches with :meth:`reweight`, which gives
+    :func:`reweight`'s result on the same inputs bit for bit.
+
+    Attributes
+    ----------
+    classes : (C,) the class names, as :attr:`ReweightResult.classes`.
+    directions : (D, C) float64.
+    offset : (C,) float64.
+    classes_sorted : whether ``classes`` are sorted (labels are then looked up by binary search).
+    """
+
+    classes: np.ndarray
+    directions: np.ndarray
+    offset: np.ndarray
+    classes_sorted: bool = True
+
+    @property
+    def num_classes(self) -> int:
+        """C."""
+        return len(self.classes)
+
+    def __repr__(self) -> str:
+        return f"CleanReference(D={self.directions.shape[0]}, classes={_short_list(self.classes)})"
+
+    def similarities(self, features) -> np.ndarray:
+        """``S (n, C)`` float64 of ``features (n, D)`` (an array, a DataFrame or a scipy sparse matrix)."""
+        return _linear_similarities(self._features(features), self.directions, self.offset, _BLOCK_ROWS)
+
+    def _features(self, features):
+        Phi = _as_features("features", features)
+        if Phi.shape[1] != self.directions.shape[0]:
+            raise ValueError(f"features has {Phi.shape[1]} features per example, the clean subset (meta_features) "
+                             f"has {self.directions.shape[0]}")
+        return Phi
+
+    def reweight(self, labels, features, *, alpha0: float | None = None, rule: str = "reference") -> ReweightResult:
+        """:func:`reweight` of ``labels (n,)`` and ``features (n, D)`` against this clean subset (linear kernel).
+
+        ``labels`` must be classes of :attr:`classes`; ``alpha0`` and ``rule`` as in :func:`reweight`.
+        Costs ``O(n D C)``; nothing of the clean subset is recomputed.
+        """
+        _check_aligned("labels", labels, "features", features)
+        Phi = self._features(features)
+        y = _encode_training(_label_values("labels", labels, Phi.shape[0]), self.classes, self.classes_sorted)
+        alpha0, rule = _checked_rule(alpha0, rule, self.num_classes)
+        S = _linear_similarities(Phi, self.directions, self.offset, _BLOCK_ROWS)
+        return _result(S, y, alpha0, rule, self.num_classes, self.classes)
+
+
+def clean_reference(meta_labels, meta_features, *, num_classes: int | None = None) -> CleanReference:
+    """The clean subset's class directions for the linear kernel, once: :class:`CleanReference`.
+
+    ``clean_reference(meta_labels, meta_features).reweight(labels, features, ...)`` equals
+    ``reweight(labels, features, meta_labels, meta_features, ...)``; the clean side costs ``O(m D C)`` once
+    instead of on every call (every mini-batch in :func:`dynamics.recipes.surrogate_batch_weights`).
+
+    Parameters
+    ----------
+    meta_labels : (m,) clean labels; their distinct values are the classes.
+    meta_features : (m, D) clean features: an array, a pandas DataFrame or a scipy sparse matrix.
+    num_classes : None, or C as a check.
+    """
+    _check_aligned("meta_labels", meta_labels, "meta_features", meta_features)
+    Psi = _as_features("meta_features", meta_features)
+    classes, y_meta, _, classes_sorted = _encode_labels(meta_labels, Psi.shape[0], num_classes)
+    directions, offset = _linear_clean_side(Psi, y_meta, len(classes), _BLOCK_ROWS)
+    return CleanReference(classes, directions, offset, classes_sorted)
+
+
+def _checked_rule(alpha0, rule, C):
+    alpha0 = 1.0 / (C - 1) if alpha0 is None else real("alpha0", alpha0, 0.0)
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    return alpha0, rule
+
+
+def _result(S, y, alpha0, rule, C, classes) -> ReweightResult:
+    d = modulated_scores(S, y, alpha0)
+    w = weights_from_scores(d, rule)
+    return ReweightResult(w, w == 0, d, S, alpha0, rule, C, classes)
+
+
 def reweight(
     labels,
     features,
@@ -438,7 +562,10 @@ def reweight(
     Notes
     -----
     Pandas inputs are paired by position; when a label Series and a feature
-    DataFrame both carry an index, the two must be equal.
+    DataFrame both carry an index, the two must be equal. To weight many
+    batches against one clean subset, build its side once with
+    :func:`clean_reference` and call :meth:`CleanReference.reweight` (same
+    result, without recomputing the clean class means on every call).
 
     Examples
     --------
@@ -465,10 +592,5 @@ def reweight(
     _check_aligned("labels", labels, "features", features)
     _check_aligned("meta_labels", meta_labels, "meta_features", meta_features)
     Phi, Psi, y_meta, y, C, classes = _validated(features, meta_features, meta_labels, num_classes, labels)
-    alpha0 = 1.0 / (C - 1) if alpha0 is None else real("alpha0", alpha0, 0.0)
-    if rule not in RULES:
-        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
-    S = _class_similarities(Phi, Psi, y_meta, C, kernel, _BLOCK_ROWS)
-    d = modulated_scores(S, y, alpha0)
-    w = weights_from_scores(d, rule)
-    return ReweightResult(w, w == 0, d, S, alpha0, rule, C, classes)
+    alpha0, rule = _checked_rule(alpha0, rule, C)
+    return _result(_class_similarities(Phi, Psi, y_meta, C, kernel, _BLOCK_ROWS), y, alpha0, rule, C, classes)

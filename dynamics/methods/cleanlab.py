@@ -26,17 +26,17 @@ class CleanlabParams:
             raise ValueError(f"folds must be at least 2, got {self.folds}")
 
 
-def cleanlab_issues(features: np.ndarray, labels: np.ndarray, num_classes: int, folds: int,
-                    rng: np.random.Generator) -> np.ndarray:
-    """cleanlab's label issues, ``(n,)`` bool, from out-of-sample class probabilities.
+def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, num_classes: int, folds: int,
+                              rng: np.random.Generator) -> np.ndarray | None:
+    """Out-of-sample class probabilities ``(n, C)``, cleanlab's standard input (needs scikit-learn only).
 
-    The probabilities come from a logistic regression on ``features : (n,
-    D)`` (standardised), cross-validated over ``folds`` stratified folds
-    drawn from ``rng``; ``labels : (n,)`` are the observed labels in ``[0,
-    C)``. The folds are capped by the smallest class; with fewer than 2
-    possible, nothing is flagged.
+    A logistic regression on ``features : (n, D)`` (standardised),
+    cross-validated over ``folds`` stratified folds drawn from ``rng``:
+    every example's probabilities come from the model fitted without it.
+    ``labels : (n,)`` are the observed labels in ``[0, C)``. The folds are
+    capped by the smallest class; with fewer than 2 possible, None (and no
+    draw from ``rng``).
     """
-    cleanlab_filter = importlib.import_module("cleanlab.filter")
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
@@ -44,11 +44,28 @@ def cleanlab_issues(features: np.ndarray, labels: np.ndarray, num_classes: int, 
 
     folds = min(folds, int(np.bincount(labels, minlength=num_classes).min()))
     if folds < 2:
-        return np.zeros(len(labels), dtype=bool)
+        return None
     classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500))
     splitter = StratifiedKFold(folds, shuffle=True, random_state=int(rng.integers(2 ** 31)))
-    pred_probs = cross_val_predict(classifier, features, labels, cv=splitter, method="predict_proba")
-    return np.asarray(cleanlab_filter.find_label_issues(labels, pred_probs), dtype=bool)
+    return cross_val_predict(classifier, features, labels, cv=splitter, method="predict_proba")
+
+
+def cleanlab_issues(features: np.ndarray, labels: np.ndarray, num_classes: int, folds: int,
+                    rng: np.random.Generator) -> np.ndarray:
+    """cleanlab's label issues, ``(n,)`` bool, from out-of-sample class probabilities.
+
+    ``cleanlab.filter.find_label_issues`` on :func:`out_of_fold_probabilities`
+    (a standardised logistic regression on ``features : (n, D)``,
+    cross-validated over ``folds`` stratified folds drawn from ``rng``);
+    ``labels : (n,)`` are the observed labels in ``[0, C)``. With fewer than 2
+    folds possible (a class too small), nothing is flagged.
+    """
+    cleanlab_filter = importlib.import_module("cleanlab.filter")
+    pred_probs = out_of_fold_probabilities(features, labels, num_classes, folds, rng)
+    if pred_probs is None:
+        return np.zeros(len(labels), dtype=bool)
+    # One process: cleanlab's default pool cannot start inside the comparison's worker processes (daemonic).
+    return np.asarray(cleanlab_filter.find_label_issues(labels, pred_probs, n_jobs=1), dtype=bool)
 
 
 class Cleanlab(Method):

@@ -30,7 +30,7 @@ from dynamics.recipes import (
     penultimate_features,
     surrogate_batch_weights,
 )
-from dynamics.surrogate import reweight
+from dynamics.surrogate import clean_reference, reweight
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -152,6 +152,30 @@ def test_surrogate_batch_weights_are_reweight_on_eval_mode_features_without_grad
     assert torch.equal(named, w)
     with pytest.raises(ValueError, match="^features: the model has no features"):
         penultimate_features(nn.Linear(6, 3), x)
+
+
+def test_surrogate_batch_weights_against_a_clean_reference_built_once_are_bit_for_bit_the_same():
+    """The clean side built once per epoch (clean_reference) gives the weights of recomputing it every batch."""
+    generator = torch.Generator().manual_seed(4)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    x, x_meta = torch.randn(64, 6, generator=generator), torch.randn(24, 6, generator=generator)
+    y, y_meta = torch.randint(0, 4, (64,), generator=generator), torch.arange(24) % 4
+    meta_features = clean_subset_features(model, x_meta)
+    reference = clean_reference(y_meta.numpy(), meta_features)
+    for alpha0 in (1 / 3, 0.0):
+        for start in range(0, 64, 16):  # the batches of an epoch
+            batch, labels = x[start:start + 16], y[start:start + 16]
+            assert torch.equal(surrogate_batch_weights(model, batch, labels, reference, alpha0=alpha0),
+                               surrogate_batch_weights(model, batch, labels, meta_features, y_meta, alpha0=alpha0))
+    with pytest.raises(ValueError, match="^meta_labels: a CleanReference already holds the clean classes"):
+        surrogate_batch_weights(model, x, y, reference, y_meta, alpha0=0.0)
+    with pytest.raises(ValueError, match="^meta_labels are required"):
+        surrogate_batch_weights(model, x, y, meta_features, alpha0=0.0)
+    # The batch's features are a copy, never a view of the input (the feature map may return its input).
+    x64 = x.double()
+    features = penultimate_features(nn.Sequential(nn.Identity(), nn.Identity()), x64)
+    x64[0, 0] = 1e6
+    assert features[0, 0] != 1e6
 
 
 def _train(seed, mode, epochs=6, n=400, m=60, loss="ce"):

@@ -5,6 +5,7 @@ Every identity is checked against an oracle written independently of
 class with plain loops, a brute-force row shift, the procedural weight rule.
 """
 
+import dataclasses
 import doctest
 import functools
 
@@ -17,8 +18,11 @@ from tolerance import assert_close
 import dynamics.surrogate
 from dynamics.problem import gaussian_mixture
 from dynamics.surrogate import (
+    RULES,
+    ReweightResult,
     alpha0_schedule,
     class_similarities,
+    clean_reference,
     modulated_scores,
     reweight,
     sign_agreement,
@@ -388,6 +392,79 @@ def test_linear_path_allocates_no_copy_of_the_features(dtype):
     # What remains: (n, C) outputs and temporaries, O(D C), one block of rows cast to float64 for float32 input.
     assert peak < one_copy / 3, f"peak {peak / 1e6:.1f} MB against {one_copy / 1e6:.1f} MB for one copy"
 
+
+
+def test_reweight_at_n_50000_and_d_512_peaks_under_50_mb_beyond_its_inputs():
+    """The issue's check: O(D C) beyond the inputs and the (n, C) outputs; the centred copy alone would be 205 MB."""
+    import tracemalloc
+
+    rng = np.random.default_rng(5)
+    n, D, C, m = 50_000, 512, 10, 1000
+    features = np.tile(rng.standard_normal((1000, D)), (n // 1000, 1))  # a realistic layout, cheaper to draw
+    meta_features, meta_labels, labels = rng.standard_normal((m, D)), np.arange(m) % C, rng.integers(0, C, n)
+    reference = clean_reference(meta_labels, meta_features)
+    for call in (lambda: reweight(labels, features, meta_labels, meta_features),
+                 lambda: reference.reweight(labels, features)):
+        tracemalloc.start()
+        try:
+            call()
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        # The outputs S (n, C) and the row shift's (n, C) are 4 MB each; the rest is (n,) vectors and O(D C).
+        assert peak < 50e6, f"peak {peak / 1e6:.1f} MB"
+
+
+# ----------------------------------------------------------------------------- the clean side built once
+
+
+def _assert_same_result(result, expected):
+    for field in dataclasses.fields(ReweightResult):
+        got, want = getattr(result, field.name), getattr(expected, field.name)
+        assert np.array_equal(got, want) and np.asarray(got).dtype == np.asarray(want).dtype, field.name
+
+
+@given(problems(), st.sampled_from([None, 0.0, 0.3]), st.sampled_from(RULES))
+def test_clean_reference_gives_the_result_of_reweight_bit_for_bit(problem, alpha0, rule):
+    labels, features, meta_labels, meta_features, C = problem
+    expected = reweight(labels, features, meta_labels, meta_features, alpha0=alpha0, rule=rule)
+    reference = clean_reference(meta_labels, meta_features, num_classes=C)
+    _assert_same_result(reference.reweight(labels, features, alpha0=alpha0, rule=rule), expected)
+    assert np.array_equal(reference.similarities(features), expected.similarities)
+    assert reference.num_classes == C and reference.directions.shape == (features.shape[1], C)
+
+
+def test_clean_reference_with_names_float32_offsets_and_sparse_features_equals_reweight():
+    sparse = pytest.importorskip("scipy.sparse")
+    problem = gaussian_mixture(np.random.default_rng(6), n=1500, m=120, p=1, dim=24, num_classes=5)
+    names = np.array(["ant", "bee", "cat", "dog", "eel"])
+    X, X_meta = (problem.X + 2.0).astype(np.float32), (problem.X_meta + 2.0).astype(np.float32)
+    y, y_meta = names[problem.y_noisy], names[problem.y_meta]
+    reference = clean_reference(y_meta, X_meta)
+    for features in (X, sparse.csr_matrix(np.where(np.abs(X) > 1.5, X, 0))):
+        for alpha0 in (None, 0.0):
+            _assert_same_result(reference.reweight(y, features, alpha0=alpha0),
+                                reweight(y, features, y_meta, X_meta, alpha0=alpha0))
+    assert repr(reference) == "CleanReference(D=24, classes=['ant', 'bee', 'cat', 'dog', 'eel'])"
+
+
+@pytest.mark.parametrize("build, apply, argument", [
+    (dict(meta_labels=[0, 0, 0]), {}, "num_classes"),
+    (dict(meta_features=np.full((3, 2), np.nan)), {}, "meta_features"),
+    (dict(meta_labels=[0, 1]), {}, "meta_labels"),
+    (dict(num_classes=4), {}, "meta_labels"),
+    ({}, dict(features=np.ones((3, 3))), "features"),
+    ({}, dict(features=np.ones(3)), "features"),
+    ({}, dict(labels=[0, 1, 3]), "labels"),
+    ({}, dict(labels=[0, 1]), "labels"),
+    ({}, dict(alpha0=-1.0), "alpha0"),
+    ({}, dict(rule="soft"), "rule"),
+])
+def test_clean_reference_refuses_bad_inputs_naming_the_argument(build, apply, argument):
+    built = dict(meta_labels=_VALID["meta_labels"], meta_features=_VALID["meta_features"])
+    applied = dict(labels=_VALID["labels"], features=_VALID["features"])
+    with pytest.raises(ValueError, match=rf"^{argument}\b"):
+        clean_reference(**{**built, **build}).reweight(**{**applied, **apply})
 
 def test_surrogate_imports_and_runs_with_numpy_alone():
     """The lightweight install: dynamics.surrogate needs neither torch, JAX, neural-tangents, pandas, scipy nor
