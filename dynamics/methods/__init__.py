@@ -18,6 +18,9 @@ the same optimiser, schedule, batches, epochs and clean subset
 ``l2rw``
     Ren et al. (2018): the look-ahead at ``w = 0``, weights ``max(-dL_meta/dw,
     0)`` normalised over the batch, no state.
+``mwn``
+    Meta-Weight-Net (Shu et al. 2019): ``w = V(loss)``, a 1 -> 100 -> 1
+    network whose parameters take the meta-gradient of the same look-ahead.
 ``small-loss``
     Keep the ``1 - R(epoch)`` fraction of each batch with the smallest loss,
     ``R`` ramping linearly to the forget rate ``p`` over the warm-up epochs.
@@ -62,6 +65,7 @@ from dynamics.methods.erm import ERM, EarlyStop, ERMClean
 from dynamics.methods.fine import FINE, FineParams, fine_clean_probability
 from dynamics.methods.l2rw import L2RW
 from dynamics.methods.meta import MetaParams, MetaReweighting
+from dynamics.methods.mwn import MetaWeightNet, MWNParams
 from dynamics.methods.networks import (
     FeatureMLP,
     LinearHead,
@@ -83,6 +87,7 @@ REGISTRY: dict[str, type[Method]] = {method.name: method for method in (
     EarlyStop,
     MetaReweighting,
     L2RW,
+    MetaWeightNet,
     SmallLoss,
     CoTeaching,
     FINE,
@@ -101,7 +106,8 @@ from dynamics.methods.loop import limit_threads, train  # noqa: E402
 __all__ = [
     "Batch", "CleanlabParams", "Cleanlab", "CoTeaching", "Context", "ERM", "ERMClean", "EarlyStop", "FINE",
     "FeatureMLP", "FineParams", "L2RW", "LinearHead", "TrustedLR", "TrustedMean", "linear_factory",
-    "METHODS", "MetaParams", "MetaReweighting", "Method", "MethodResult", "MethodState", "MethodUnavailable",
+    "METHODS", "MetaParams", "MetaReweighting", "MetaWeightNet", "MWNParams", "Method", "MethodResult",
+    "MethodState", "MethodUnavailable",
     "NetworkFactory", "NoParams", "Oracle", "REGISTRY", "ResNet34", "SmallLoss", "SmallLossParams", "Surrogate",
     "SurrogateParams", "TrainBudget", "TrainingData", "TrainingDiverged", "cnn_factory", "detection_metrics",
     "fine_clean_probability", "limit_threads", "mlp_factory", "resnet34_factory", "set_batch_weights",
