@@ -42,7 +42,7 @@ from typing import Protocol
 
 import numpy as np
 
-from dynamics.problem import Problem
+from dynamics.problem import Problem, check_pair, target_codebook
 
 FEATURE_KEYS = ("X", "y_noisy", "X_meta", "y_meta", "X_test", "y_test")
 OPTIONAL_FEATURE_KEYS = ("y_true",)
@@ -74,6 +74,7 @@ class FeatureProblem:
     X_test : (p, D) test features.  y_test : (p,) its labels.
     y_true : (n,) int64 true training labels, or ``None`` when unknown.
     num_classes : C.  name : used in reports.
+    targets : ``one-hot``, or ``signed`` (two classes on one output, ``+-1``; :class:`~dynamics.problem.Problem`).
     source : what the features are (JSON-serialisable; recorded in ``config.json``).
     index : named integer arrays locating the examples in their source (for CIFAR-10N: ``train_index``,
         ``meta_index``, ``held_out_index`` in python-batch order, ``test_index``); saved with the labels.
@@ -90,6 +91,12 @@ class FeatureProblem:
     name: str = "features"
     source: dict = dataclasses.field(default_factory=dict)
     index: dict = dataclasses.field(default_factory=dict)
+    targets: str = "one-hot"
+
+    @property
+    def outputs(self) -> int:
+        """``K``, the number of outputs: ``C``, or 1 for ``+-1`` targets."""
+        return target_codebook(self.targets, self.num_classes).shape[1]
 
     @property
     def has_y_true(self) -> bool:
@@ -122,7 +129,7 @@ class FeatureProblem:
         ``y_true`` its ``y_true`` is a placeholder equal to ``y_noisy``; only the simulator may see it."""
         y_true = self.y_noisy if self.y_true is None else self.y_true
         return Problem(self.X, self.y_noisy, y_true, self.X_meta, self.y_meta, self.X_test, self.y_test,
-                       self.num_classes, np.eye(self.num_classes), name=self.name)
+                       self.num_classes, np.eye(self.num_classes), name=self.name, targets=self.targets)
 
     def label_arrays(self) -> dict[str, np.ndarray]:
         """The labels (no features) for a run directory's ``problem.npz``; ``y_true`` only when known."""
@@ -130,6 +137,8 @@ class FeatureProblem:
                   "num_classes": np.array(self.num_classes)}
         if self.y_true is not None:
             arrays["y_true"] = self.y_true
+        if self.targets != "one-hot":
+            arrays["targets"] = np.array(self.targets)
         return arrays | dict(self.index)
 
 
@@ -635,8 +644,8 @@ def standardize(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
 
 def cifar10n_feature_problem(label_set: str, embeddings: Embeddings, labels: dict[str, np.ndarray],
                              rng: np.random.Generator, *, n: int | None = None, m: int = CIFAR10N_SIZES[1],
-                             p: int | None = None, held_out: int = HELD_OUT, name: str = ""
-                             ) -> tuple[FeatureProblem, Split, np.ndarray]:
+                             p: int | None = None, held_out: int = HELD_OUT, name: str = "",
+                             pair: tuple[int, int] | None = None) -> tuple[FeatureProblem, Split, np.ndarray]:
     """CIFAR-10N on frozen embeddings, split as the reference setup.
 
     Parameters
@@ -651,6 +660,9 @@ def cifar10n_feature_problem(label_set: str, embeddings: Embeddings, labels: dic
     p : test images, a class-balanced subset (``None``: all 10,000).
     held_out : images held out of the training set (5,000, class-balanced).
     name : the problem's name in reports.
+    pair : ``(a, b)``, the binary setting (docs/theory.md section 9; :func:`pair_split`): the images of the two
+        classes on one output, ``+1`` for ``a`` and ``-1`` for ``b``; ``n``, ``m``, ``p`` then count images of
+        the pair (``None``: all of them).
 
     The features are standardised per dimension with the mean and deviation of
     all training-split embeddings (no label is read), then divided by
@@ -658,7 +670,7 @@ def cifar10n_feature_problem(label_set: str, embeddings: Embeddings, labels: dic
     (``y_true`` = the CIFAR-10 clean labels), the split, and the test indices
     (positions in ``embeddings.test``).
     """
-    from dynamics.cifar import CIFAR10_CLASSES, LABEL_SETS, _balanced_subset
+    from dynamics.cifar import CIFAR10_CLASSES, LABEL_SETS
 
     if label_set not in LABEL_SETS:
         raise ValueError(f"label_set must be one of {sorted(LABEL_SETS)}, got {label_set!r}")
@@ -666,20 +678,13 @@ def cifar10n_feature_problem(label_set: str, embeddings: Embeddings, labels: dic
     if len(clean) != len(embeddings.train):
         raise ValueError(f"{len(embeddings.train)} training embeddings for {len(clean)} CIFAR-10N labels")
     C = len(CIFAR10_CLASSES)
-    split = reference_split(clean, rng, held_out=held_out, n_meta=m, num_classes=C)
-    if n is not None:
-        if not 1 <= n <= len(split.train):
-            raise ValueError(f"n must lie in [1, {len(split.train)}] (training images left after holding out "
-                             f"{held_out}), got {n}")
-        if n < len(split.train):
-            split = dataclasses.replace(split, train=np.sort(rng.choice(split.train, size=n, replace=False)))
-    P = len(embeddings.test)
-    if p is None or p == P:
-        test_index = np.arange(P)
-    elif 1 <= p <= P:
-        test_index = _balanced_subset(embeddings.test_labels, p, C, rng, "p")
+    noisy_label = labels[LABEL_SETS[label_set]]
+    if pair is not None:
+        split, test_index = pair_split(clean, noisy_label, embeddings.test_labels, check_pair(pair, C), rng, n=n, m=m,
+                                       p=p, held_out=held_out, num_classes=C)
     else:
-        raise ValueError(f"p must lie in [1, {P}], got {p}")
+        split, test_index = _reference_split_and_test(clean, embeddings.test_labels, rng, n=n, m=m, p=p,
+                                                      held_out=held_out, num_classes=C)
     everything, test = standardize(embeddings.train, embeddings.test[test_index])
     # Unit mean squared norm: k(x, x) = ||phi(x)||^2 is 1 on average, as for a normalised kernel. The function-space
     # dynamics do not depend on this scale (eta = 1 / lambda_max absorbs it), but the weight step (beta / m) * score
@@ -687,16 +692,107 @@ def cifar10n_feature_problem(label_set: str, embeddings: Embeddings, labels: dic
     scale = math.sqrt(everything.shape[1])
     everything, test = everything / scale, test / scale
     info = embeddings.info
+    y_noisy, y_meta, y_test, y_true = (noisy_label[split.train], clean[split.meta],
+                                       embeddings.test_labels[test_index], clean[split.train])
+    source = {"kind": "cifar10n", "label_set": label_set, "images": info.key["source"].get("name"),
+              "extractor": info.key["extractor"], "settings": info.key["settings"], "embeddings": info.path,
+              "D": int(embeddings.train.shape[1]),
+              "standardised": "per feature, with the mean and deviation of all training-split embeddings, "
+                              "then divided by sqrt(D) (unit mean squared norm)"}
+    targets = "one-hot"
+    if pair is not None:  # class a -> 0 (target +1), class b -> 1 (target -1)
+        a, b = check_pair(pair, C)
+        y_noisy, y_meta, y_test, y_true = ((labels_ == b).astype(np.int64) for labels_ in (y_noisy, y_meta, y_test,
+                                                                                           y_true))
+        C, targets = 2, "signed"
+        source |= {"pair": [a, b], "classes": [CIFAR10_CLASSES[a], CIFAR10_CLASSES[b]],
+                   "pair_rule": PAIR_RULE, "drawn": int(split.drawn), "dropped_label_outside_pair": int(split.dropped)}
     problem = FeatureProblem(
-        X=everything[split.train], y_noisy=labels[LABEL_SETS[label_set]][split.train], X_meta=everything[split.meta],
-        y_meta=clean[split.meta], X_test=test, y_test=embeddings.test_labels[test_index],
-        y_true=clean[split.train], num_classes=C, name=name or f"CIFAR-10N {label_set}",
-        source={"kind": "cifar10n", "label_set": label_set, "images": info.key["source"].get("name"),
-                "extractor": info.key["extractor"], "settings": info.key["settings"], "embeddings": info.path,
-                "D": int(embeddings.train.shape[1]),
-                "standardised": "per feature, with the mean and deviation of all training-split embeddings, "
-                                "then divided by sqrt(D) (unit mean squared norm)"})
+        X=everything[split.train], y_noisy=y_noisy, X_meta=everything[split.meta], y_meta=y_meta, X_test=test,
+        y_test=y_test, y_true=y_true, num_classes=C, name=name or f"CIFAR-10N {label_set}", source=source,
+        targets=targets)
     return problem, split, test_index
+
+
+def _reference_split_and_test(clean: np.ndarray, test_labels: np.ndarray, rng: np.random.Generator, *,
+                              n: int | None, m: int, p: int | None, held_out: int, num_classes: int
+                              ) -> tuple[Split, np.ndarray]:
+    """:func:`reference_split`, its training set cut to ``n`` images (uniformly), and ``p`` class-balanced test
+    indices (``None``: all)."""
+    from dynamics.cifar import _balanced_subset
+
+    split = reference_split(clean, rng, held_out=held_out, n_meta=m, num_classes=num_classes)
+    if n is not None:
+        if not 1 <= n <= len(split.train):
+            raise ValueError(f"n must lie in [1, {len(split.train)}] (training images left after holding out "
+                             f"{held_out}), got {n}")
+        if n < len(split.train):
+            split = dataclasses.replace(split, train=np.sort(rng.choice(split.train, size=n, replace=False)))
+    P = len(test_labels)
+    if p is None or p == P:
+        return split, np.arange(P)
+    if 1 <= p <= P:
+        return split, _balanced_subset(test_labels, p, num_classes, rng, "p")
+    raise ValueError(f"p must lie in [1, {P}], got {p}")
+
+
+#: How :func:`pair_split` builds the binary CIFAR-10N problem of a class pair (recorded in the problem's source).
+PAIR_RULE = ("the held-out images are those of the reference split; n training images are drawn uniformly from "
+             "those whose true class is in the pair, and the ones whose human label lies outside the pair are "
+             "dropped (their noise is not a flip within the pair); the clean subset: m held-out images of the "
+             "pair, class-balanced; the test set: p test images of the pair, class-balanced")
+
+
+@dataclasses.dataclass(frozen=True)
+class PairSplit(Split):
+    """:class:`Split` of a binary problem, with ``drawn`` (training images of the pair drawn) and ``dropped``
+    (those of them dropped because their human label lies outside the pair)."""
+
+    drawn: int = 0
+    dropped: int = 0
+
+
+def pair_split(clean_label: np.ndarray, noisy_label: np.ndarray, test_labels: np.ndarray, pair: tuple[int, int],
+               rng: np.random.Generator, *, n: int | None, m: int, p: int | None, held_out: int = HELD_OUT,
+               num_classes: int = 10) -> tuple[PairSplit, np.ndarray]:
+    """The split of the binary problem of classes ``pair = (a, b)`` (:data:`PAIR_RULE`), and its test indices.
+
+    The ``held_out`` images are held out class-balanced over all ``num_classes`` classes, as in
+    :func:`reference_split`, so that the binary problem's images are a subset of the multi-class one's splits.
+    ``n`` (``None``: all, 9,000 on CIFAR-10): training images drawn among those whose TRUE class is ``a`` or
+    ``b``; of these, the ones whose noisy label is neither ``a`` nor ``b`` are dropped, so the problem holds
+    ``n - dropped`` training images, each with true and noisy label in the pair. ``m``: the clean subset,
+    class-balanced from the held-out images of the pair. ``p`` (``None``: all, 2,000): test images of the pair,
+    class-balanced.
+    """
+    from dynamics.cifar import _balanced_subset
+
+    clean_label, noisy_label = np.asarray(clean_label, dtype=np.int64), np.asarray(noisy_label, dtype=np.int64)
+    test_labels = np.asarray(test_labels, dtype=np.int64)
+    held = _balanced_subset(clean_label, held_out, num_classes, rng, "held_out")
+    train = np.setdiff1d(np.arange(len(clean_label)), held, assume_unique=True)
+    candidates = train[np.isin(clean_label[train], pair)]
+    n = len(candidates) if n is None else n
+    if not 1 <= n <= len(candidates):
+        raise ValueError(f"n must lie in [1, {len(candidates)}] for the pair {pair[0]},{pair[1]} (training images of "
+                         f"its two classes left after holding out {held_out}), got {n}")
+    drawn = np.sort(rng.choice(candidates, size=n, replace=False)) if n < len(candidates) else candidates
+    kept = drawn[np.isin(noisy_label[drawn], pair)]
+    if len(kept) == 0:
+        raise ValueError(f"no training image of the pair {pair[0]},{pair[1]} has its human label in the pair")
+    held_pair = held[np.isin(clean_label[held], pair)]
+    if not 2 <= m <= len(held_pair):
+        raise ValueError(f"m must lie in [2, {len(held_pair)}] for the pair {pair[0]},{pair[1]} (held-out images "
+                         f"of its two classes), got {m}")
+    meta = np.sort(held_pair[_balanced_subset((clean_label[held_pair] == pair[1]).astype(np.int64), m, 2, rng, "m")])
+    test_pair = np.flatnonzero(np.isin(test_labels, pair))
+    p = len(test_pair) if p is None else p
+    if not 1 <= p <= len(test_pair):
+        raise ValueError(f"p must lie in [1, {len(test_pair)}] for the pair {pair[0]},{pair[1]} (test images of its "
+                         f"two classes), got {p}")
+    test_index = test_pair if p == len(test_pair) else \
+        test_pair[_balanced_subset((test_labels[test_pair] == pair[1]).astype(np.int64), p, 2, rng, "p")]
+    return PairSplit(kept, held, meta, drawn=len(drawn), dropped=len(drawn) - len(kept)), test_index
 
 
 def linear_probe_accuracy(train: np.ndarray, y_train: np.ndarray, test: np.ndarray, y_test: np.ndarray, *,
@@ -712,6 +808,6 @@ def linear_probe_accuracy(train: np.ndarray, y_train: np.ndarray, test: np.ndarr
 
 __all__ = ["CIFAR10N_SIZES", "CacheInfo", "EXTRACTOR_NAMES", "EfficientNetLite0", "Embeddings", "Extractor",
            "ExtractorUnavailable", "FEATURE_KEYS", "FeatureProblem", "FeaturesError", "HELD_OUT", "IMAGE_SIZES",
-           "Split", "cache_path", "cached_embeddings", "cifar10_embeddings", "cifar10_source",
+           "PAIR_RULE", "PairSplit", "Split", "cache_path", "cached_embeddings", "cifar10_embeddings", "cifar10_source",
            "cifar10n_feature_problem", "default_cache_dir", "embed", "features_shapes", "linear_probe_accuracy",
-           "load_features", "make_extractor", "reference_split", "save_features", "standardize"]
+           "load_features", "make_extractor", "pair_split", "reference_split", "save_features", "standardize"]

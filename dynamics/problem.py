@@ -15,6 +15,26 @@ import numpy as np
 from dynamics.checks import integer, real
 
 NOISE_TYPES = ("symmetric", "pair", "instance")
+#: How labels become the regression targets of the network's outputs (docs/theory.md sections 0 and 9):
+#: ``one-hot``, ``C`` outputs and the row ``e(y)``; ``signed``, the binary setting of the paper's theory, two
+#: classes on ONE output with targets ``+1`` (class 0) and ``-1`` (class 1).
+TARGETS = ("one-hot", "signed")
+
+
+def target_codebook(targets: str, num_classes: int) -> np.ndarray:
+    """``(C, K)`` float64: row ``c`` is the target of class ``c`` on the ``K`` outputs (one-hot: ``I_C``;
+    signed: ``[[+1], [-1]]``, ``C = 2``, ``K = 1``).
+
+    Decoding is the other way round: the predicted class of an output ``f (K,)`` is ``argmax_c <code_c, f>``,
+    i.e. the argmax of ``f`` for one-hot targets and the sign of ``f`` for signed ones (class 0 when ``f >= 0``).
+    """
+    if targets not in TARGETS:
+        raise ValueError(f"targets must be one of {TARGETS}, got {targets!r}")
+    if targets == "one-hot":
+        return np.eye(num_classes)
+    if num_classes != 2:
+        raise ValueError(f"signed (+-1) targets are for two classes, got {num_classes}")
+    return np.array([[1.0], [-1.0]])
 
 
 def class_labels(name: str, labels, size: int, num_classes: int | None = None) -> np.ndarray:
@@ -76,6 +96,8 @@ class Problem(Splits):
     transition : (C, C) float64, ``T[a, b] = P(y_noisy = b | y_true = a)`` of the
         noise model that produced ``y_noisy`` (identity for real noise of unknown law).
     name : short description used in reports.
+    targets : ``one-hot`` (``C`` outputs) or ``signed`` (two classes, one output, ``+1`` for class 0 and
+        ``-1`` for class 1; the binary setting); :attr:`codebook`, :meth:`encode`.
     """
 
     X: np.ndarray
@@ -88,6 +110,7 @@ class Problem(Splits):
     num_classes: int
     transition: np.ndarray
     name: str = "problem"
+    targets: str = "one-hot"
 
     def __post_init__(self):
         for field in ("X", "X_meta", "X_test"):
@@ -113,18 +136,37 @@ class Problem(Splits):
         if transition.shape != (C, C) or np.any(transition < 0) or not np.allclose(transition.sum(axis=1), 1.0):
             raise ValueError(f"transition must be a ({C}, {C}) row-stochastic matrix (non-negative rows summing to 1)")
         object.__setattr__(self, "transition", transition)
+        target_codebook(self.targets, C)  # checks the encoding against C
+
+    @property
+    def codebook(self) -> np.ndarray:
+        """``(C, K)`` the target of each class on the ``K`` outputs (:func:`target_codebook`)."""
+        return target_codebook(self.targets, self.num_classes)
+
+    @property
+    def outputs(self) -> int:
+        """``K``, the number of network outputs: ``C`` for one-hot targets, 1 for signed ones."""
+        return self.codebook.shape[1]
+
+    def encode(self, labels) -> np.ndarray:
+        """``(k, K)`` float64 targets of ``labels (k,)``: one-hot rows, or ``+-1`` in one column."""
+        return self.codebook[np.asarray(labels)]
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The arrays of ``problem.npz``."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("num_classes", "name")}
+        """The arrays of ``problem.npz`` (``targets`` only when it is not one-hot, so older files stay as they were)."""
+        arrays = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                  if f.name not in ("num_classes", "name", "targets")}
+        return arrays if self.targets == "one-hot" else arrays | {"targets": np.array(self.targets)}
 
     @classmethod
     def from_arrays(cls, arrays, name: str = "problem") -> Problem:
         y_all = np.concatenate([arrays["y_noisy"], arrays["y_true"], arrays["y_meta"], arrays["y_test"]])
         num_classes = int(arrays["transition"].shape[0]) if "transition" in arrays else int(y_all.max()) + 1
         transition = arrays["transition"] if "transition" in arrays else np.eye(num_classes)
+        targets = str(arrays["targets"]) if "targets" in arrays else "one-hot"
         fields = ("X", "y_noisy", "y_true", "X_meta", "y_meta", "X_test", "y_test")
-        return cls(**{f: np.asarray(arrays[f]) for f in fields}, num_classes=num_classes, transition=transition, name=name)
+        return cls(**{f: np.asarray(arrays[f]) for f in fields}, num_classes=num_classes, transition=transition, name=name,
+                   targets=targets)
 
 
 def _check_rate(noise_rate: float, num_classes: int, noise_type: str) -> None:
@@ -323,6 +365,7 @@ def digits(
     noise_rate: float = 0.4,
     noise_type: str = "symmetric",
     clean_noise: float = 0.0,
+    pair: tuple[int, int] | None = None,
 ) -> Problem:
     """scikit-learn's bundled 8x8 digits (1797 images, 10 classes, no download).
 
@@ -330,6 +373,11 @@ def digits(
     clean subset (``m`` examples, class-balanced) and the training set (``n``)
     are drawn from a random permutation; the rest is the test set.
     ``clean_noise``: as in :func:`gaussian_mixture`.
+
+    ``pair = (a, b)``: the binary setting (docs/theory.md section 9): only the images of digits ``a`` and ``b``
+    (about 360), relabelled 0 (``a``, target ``+1``) and 1 (``b``, target ``-1``) on one output (``targets =
+    "signed"``); the noise flips labels within the pair (symmetric noise with ``C = 2``). The pixels are
+    standardised over all 1797 images, as without ``pair``, so the inputs are those of the 10-class problem.
     """
     from sklearn.datasets import load_digits
 
@@ -337,11 +385,19 @@ def digits(
     X_all = data.data.astype(np.float64)
     y_all = data.target.astype(np.int64)
     num_classes = 10
-    n, m = integer("n", n, 1), integer("m", m, num_classes)
+    if pair is not None:
+        pair = check_pair(pair, num_classes)
+    n, m = integer("n", n, 1), integer("m", m, num_classes if pair is None else 2)
     if n + m >= len(y_all):
         raise ValueError(f"n + m must be below {len(y_all)} (digits has {len(y_all)} images), got n={n}, m={m}")
     X_all = (X_all - X_all.mean(axis=0)) / (X_all.std(axis=0) + 1e-8)
     X_all *= 8.0 / np.linalg.norm(X_all, axis=1, keepdims=True)
+    if pair is not None:
+        keep = np.isin(y_all, pair)
+        X_all, y_all, num_classes = X_all[keep], (y_all[keep] == pair[1]).astype(np.int64), 2
+        if n + m >= len(y_all):
+            raise ValueError(f"n + m must be below {len(y_all)} (digits {pair[0]} and {pair[1]} have "
+                             f"{len(y_all)} images), got n={n}, m={m}")
     order = rng.permutation(len(y_all))
     per_class = [order[y_all[order] == c] for c in range(num_classes)]
     smallest = min(len(idx) for idx in per_class)
@@ -354,6 +410,24 @@ def digits(
     train_idx, test_idx = rest[:n], rest[n:]
     y_noisy, transition = corrupt_labels(y_all[train_idx], noise_rate, num_classes, rng, noise_type, X_all[train_idx])
     y_meta, clean = noisy_clean_subset(y_all[meta_idx], clean_noise, num_classes, rng)
+    if pair is not None:
+        return Problem(X_all[train_idx], y_noisy, y_all[train_idx], X_all[meta_idx], y_meta,
+                       X_all[test_idx], y_all[test_idx], num_classes, transition,
+                       name=f"digits {pair[0]} vs {pair[1]} (+-1, {noise_type} {noise_rate}{clean})", targets="signed")
     return Problem(X_all[train_idx], y_noisy, y_all[train_idx], X_all[meta_idx], y_meta,
                    X_all[test_idx], y_all[test_idx], num_classes, transition,
                    name=f"digits({noise_type} {noise_rate}{clean})")
+
+
+def check_pair(pair, num_classes: int) -> tuple[int, int]:
+    """``pair`` (two integers, or the text ``"a,b"``) as two distinct class indices ``(a, b)`` in
+    ``[0, num_classes)``; a one-line ``ValueError`` else."""
+    try:
+        a, b = (int(value) for value in (pair.split(",") if isinstance(pair, str) else pair))
+    except (TypeError, ValueError):
+        raise ValueError(f"pair must be two class indices a,b, got {pair!r}") from None
+    if not (0 <= a < num_classes and 0 <= b < num_classes):
+        raise ValueError(f"pair must name two classes in [0, {num_classes - 1}], got {a},{b}")
+    if a == b:
+        raise ValueError(f"pair must name two different classes, got {a},{b}")
+    return a, b

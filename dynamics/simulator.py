@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.experimental
@@ -51,7 +51,7 @@ from dynamics.trajectory import Trajectory
 
 __all__ = ["LOSSES", "VARIANTS", "INITS", "CompilationCacheError", "DivergenceError", "FeatureKernel", "KernelBlocks", "KernelOperator",
            "MetaConfig", "SimState", "default_eta", "gp_prior_outputs", "init", "meta_score", "predict_test",
-           "refuse_persistent_cache", "simulate", "step"]
+           "refuse_persistent_cache", "SHARED_KNOBS", "simulate", "simulate_many", "step"]
 
 INITS = ("zero", "gp")
 _PROGRESS_REPORTS = 100  # segments per run, so progress (and a keyboard interrupt) comes about a hundred times
@@ -147,10 +147,17 @@ class _Rule:
 
 
 def _residual_and_loss(loss: str, F: jax.Array, Y: jax.Array):
-    """``(dloss/doutput (k, C), per-example loss (k,))`` of outputs ``F`` against one-hot ``Y``."""
+    """``(dloss/doutput (k, K), per-example loss (k,))`` of outputs ``F`` against targets ``Y`` (one-hot rows, or
+    ``+-1`` in one column: :meth:`dynamics.problem.Problem.encode`).
+
+    Cross-entropy on one output with ``+-1`` targets is the logistic loss ``log(1 + exp(-y f))``, the two-class
+    softmax cross-entropy of the logits ``(f/2, -f/2)``; its residual is ``-y sigmoid(-y f)``.
+    """
     if loss == "mse":
         R = F - Y
         return R, 0.5 * jnp.sum(R * R, axis=-1)
+    if Y.shape[-1] == 1:
+        return -Y * jax.nn.sigmoid(-Y * F), jnp.sum(jnp.logaddexp(0.0, -Y * F), axis=-1)
     log_p = jax.nn.log_softmax(F, axis=-1)
     return jnp.exp(log_p) - Y, -jnp.sum(Y * log_p, axis=-1)
 
@@ -287,13 +294,12 @@ def _record(rule: _Rule, operator: KernelOperator, data, state: SimState):
         "train_loss_clean": group_mean(train_losses, ~noisy),
         "train_loss_noisy": group_mean(train_losses, noisy),
         "test_loss": test_losses.mean(),
-        "test_accuracy": jnp.mean(jnp.argmax(F_test, axis=-1) == y_test),
+        "test_accuracy": jnp.mean(jnp.argmax(F_test @ data["codebook"].T, axis=-1) == y_test),  # argmax, or sign
         "flip_rate": flip_rate,
     }
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _segment(rule: _Rule, operator: KernelOperator, data, state: SimState, advances, remainder, last):
+def _segment_body(rule: _Rule, operator: KernelOperator, data, state: SimState, advances, remainder, last):
     """A stretch of a run: for each ``k`` of ``advances : (L,)``, record, then take ``k`` steps; then take
     ``remainder`` more steps. Returns the state, the ``L`` records stacked, and, when ``last``, the record of
     the final state and the final test outputs ``(p, C)`` (else placeholders of their shapes)."""
@@ -314,6 +320,24 @@ def _segment(rule: _Rule, operator: KernelOperator, data, state: SimState, advan
     final_record, F_test = jax.lax.cond(last, final, lambda _: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
                                                                              shapes), state)
     return state, records, final_record, F_test
+
+
+_segment = jax.jit(_segment_body, static_argnums=0)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _segments(rule: _Rule, operator: KernelOperator, data, state: SimState, coefficients, advances, remainder, last):
+    """:func:`_segment` of ``S`` runs at once over one kernel: ``data``, ``state`` and ``coefficients`` (``eta,
+    beta, gamma``, each ``(S,)``) carry a leading run axis, ``rule`` the knobs the runs share. Every product with
+    the kernel becomes one product with ``S`` times as many columns (the kernel is read once for all runs). The
+    records come back with the step axis first, ``(L, S, ...)``, the state and final values run first."""
+
+    def one(data, state, coefficients):
+        eta, beta, gamma = coefficients
+        own = dataclasses.replace(rule, eta=eta, beta=beta, gamma=gamma)
+        return _segment_body(own, operator, data, state, advances, remainder, last)
+
+    return jax.vmap(one, out_axes=(0, 1, 0, 0))(data, state, coefficients)
 
 
 _step_jit = jax.jit(_step, static_argnums=0)
@@ -355,8 +379,9 @@ def _check(problem: Problem, operator, config: MetaConfig) -> None:
 
 
 def _targets(problem: Problem) -> np.ndarray:
-    """``(n + m, C)`` one-hot noisy training labels and clean labels, stacked."""
-    return np.eye(problem.num_classes)[np.concatenate([problem.y_noisy, problem.y_meta])]
+    """``(n + m, K)`` targets of the noisy training labels and the clean labels, stacked (one-hot, ``K = C``; or
+    ``+-1``, ``K = 1``: :meth:`dynamics.problem.Problem.encode`)."""
+    return problem.encode(np.concatenate([problem.y_noisy, problem.y_meta]))
 
 
 def _keys(seed: int):
@@ -388,7 +413,7 @@ def init(problem: Problem, operator: KernelOperator, config: MetaConfig = MetaCo
     """
     _check(problem, operator, config)
     n, m, p = problem.sizes
-    C = problem.num_classes
+    C = problem.outputs  # K outputs: C, or 1 for +-1 targets
     F0 = np.zeros((n + m + p, C)) if initial_outputs is None else np.asarray(initial_outputs, dtype=np.float64)
     if F0.shape != (n + m + p, C):
         raise ValueError(f"initial_outputs must have shape {(n + m + p, C)}, got {F0.shape}")
@@ -457,60 +482,164 @@ def simulate(problem: Problem, operator: KernelOperator, config: MetaConfig = Me
     """
     _check(problem, operator, config)
     state = init(problem, operator, config, seed=seed, initial_outputs=initial_outputs)
-    n, m, p = problem.sizes
-    C = problem.num_classes
     eta_default, lambda_joint = default_eta(operator, config.gamma)
     eta = eta_default if config.eta is None else float(config.eta)
     rule = _Rule.of(config, eta)
-    Y = _targets(problem)
-    _, perturb_key = _keys(seed)
-    data = {"Y": Y, "Y_test": np.eye(C)[problem.y_test], "noisy": problem.noisy, "y_test": problem.y_test,
-            "perturb_key": perturb_key}
+    device_operator, data = jax.device_put(operator), jax.device_put(_run_data(problem, seed))
+
+    def advance(state, advances, remainder, last):
+        return _segment(rule, device_operator, data, state, advances, remainder, last)
+
+    state, records, F_test, diverged = _drive(advance, state, config, progress, runs=None)
+    if diverged is not None:
+        raise _divergence(diverged, eta, lambda_joint)
+    return _trajectory(problem, operator, config, rule, lambda_joint, seed, initial_outputs, records,
+                       np.asarray(state.F), F_test)
+
+
+@_float64
+def simulate_many(problems: Sequence[Problem], operator: KernelOperator, configs: Sequence[MetaConfig],
+                  seeds: Sequence[int], *, initial_outputs: Sequence[np.ndarray | None] | None = None,
+                  progress: Callable[[int], None] | None = None) -> list[Trajectory | DivergenceError]:
+    """:func:`simulate` for ``S`` runs over one kernel, advanced together: each kernel product serves all runs.
+
+    The step is bound by reading the kernel (``(n + m) n`` numbers per step for ``n C`` useful columns), so
+    ``S`` runs that share it cost little more per step than one (``bench/simulator.py`` measures the ratio).
+    The eigenvalue solves of :func:`default_eta` are done once per distinct ``gamma``.
+    The runs share ``operator`` (so their inputs) and every knob of the loop: ``loss``, ``variant``, the batch
+    sizes, ``steps``, ``record_every`` and the C7 settings. They may differ in their labels (``problems``: the
+    same inputs, other noise draws), ``seeds``, ``initial_outputs``, ``eta``, ``beta``, ``gamma`` and ``w0``.
+    Each result equals the one-at-a-time :func:`simulate` run to rounding (1e-12, tested); the runs do not
+    interact.
+
+    Returns one entry per run, in order: its :class:`~dynamics.trajectory.Trajectory`, or the
+    :class:`DivergenceError` that :func:`simulate` would have raised for it (a diverging run does not stop
+    the others).
+    """
+    runs = len(problems)
+    initial_outputs = [None] * runs if initial_outputs is None else list(initial_outputs)
+    if not runs or not len(configs) == len(seeds) == len(initial_outputs) == runs:
+        raise ValueError(f"simulate_many needs one config, seed and initial outputs per problem, and at least one "
+                         f"run; got {runs} problems, {len(configs)} configs, {len(seeds)} seeds and "
+                         f"{len(initial_outputs)} initial outputs")
+    shared = {field: getattr(configs[0], field) for field in SHARED_KNOBS}
+    for index, (problem, config) in enumerate(zip(problems, configs)):
+        _check(problem, operator, config)
+        differing = [field for field, value in shared.items() if getattr(config, field) != value]
+        if differing:
+            raise ValueError(f"runs advanced together must share {', '.join(SHARED_KNOBS)}; run {index} differs "
+                             f"from run 0 in {', '.join(differing)}")
+        if problem.num_classes != problems[0].num_classes:
+            raise ValueError(f"runs advanced together must have the same number of classes; run {index} has "
+                             f"{problem.num_classes}, run 0 {problems[0].num_classes}")
+    solved = {gamma: default_eta(operator, gamma) for gamma in dict.fromkeys(config.gamma for config in configs)}
+    resolved = [(solved[config.gamma][0] if config.eta is None else float(config.eta), solved[config.gamma][1])
+                for config in configs]
+    rules = [_Rule.of(config, eta) for config, (eta, _) in zip(configs, resolved)]
+    coefficients = jnp.asarray([[rule.eta, rule.beta, rule.gamma] for rule in rules], dtype=jnp.float64)
+    shared_rule = dataclasses.replace(rules[0], eta=0.0, beta=0.0, gamma=0.0)  # one compilation for any values
+    state = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[
+        init(problem, operator, config, seed=seed, initial_outputs=outputs)
+        for problem, config, seed, outputs in zip(problems, configs, seeds, initial_outputs)])
+    data = jax.tree.map(lambda *leaves: np.stack(leaves), *[
+        _run_data(problem, seed) for problem, seed in zip(problems, seeds)])
     device_operator, data = jax.device_put(operator), jax.device_put(data)
 
-    # The records at steps 0, e, 2e, ..., (c - 1) e are taken in segments of L records each (the last one padded
-    # with zero-step records, dropped), so the loop compiles once; the last segment also takes the remaining
-    # steps % e steps and records the final state.
+    def advance(state, advances, remainder, last):
+        return _segments(shared_rule, device_operator, data, state, coefficients, advances, remainder, last)
+
+    state, records, F_test, diverged = _drive(advance, state, configs[0], progress, runs=runs)
+    F = np.asarray(state.F)
+    results = []
+    for index, (problem, config, seed, outputs, rule, (eta, lambda_joint)) in enumerate(
+            zip(problems, configs, seeds, initial_outputs, rules, resolved)):
+        if diverged[index] is not None:
+            results.append(_divergence(diverged[index], eta, lambda_joint))
+            continue
+        own = {name: value[:, index] for name, value in records.items()}
+        results.append(_trajectory(problem, operator, config, rule, lambda_joint, seed, outputs, own, F[index],
+                                   F_test[index]))
+    return results
+
+
+#: The knobs of :class:`MetaConfig` that :func:`simulate_many`'s runs share: they shape the compiled loop.
+SHARED_KNOBS = ("loss", "variant", "batch_size", "meta_batch_size", "steps", "record_every", "perturb_eps",
+                 "perturb_draws")
+
+
+def _run_data(problem: Problem, seed: int) -> dict:
+    """What a run's records read besides its state: targets, test labels, noise mask, the C7 key."""
+    _, perturb_key = _keys(seed)
+    return {"Y": _targets(problem), "Y_test": problem.encode(problem.y_test), "codebook": problem.codebook,
+            "noisy": problem.noisy, "y_test": problem.y_test, "perturb_key": perturb_key}
+
+
+def _divergence(step: int, eta: float, lambda_joint: float) -> DivergenceError:
+    return DivergenceError(
+        f"the simulation diverged by step {step} (losses no longer finite): eta={eta:.4g} is too large; "
+        f"use eta below 2/lambda_max = {2.0 / lambda_joint:.4g}, or leave eta unset for the stable default")
+
+
+def _drive(advance, state, config: MetaConfig, progress, *, runs: int | None):
+    """Run ``config.steps`` steps of ``advance`` (a jitted segment) from ``state``, recording every
+    ``config.record_every`` steps, in about a hundred segments.
+
+    The records at steps 0, e, 2e, ..., (c - 1) e are taken in segments of L records each (the last one padded
+    with zero-step records, dropped), so the loop compiles once; the last segment also takes the remaining
+    steps % e steps and records the final state. ``runs``: ``None`` for one run, else the number of runs on
+    the leading axis of ``state`` (records then have shape ``(steps, runs, ...)``).
+
+    Returns ``(state, records, F_test, diverged)``: ``diverged`` is the step at which the run's losses stopped
+    being finite (``None`` if they did not), a list of them for ``runs``. A single run stops at the segment
+    that shows its divergence; runs advanced together go on until all of them have diverged.
+    """
     every, steps = int(config.record_every), int(config.steps)
     scanned = steps // every
     length = max(1, -(-scanned // _PROGRESS_REPORTS))
     advances = np.zeros(max(1, -(-scanned // length)) * length, dtype=np.int64)
     advances[:scanned] = every
-    segments, first_losses = [], None
+    count = 1 if runs is None else runs
+    segments, first_losses, diverged = [], None, [None] * count
     for start in range(0, len(advances), length):
         last = start + length >= len(advances)
-        state, records, final, F_test = _segment(rule, device_operator, data, state,
-                                                 jnp.asarray(advances[start:start + length]),
-                                                 steps % every if last else 0, last)
+        state, records, final, F_test = advance(state, jnp.asarray(advances[start:start + length]),
+                                                steps % every if last else 0, last)
         valid = min(length, scanned - start)
         records = {name: np.asarray(value)[:valid] for name, value in records.items()}
         if last:
             records = {name: np.concatenate([records[name], np.asarray(final[name])[None]]) for name in records}
         segments.append(records)
-        losses = np.stack([records["clean_loss"], records["test_loss"]], axis=1)
+        losses = np.stack([records["clean_loss"], records["test_loss"]], axis=-1).reshape(-1, count, 2)
         first_losses = losses[0] if first_losses is None else first_losses
-        broken = ~np.isfinite(losses).all(axis=1) | (losses.max(axis=1) > 1e12 * (1.0 + first_losses.max()))
-        if broken.any():
-            at = int(records["step"][np.argmax(broken)])
-            raise DivergenceError(
-                f"the simulation diverged by step {at} (losses no longer finite): eta={eta:.4g} is too large; "
-                f"use eta below 2/lambda_max = {2.0 / lambda_joint:.4g}, or leave eta unset for the stable default")
+        broken = ~np.isfinite(losses).all(axis=-1) | (losses.max(axis=-1) > 1e12 * (1.0 + first_losses.max(axis=-1)))
+        steps_taken = np.asarray(records["step"]).reshape(-1, count)
+        for run in np.flatnonzero(broken.any(axis=0)):
+            if diverged[run] is None:
+                diverged[run] = int(steps_taken[np.argmax(broken[:, run]), run])
+        if all(at is not None for at in diverged):
+            break
         if progress is not None:
             progress(steps if last else (start + length) * every)
     records = {name: np.concatenate([segment[name] for segment in segments]) for name in segments[0]}
+    return state, records, np.asarray(F_test), (diverged[0] if runs is None else diverged)
 
-    F = np.asarray(state.F)
-    Y_meta = Y[n:]
+
+def _trajectory(problem: Problem, operator: KernelOperator, config: MetaConfig, rule: _Rule, lambda_joint: float,
+                seed: int, initial_outputs, records: dict, F: np.ndarray, F_test: np.ndarray) -> Trajectory:
+    """A finished run's :class:`~dynamics.trajectory.Trajectory`: its records, final outputs ``F : (n + m, C)``
+    and ``F_test : (p, C)``, and every resolved parameter in ``config``."""
+    n, m, p = problem.sizes
+    C = problem.num_classes
     resolved = dataclasses.asdict(config) | {
-        "eta": eta, "beta": rule.beta, "seed": int(seed), "n": n, "m": m, "p": p, "num_classes": C,
+        "eta": rule.eta, "beta": rule.beta, "seed": int(seed), "n": n, "m": m, "p": p, "num_classes": C,
         "lambda_joint": lambda_joint, "eta_stable_below": 2.0 / lambda_joint,
         "init": "zero" if initial_outputs is None else "given",
     }
     return Trajectory(
         **records,
         noisy=problem.noisy,
-        label_similarity=operator.transpose_meta(Y_meta)[np.arange(n), problem.y_noisy],
+        label_similarity=np.sum(operator.transpose_meta(_targets(problem)[n:]) * _targets(problem)[:n], axis=1),
         k_meta_norm=operator.k_meta_norm(),
-        outputs=F[:n], meta_outputs=F[n:], test_outputs=np.asarray(F_test),
+        outputs=F[:n], meta_outputs=F[n:], test_outputs=F_test,
         config=resolved,
     )

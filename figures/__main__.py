@@ -9,7 +9,8 @@ Fresh runs use the packages that own the computation (``python -m
 phases.simulate``, ``phases.sweep``, ``phases.finite``, ``phases.compare``);
 ``--save-results DIR`` keeps them so that ``--from DIR`` can redraw without
 recomputing. A results folder holds gamma1/ and gamma0/ (phases.simulate runs,
-figures 1-5), sweep/sweep.json (figure 6), finite/ (figures 7, 9 and 10) and compare/*/
+figures 1-5), sweep/sweep.json (figure 6), finite/ (figures 7, 9 and 10), sign_pattern/
+(figure 12: kernel sign patterns, and any phases.simulate runs to draw beside them) and compare/*/
 (results.json files, figure 8; CIFAR-10N runs take about an hour each on 2
 cores and are only read, never started). A figure whose inputs are
 missing is skipped with a message saying which command produces them. Besides

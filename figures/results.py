@@ -12,6 +12,11 @@ Layout of a results folder (what ``--from DIR`` reads and ``--save-results DIR``
                         one folder per data set and noise rate, CIFAR-10N label sets
                         included (figure 8; figure 11 draws one of them, with its
                         ``weights.npz``)
+``sign_pattern/``       figure 12: ``NAME.json`` (``label``, ``settings``, ``sign_pattern``;
+                        a fresh regeneration writes those of digits and of digits 1 vs 7,
+                        ``--quick`` the latter only),
+                        and any ``python -m phases.simulate --out DIR/sign_pattern/NAME``
+                        run (its ``summary.json``), next to the ``gamma1/`` run's
 ======================  ==================================================================
 
 Everything is computed by the packages that own it (``phases``, ``dynamics``);
@@ -80,6 +85,14 @@ def load_run(path: str) -> Run:
         problem = Problem.from_arrays(dict(data), name=config.get("problem_name", "problem"))
     params = PhaseParams(**config["phase_parameters"]) if "phase_parameters" in config else PhaseParams()
     return Run(trajectory, detect_phases(trajectory, params), problem, config, path)
+
+
+def _pattern_label(settings: dict) -> str:
+    """A short name of a simulate configuration's problem: its dataset (``gmm, C=4``), and its pair."""
+    dataset = str(settings.get("dataset") or "gmm")
+    label = f"gmm, C={settings.get('classes')}" if dataset == "gmm" else dataset.removesuffix("-binary")
+    pair = settings.get("pair")
+    return label + (f" {pair[0]} vs {pair[1]}" if pair else "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,6 +187,61 @@ class Results:
             flags = "--save-kernels" if gamma == 1 else "--gamma 0"
             raise MissingResults(f"needs results of python -m phases.simulate {flags} --out {path}")
         return load_run(path)
+
+    # ------------------------------------------------------------------ kernel sign patterns (figure 12)
+
+    def sign_patterns(self) -> list[tuple[str, dict]]:
+        """Figure 12's inputs: ``(label, sign_pattern)`` of the default problem (the ``gamma1/`` run), of every
+        ``DIR/sign_pattern/NAME.json`` and of every simulate run in ``DIR/sign_pattern/NAME/``. A fresh
+        regeneration first writes ``digits.json`` and ``digits-binary.json`` (digits, and digits 1 vs 7 on one
+        output: the sign pattern of their kernels, no simulation; ``--quick``: the latter only)."""
+        return self._cached("sign_patterns", self._sign_patterns)
+
+    def _sign_patterns(self) -> list[tuple[str, dict]]:
+        from phases.sign_pattern import config_sign_pattern
+
+        folder = os.path.join(self.root, "sign_pattern")
+        if self.fresh:
+            simulation = self.sizes.simulation
+            problems = (("digits", SimulationConfig(dataset="digits", n=simulation.n, m=simulation.m)),
+                        ("digits-binary", SimulationConfig(dataset="digits-binary", n=240, m=20)))
+            for name, config in problems[1:] if self.quick else problems:  # quick: one kernel evaluation
+                path = os.path.join(folder, f"{name}.json")
+                if not os.path.isfile(path):
+                    from phases.cli import write_json
+
+                    self._status(f"kernel sign pattern of {name}")
+                    settings = dataclasses.asdict(config)
+                    write_json(path, {"label": _pattern_label(settings), "settings": settings,
+                                      "sign_pattern": config_sign_pattern(config)})
+        if self.fresh:
+            self.run(1)
+        default = os.path.join(self.root, "gamma1", "summary.json")
+        runs = {}
+        for summary_path in [default] + sorted(glob.glob(os.path.join(folder, "*", "summary.json"))):
+            if not os.path.isfile(summary_path):
+                continue
+            with open(summary_path) as handle:
+                summary = json.load(handle)
+            if "sign_pattern" not in summary:  # a run of an older version
+                continue
+            with open(os.path.join(os.path.dirname(summary_path), "config.json")) as handle:
+                settings = json.load(handle)["settings"]
+            runs[summary_path] = (_pattern_label(settings), summary["sign_pattern"])
+        order = {"digits.json": 0, "digits-binary.json": 1}
+        records = []
+        for path in sorted(glob.glob(os.path.join(folder, "*.json")),
+                           key=lambda path: (order.get(os.path.basename(path), 2), path)):
+            with open(path) as handle:
+                record = json.load(handle)
+            records.append((record["label"], record["sign_pattern"]))
+        # The default problem first, then the records (digits, digits 1 vs 7, others), then the other runs.
+        first = [runs.pop(default)] if default in runs else []
+        patterns = first + records + list(runs.values())
+        if not patterns:
+            raise MissingResults(f"needs python -m phases.simulate runs (with their summary.json) in {default} or "
+                                 f"under {folder}/, or sign pattern records {folder}/NAME.json")
+        return patterns
 
     # ------------------------------------------------------------------ noise-rate sweep
 

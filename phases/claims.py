@@ -152,8 +152,8 @@ def c9_spectral(problem, eigenvectors: np.ndarray | None) -> Claim:
     if not problem.noisy.any():
         return _not_applicable("C9", name, "no label noise", PROBLEM)
     C = problem.num_classes
-    Y_true = np.eye(C)[problem.y_true]
-    noise = np.eye(C)[problem.y_noisy] - Y_true
+    Y_true = problem.encode(problem.y_true)  # one-hot rows, or +-1 in one column (the binary setting)
+    noise = problem.encode(problem.y_noisy) - Y_true
     clean_share, noise_share = top_energy_share(eigenvectors, Y_true, C), top_energy_share(eigenvectors, noise, C)
     return _claim("C9", name, {"k": C, "clean_top_k_share": clean_share, "noise_top_k_share": noise_share},
                   f"noise share < clean share in the top k = C = {C} eigen-directions", clean_share - noise_share,
@@ -257,14 +257,13 @@ def predict_post_filtering_rate(problem, blocks, trajectory, phases: Phases, out
         return _predict_on_features(problem, blocks, trajectory, phases, outputs_at_filter)
     config = trajectory.config
     n, m, _ = problem.sizes
-    C = problem.num_classes
     eta, gamma = config["eta"], config["gamma"]
     w = trajectory.w[_at(trajectory, phases.T_filter)]
     root = np.sqrt(np.concatenate([w, np.full(m, gamma)]))
     K = np.block([[blocks.K_XX, blocks.K_VX.T], [blocks.K_VX, blocks.K_VV]]).astype(np.float64, copy=False)
     with threadpool_limits(1):  # as phases.experiments._top_eigenvectors: threads only slow eigh down here
         eigenvalues, V = np.linalg.eigh(root[:, None] * K * root[None, :])
-    Y = np.eye(C)[np.concatenate([problem.y_noisy, problem.y_meta])]
+    Y = problem.encode(np.concatenate([problem.y_noisy, problem.y_meta]))
     coefficients = V.T @ (root[:, None] * (outputs_at_filter - Y))  # (n + m, C)
     energy = np.sum(V[n:] ** 2, axis=0) * np.sum(coefficients ** 2, axis=1)
     lambda_star = float(eigenvalues[np.argmax(energy)])
@@ -294,11 +293,10 @@ def _predict_on_features(problem, features, trajectory, phases: Phases, outputs_
     """
     config = trajectory.config
     n, m, _ = problem.sizes
-    C = problem.num_classes
     eta, gamma = config["eta"], config["gamma"]
     Phi, Psi = np.asarray(features.Phi, dtype=np.float64), np.asarray(features.Psi, dtype=np.float64)
     w = trajectory.w[_at(trajectory, phases.T_filter)]
-    Y = np.eye(C)[np.concatenate([problem.y_noisy, problem.y_meta])]
+    Y = problem.encode(np.concatenate([problem.y_noisy, problem.y_meta]))
     E = outputs_at_filter - Y
     E_train, E_meta = E[:n], E[n:]
     B = Phi.T @ (w[:, None] * Phi) + gamma * (Psi.T @ Psi)

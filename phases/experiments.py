@@ -14,6 +14,7 @@ repeats the run exactly, whoever started it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -29,10 +30,18 @@ from phases.detect import PhaseParams, Phases, detect_phases, readmitted_share
 #: Storage precision of the dense kernel blocks (the dynamics stay float64; dynamics.operators.KernelBlocks).
 KERNEL_DTYPES = ("float64", "float32")
 CIFAR10N_DATASETS = ("cifar10n-aggre", "cifar10n-random1", "cifar10n-random2", "cifar10n-random3", "cifar10n-worse")
+#: The binary setting of the paper's theory (docs/theory.md section 9): two classes (``pair``) of a base dataset on
+#: one output, targets +-1; each with its default pair.
+BINARY_DATASETS = {"digits-binary": (1, 7), **{f"{name}-binary": (3, 5) for name in CIFAR10N_DATASETS}}
 #: Datasets whose kernel is the linear kernel of explicit features (docs/theory.md section 8): a features file, or
 #: frozen CIFAR-10 embeddings with a CIFAR-10N label set.
-FEATURE_DATASETS = ("features", *CIFAR10N_DATASETS)
-DATASETS = ("gmm", "digits", *FEATURE_DATASETS)
+FEATURE_DATASETS = ("features", *CIFAR10N_DATASETS, *(f"{name}-binary" for name in CIFAR10N_DATASETS))
+DATASETS = ("gmm", "digits", "digits-binary", *FEATURE_DATASETS)
+#: (n, m, p) of a CIFAR-10N class pair: every training image of the two classes (before dropping those whose human
+#: label lies outside the pair), 200 clean images per class, every test image of the two classes.
+CIFAR10N_PAIR_SIZES = (9_000, 400, 2_000)
+#: (n, m) of digits-binary (the test set is the rest of the pair's ~360 images).
+DIGITS_PAIR_SIZES = (240, 20)
 #: The claims that read the noise mask; without y_true they are n/a (docs/theory.md section 4.1).
 NEEDS_Y_TRUE = ("C3", "C6", "C6-end", "C9", "C12")
 NO_Y_TRUE = "n/a: no y_true"
@@ -74,10 +83,23 @@ class SimulationConfig:
     most), a class-balanced clean subset of ``m`` drawn from the 5,000 held out,
     ``p`` test images (:meth:`cifar10n` gives the reference sizes).
 
+    The binary setting (docs/theory.md section 9; :data:`BINARY_DATASETS`):
+    ``dataset="digits-binary"`` or ``"cifar10n-<label set>-binary"`` keeps the
+    two classes ``pair = (a, b)`` (default 1, 7 for digits, 3, 5, cat and dog,
+    for CIFAR-10) on ONE output with targets ``+1`` for ``a`` and ``-1`` for
+    ``b`` (:func:`dynamics.problem.target_codebook`); MSE, or with ``loss="ce"``
+    the logistic loss. Digits: symmetric flips within the pair
+    (:func:`dynamics.problem.digits`); CIFAR-10N: the human labels, on the
+    images whose true class and human label both lie in the pair
+    (:func:`dynamics.embeddings.pair_split`; ``n`` counts the images drawn
+    before those with a human label outside the pair are dropped).
+
     Left unset (``None``, as the command line does unless a flag gives them),
     ``dataset`` is ``"features"`` when ``features`` is given and ``"gmm"``
     otherwise, and ``n``, ``m``, ``p`` are the dataset's own sizes (the
-    reference split for CIFAR-10N, the field defaults otherwise).
+    reference split for CIFAR-10N, :data:`CIFAR10N_PAIR_SIZES` for its class
+    pairs, :data:`DIGITS_PAIR_SIZES` for digits-binary, the field defaults
+    otherwise).
     """
 
     dataset: str = "gmm"
@@ -132,9 +154,11 @@ class SimulationConfig:
     cache_dir: str | None = None
     extractor: str = "efficientnet-lite0"
     image_size: int = 160
+    pair: tuple[int, int] | None = None
 
     def __post_init__(self):
         from dynamics.embeddings import EXTRACTOR_NAMES, IMAGE_SIZES
+        from dynamics.problem import check_pair
 
         if self.dataset is None:  # the command line leaves it unset: a features file implies dataset "features"
             object.__setattr__(self, "dataset", "gmm" if self.features is None else "features")
@@ -151,7 +175,14 @@ class SimulationConfig:
         if self.record_every > self.steps:
             raise ValueError(f"record_every must be at most steps = {self.steps}, got {self.record_every}")
         self._resolve_defaults()
-        for name, neutral, datasets in (("imbalance", 1.0, ("gmm",)), ("clean_noise", 0.0, ("gmm", "digits"))):
+        if self.pair is not None and self.dataset not in BINARY_DATASETS:
+            raise ValueError(f"pair applies to the binary datasets (digits-binary, cifar10n-<label set>-binary) only, "
+                             f"not {self.dataset!r}")
+        if self.dataset in BINARY_DATASETS:  # a class pair of the 10 digits or CIFAR-10 classes
+            object.__setattr__(self, "pair", check_pair(BINARY_DATASETS[self.dataset] if self.pair is None
+                                                        else self.pair, 10))
+        for name, neutral, datasets in (("imbalance", 1.0, ("gmm",)),
+                                        ("clean_noise", 0.0, ("gmm", "digits", "digits-binary"))):
             if getattr(self, name) != neutral and self.dataset not in datasets:
                 raise ValueError(f"{name} applies to dataset {' or '.join(datasets)} only, not {self.dataset!r}")
         if self.kernel_dtype != "float64" and self.on_features:
@@ -166,6 +197,8 @@ class SimulationConfig:
         from dynamics.embeddings import CIFAR10N_SIZES
 
         sizes = CIFAR10N_SIZES if self.dataset in CIFAR10N_DATASETS else (_SIZES["n"], _SIZES["m"], _SIZES["p"])
+        if self.dataset in BINARY_DATASETS:
+            sizes = CIFAR10N_PAIR_SIZES if self.on_cifar10n else (*DIGITS_PAIR_SIZES, _SIZES["p"])
         for name, size in zip(("n", "m", "p"), sizes):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, size)
@@ -177,6 +210,11 @@ class SimulationConfig:
 
         n, m, p = CIFAR10N_SIZES
         return cls(**({"dataset": f"cifar10n-{label_set}", "n": n, "m": m, "p": p} | settings))
+
+    @property
+    def on_cifar10n(self) -> bool:
+        """Whether the problem is CIFAR-10N on frozen embeddings (a label set, or a class pair of it)."""
+        return self.dataset.removesuffix("-binary") in CIFAR10N_DATASETS
 
     @property
     def on_features(self) -> bool:
@@ -199,7 +237,8 @@ class SimulationConfig:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if value != getattr(default, field.name):
-                args += [f"--{field.name.replace('_', '-')}", repr(value) if isinstance(value, float) else str(value)]
+                text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+                args += [f"--{field.name.replace('_', '-')}", repr(value) if isinstance(value, float) else text]
         return args
 
     def phase_params(self) -> PhaseParams:
@@ -232,7 +271,7 @@ class SimulationConfig:
             from dynamics.embeddings import load_features
 
             return load_features(self.features)
-        if self.dataset in CIFAR10N_DATASETS:
+        if self.on_cifar10n:
             return self._cifar10n_problem(embedding_progress)
         rng = np.random.default_rng(self.seed)
         if self.dataset == "gmm":
@@ -241,7 +280,7 @@ class SimulationConfig:
                                     noise_type=self.noise_type, imbalance=self.imbalance,
                                     clean_noise=self.clean_noise)
         return digits(rng, n=self.n, m=self.m, noise_rate=self.noise, noise_type=self.noise_type,
-                      clean_noise=self.clean_noise)
+                      clean_noise=self.clean_noise, pair=self.pair)
 
     def _cifar10n_problem(self, embedding_progress=None):
         from dynamics.cifar import DEFAULT_DATA_DIR, _label_file, load_cifar10n_labels, verify_checksums
@@ -253,12 +292,16 @@ class SimulationConfig:
         labels = load_cifar10n_labels(data_dir / label_file)
         embeddings = cifar10_embeddings(make_extractor(self.extractor, self.image_size), data_dir=data_dir,
                                         cache_dir=self.cache_dir, progress=embedding_progress)
-        label_set = self.dataset.removeprefix("cifar10n-")
+        label_set = self.dataset.removeprefix("cifar10n-").removesuffix("-binary")
         name = (f"{embeddings.info.key['source']['name']}, CIFAR-10N {label_set}, {self.extractor} "
                 f"{self.image_size} px embeddings")
+        if self.pair is not None:
+            from dynamics.cifar import CIFAR10_CLASSES
+
+            name += f", {CIFAR10_CLASSES[self.pair[0]]} (+1) vs {CIFAR10_CLASSES[self.pair[1]]} (-1)"
         problem, split, test_index = cifar10n_feature_problem(label_set, embeddings, labels,
                                                               np.random.default_rng(self.seed), n=self.n, m=self.m,
-                                                              p=self.p, name=name)
+                                                              p=self.p, name=name, pair=self.pair)
         cache = dataclasses.asdict(embeddings.info)
         cache.pop("key")
         problem.source["cache"] = cache
@@ -296,7 +339,7 @@ class SimulationConfig:
         if self.on_features:
             n, m, p, D = self.feature_sizes()
             features = 8 * (n + m + p) * D
-            images = 12 * 60_000 * D if self.dataset in CIFAR10N_DATASETS else 0
+            images = 12 * 60_000 * D if self.on_cifar10n else 0
             return 3 * features + images + 8 * 4 * D * D + 8 * 4 * (n + m) * self.classes + 48 * recorded * n
         n, m, p = self.n, self.m, self.p
         kernel = 4 if self.kernel_dtype == "float32" else 8
@@ -331,18 +374,19 @@ class SimulationConfig:
         returned (the embeddings may have to be built first: :func:`run_simulation` does that)."""
         from dynamics.checks import check_memory
 
-        if self.dataset in CIFAR10N_DATASETS:
+        if self.on_cifar10n:
             from dynamics.cifar import DEFAULT_DATA_DIR, _image_files, _label_file
             from dynamics.embeddings import CIFAR10N_SIZES, ExtractorUnavailable, make_extractor
 
             data_dir = Path(DEFAULT_DATA_DIR if self.data_dir is None else self.data_dir)
             _image_files(data_dir), _label_file(data_dir)
-            for name, value, limit in (("n", self.n, CIFAR10N_SIZES[0]), ("m", self.m, 5_000),
-                                       ("p", self.p, CIFAR10N_SIZES[2])):
+            classes, limits = ((2, (*CIFAR10N_PAIR_SIZES[::2], 1_000)) if self.pair is not None else
+                               (10, (CIFAR10N_SIZES[0], CIFAR10N_SIZES[2], 5_000)))  # (n, p, m)
+            for name, value, limit in zip(("n", "p", "m"), (self.n, self.p, self.m), limits):
                 if not 1 <= value <= limit:
                     raise ValueError(f"{name} must lie in [1, {limit}] for {self.dataset}, got {value}")
-            if self.m < 10:
-                raise ValueError(f"m must be at least 10 for {self.dataset} (one clean example per class), "
+            if self.m < classes:
+                raise ValueError(f"m must be at least {classes} for {self.dataset} (one clean example per class), "
                                  f"got {self.m}")
             try:
                 make_extractor(self.extractor, self.image_size).settings
@@ -390,7 +434,7 @@ class SimulationResult:
                 "dataset": self.config.dataset, "realised_noise_rate": self.problem.noise_rate,
                 "y_true": self.problem.has_y_true, "problem_name": self.problem.name,
                 "problem": {"n": n, "m": m, "p": p, "num_classes": self.problem.num_classes, "D": self.problem.D,
-                            "source": self.problem.source},
+                            "targets": self.problem.targets, "source": self.problem.source},
                 "kernel": {"kind": "linear", "of": "the given features (a linear head)", "D": self.problem.D},
                 "phase_parameters": dataclasses.asdict(self.phases.params),
                 "versions": versions(),
@@ -402,6 +446,7 @@ class SimulationResult:
             "dataset": self.config.dataset, "noise": self.config.noise, "noise_type": self.config.noise_type,
             "realised_noise_rate": self.problem.noise_rate, "problem_name": self.problem.name,
             "problem": {"n": n, "m": m, "p": p, "num_classes": self.problem.num_classes,
+                        "targets": self.problem.targets,
                         "dim": self.problem.X.shape[1], "separation": self.config.separation,
                         "spread": self.config.spread},
             "kernel": dataclasses.asdict(self.config.kernel_spec()),
@@ -470,36 +515,107 @@ def run_simulation(config: SimulationConfig = SimulationConfig(), *, progress: C
     if config.on_features:
         return _run_on_features(config, problem, progress=progress, announce=stage or (lambda text: None),
                                 claims=claims, embedding_progress=embedding_progress)
-    from dynamics.simulator import KernelBlocks, gp_prior_outputs, simulate
-    from kernels import kernel
-    from phases.claims import check_claims
-    from phases.report import summary
+    from dynamics.simulator import simulate
 
     announce = stage or (lambda text: None)
     problem = config.validate()
     spec = config.kernel_spec()
     n, m, p = problem.sizes
     announce(f"problem: {problem.name}, n={n}, m={m}, p={p}, realised noise {problem.noise_rate:.3f}")
-    blocks = KernelBlocks.from_problem(problem, lambda a, b: kernel(spec, a, b, dtype=config.kernel_dtype))
-    initial_outputs = None
-    if config.init == "gp":
-        inputs = np.concatenate([problem.X, problem.X_meta, problem.X_test])
-        nngp = kernel(dataclasses.replace(spec, kind="nngp"), inputs)
-        initial_outputs = gp_prior_outputs(nngp, problem.num_classes, np.random.default_rng([config.seed, 1]))
+    blocks = _kernel_blocks(config, problem)
+    initial_outputs = _initial_outputs(config, problem)
     meta = _resolved_meta_config(config, blocks)
     announce(f"simulating {meta.steps} steps of {meta.variant} reweighting ({meta.loss}), "
              f"kernel {spec.kind} depth {spec.depth} {spec.activation}")
     trajectory = simulate(problem, blocks, meta, seed=config.seed, initial_outputs=initial_outputs, progress=progress)
-    trajectory = dataclasses.replace(trajectory, config=trajectory.config | {"init": config.init})
     announce("phases and claims")
+    eigenvectors = _top_eigenvectors(blocks.K_XX, problem.num_classes) if claims else None
+    return _dense_result(config, problem, blocks, meta, trajectory, initial_outputs, eigenvectors)
+
+
+def run_simulations(configs, *, claims: bool = True, progress: Callable[[int], None] | None = None) -> list:
+    """:func:`run_simulation` of every configuration, sharing the work the runs have in common.
+
+    Runs whose inputs, kernel and loop knobs (:data:`dynamics.simulator.SHARED_KNOBS`) agree, such as the
+    noise rates, ``beta``, ``gamma`` or ``w0`` of one seed, get their kernel blocks (and C9's eigenvectors)
+    computed once and are advanced together by :func:`dynamics.simulator.simulate_many`, one pass over the
+    kernel per step for all of them. Each result equals the one-at-a-time run to rounding (1e-12 in the
+    weights; the last digits of a number can differ, and so, in a knife-edge case, a boundary). Runs on
+    features go one at a time. ``progress`` is called with the steps taken by the current group.
+
+    Returns one entry per configuration, in order: its :class:`SimulationResult`, or the
+    :class:`dynamics.simulator.DivergenceError` of a run whose step size was unstable.
+    """
+    from dynamics.simulator import SHARED_KNOBS, DivergenceError, simulate_many
+
+    results = [None] * len(configs)
+    groups = {}
+    for index, config in enumerate(configs):
+        if config.on_features:
+            try:
+                results[index] = run_simulation(config, claims=claims, progress=progress)
+            except DivergenceError as error:
+                results[index] = error
+            continue
+        problem = config.validate()
+        meta = config.meta_config()
+        inputs = hashlib.sha256(b"".join(np.ascontiguousarray(array).tobytes()
+                                         for array in (problem.X, problem.X_meta, problem.X_test))).hexdigest()
+        key = (inputs, config.kernel_spec(), config.kernel_dtype, config.init,
+               tuple(getattr(meta, knob) for knob in SHARED_KNOBS))
+        groups.setdefault(key, []).append((index, config, problem))
+    for members in groups.values():
+        _, first, problem = members[0]
+        blocks = _kernel_blocks(first, problem)
+        metas = [_resolved_meta_config(config, blocks) for _, config, _ in members]
+        outputs = [_initial_outputs(config, problem) for _, config, problem in members]
+        trajectories = simulate_many([problem for _, _, problem in members], blocks, metas,
+                                     [config.seed for _, config, _ in members], initial_outputs=outputs,
+                                     progress=progress)
+        eigenvectors = _top_eigenvectors(blocks.K_XX, problem.num_classes) if claims else None
+        for (index, config, problem), meta, initial, trajectory in zip(members, metas, outputs, trajectories):
+            results[index] = trajectory if isinstance(trajectory, DivergenceError) else _dense_result(
+                config, problem, blocks, meta, trajectory, initial, eigenvectors)
+    return results
+
+
+def _kernel_blocks(config: SimulationConfig, problem):
+    """The dense kernel blocks of ``problem``'s inputs under ``config``'s kernel, in its storage precision."""
+    from dynamics.simulator import KernelBlocks
+    from kernels import kernel
+
+    spec = config.kernel_spec()
+    return KernelBlocks.from_problem(problem, lambda a, b: kernel(spec, a, b, dtype=config.kernel_dtype))
+
+
+def _initial_outputs(config: SimulationConfig, problem):
+    """``None`` (zero outputs), or with ``init = "gp"`` one draw of the NNGP prior on all inputs."""
+    if config.init != "gp":
+        return None
+    from dynamics.simulator import gp_prior_outputs
+    from kernels import kernel
+
+    inputs = np.concatenate([problem.X, problem.X_meta, problem.X_test])
+    nngp = kernel(dataclasses.replace(config.kernel_spec(), kind="nngp"), inputs)
+    return gp_prior_outputs(nngp, problem.outputs, np.random.default_rng([config.seed, 1]))
+
+
+def _dense_result(config: SimulationConfig, problem, blocks, meta: MetaConfig, trajectory, initial_outputs,
+                  eigenvectors) -> SimulationResult:
+    """A dense run's phases, claims (when ``eigenvectors``, C9's, are given) and summary."""
+    from phases.claims import check_claims
+    from phases.report import summary
+    from phases.sign_pattern import problem_sign_pattern
+
+    trajectory = dataclasses.replace(trajectory, config=trajectory.config | {"init": config.init})
     phases = detect_phases(trajectory, config.phase_params())
-    checked = []
-    if claims:
-        eigenvectors = _top_eigenvectors(blocks.K_XX, problem.num_classes)
+    checked, signs = [], {}
+    if eigenvectors is not None:
         prediction = _rate_prediction(problem, blocks, meta, trajectory, phases, config.seed, initial_outputs)
         checked = check_claims(trajectory, phases, problem=problem, eigenvectors=eigenvectors,
                                rate_prediction=prediction, thresholds=config.thresholds())
-    return SimulationResult(config, problem, blocks, trajectory, phases, summary(trajectory, phases, checked))
+        signs = {"sign_pattern": problem_sign_pattern(problem, blocks)}  # with the claims (docs/theory.md section 9)
+    return SimulationResult(config, problem, blocks, trajectory, phases, summary(trajectory, phases, checked) | signs)
 
 
 def _resolved_meta_config(config: SimulationConfig, operator) -> MetaConfig:
@@ -551,7 +667,7 @@ def _run_on_features(config: SimulationConfig, problem, *, progress, announce, c
     initial_outputs = None
     if config.init == "gp":
         # The prior of a linear head: Theta ~ N(0, I), so F ~ GP(0, Phi Phi^T) exactly, with no kernel formed.
-        theta = np.random.default_rng([config.seed, 1]).standard_normal((problem.D, problem.num_classes))
+        theta = np.random.default_rng([config.seed, 1]).standard_normal((problem.D, problem.outputs))
         initial_outputs = np.concatenate([problem.X @ theta, problem.X_meta @ theta, problem.X_test @ theta])
     meta = _resolved_meta_config(config, operator)
     announce(f"simulating {meta.steps} steps of {meta.variant} reweighting ({meta.loss}), linear kernel of "
@@ -570,6 +686,10 @@ def _run_on_features(config: SimulationConfig, problem, *, progress, announce, c
         if not problem.has_y_true:
             checked = [_without_mask(claim) if claim.id in NEEDS_Y_TRUE else claim for claim in checked]
     result = summary(trajectory, phases, checked) | {"y_true": problem.has_y_true}
+    if claims:  # on a fixed-seed subsample beyond 2000 examples (phases.sign_pattern)
+        from phases.sign_pattern import problem_sign_pattern
+
+        result["sign_pattern"] = problem_sign_pattern(base, operator, has_y_true=problem.has_y_true)
     if not problem.has_y_true:
         result = _without_detection_scores(result)
     return SimulationResult(config, problem, operator, trajectory, phases, result)
@@ -686,13 +806,14 @@ def _feature_labels(arrays: dict, values: dict):
     arrays (the features are not saved in a run directory; ``config.json`` names their source)."""
     from dynamics.embeddings import FeatureProblem
 
-    labels = ("y_noisy", "y_true", "y_meta", "y_test", "num_classes")
+    labels = ("y_noisy", "y_true", "y_meta", "y_test", "num_classes", "targets")
     index = {key: value for key, value in arrays.items() if key not in labels}
     return FeatureProblem(
         X=np.empty((len(arrays["y_noisy"]), 0)), y_noisy=arrays["y_noisy"], X_meta=np.empty((len(arrays["y_meta"]), 0)),
         y_meta=arrays["y_meta"], X_test=np.empty((len(arrays["y_test"]), 0)), y_test=arrays["y_test"],
         y_true=arrays.get("y_true"), num_classes=int(arrays["num_classes"]), name=values.get("problem_name", "problem"),
-        source=values.get("problem", {}).get("source", {}), index=index)
+        source=values.get("problem", {}).get("source", {}), index=index,
+        targets=str(arrays["targets"]) if "targets" in arrays else "one-hot")
 
 
 # ----------------------------------------------------------------------------- C8: finite widths

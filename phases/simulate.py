@@ -17,6 +17,16 @@ runs in minutes:
     python -m phases.simulate --features FILE.npz --steps 500 --record-every 5
     python -m phases.simulate --dataset cifar10n-worse --steps 1000 --record-every 10
 
+The binary setting of the paper's theory (docs/theory.md section 9): two
+classes on one output with targets +1/-1, MSE (or, with ``--loss ce``, the
+logistic loss):
+
+    python -m phases.simulate --dataset digits-binary --pair 1,7
+    python -m phases.simulate --dataset cifar10n-worse-binary --pair 3,5 --beta 10 --steps 600
+
+Every run also reports the kernel's sign pattern (``summary.json`` key
+``sign_pattern``, :mod:`phases.sign_pattern`).
+
 ``--features`` reads ``X, y_noisy, X_meta, y_meta, X_test, y_test`` (and
 optionally ``y_true``; without it the scores that need the noise mask are
 reported as n/a). ``--dataset cifar10n-<label set>`` embeds every CIFAR-10
@@ -50,7 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="gmm: Gaussian mixture (the default); digits: scikit-learn's bundled 8x8 digits (10 "
                            "classes, 64 pixels); cifar10n-<label set>: frozen CIFAR-10 embeddings with one of "
                            "CIFAR-10N's human label sets at the reference split (45,000 noisy training images, "
-                           "2,000 clean, 10,000 test); features: a --features file")
+                           "2,000 clean, 10,000 test); features: a --features file; *-binary: the binary setting, "
+                           "the two classes of --pair on one output with targets +1/-1 (digits-binary: flips within "
+                           "the pair at --noise, n=240, m=20 by default; cifar10n-<label set>-binary: the images "
+                           "whose true class and human label lie in the pair, n=9000 drawn, m=400, p=2000)")
+    data.add_argument("--pair", type=class_pair, default=None, metavar="A,B",
+                      help="the two classes of a *-binary dataset, A -> +1 and B -> -1 (default: 1,7 for digits, "
+                           "3,5 (cat, dog) for CIFAR-10)")
     data.add_argument("--features", default=None, metavar="FILE.npz",
                       help="explicit features: X (n, D), y_noisy (n,), X_meta (m, D), y_meta (m,), X_test (p, D), "
                            "y_test (p,) and optionally y_true (n,); the kernel is their linear kernel (a linear "
@@ -139,6 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--force", action="store_true",
                      help="run even when the memory estimate exceeds what this machine has")
     return parser
+
+
+def class_pair(text: str) -> tuple[int, int]:
+    """An argument type: two class indices ``A,B`` (their range is checked with the dataset)."""
+    try:
+        a, b = (int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be two class indices A,B, got {text!r}") from None
+    return a, b
 
 
 def seed_list(text: str) -> list[int]:
@@ -254,6 +279,11 @@ def run(argv: list[str] | None = None) -> dict:
     print("Claims (docs/theory.md section 4) measured on this run:")
     print(claims_table(summary["claims"]))
     print()
+    if "sign_pattern" in summary:
+        from phases.sign_pattern import sign_pattern_lines
+
+        print("\n".join(sign_pattern_lines(summary["sign_pattern"])))
+        print()
     if summary.get("y_true", True):
         print(final_line(summary["final"]))
     else:

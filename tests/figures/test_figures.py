@@ -15,7 +15,7 @@ import pytest  # noqa: E402
 
 from dynamics.trajectory import Trajectory  # noqa: E402
 from figures import FIGURES, finite_eta, finite_gap_time, finite_width, histograms, mechanism, methods, \
-    phase_diagram, sensitivity, spectral, weight_trajectories, weights  # noqa: E402
+    phase_diagram, sensitivity, sign_pattern, spectral, weight_trajectories, weights  # noqa: E402
 from figures.__main__ import main  # noqa: E402
 from phases.detect import detect_phases  # noqa: E402
 from phases.sweep import RECORD_FIELDS  # noqa: E402
@@ -37,6 +37,7 @@ COLUMNS = {  # columns each CSV must hold (some figures add more)
     "finite_eta": {"eta", "eta_fraction", "main", "run", "seed", "weight_gap", "output_gap", "readmitted_noisy",
                    "diverged"},
     "weight_trajectories": set(weight_trajectories.COLUMNS),
+    "sign_pattern": set(sign_pattern.TABLE_COLUMNS),
 }
 
 
@@ -215,6 +216,22 @@ def test_spectral_figure():
     energy = table[table["panel"] == "energy"]
     assert np.isclose(energy["clean_energy_share"].iloc[-1], 1.0)
     assert energy["eigenvalue"].is_monotonic_decreasing
+
+
+def test_sign_pattern_figure():
+    from phases.sign_pattern import sign_pattern as pattern_of
+
+    rng = np.random.default_rng(0)
+    y_true = np.arange(30) % 2
+    y_noisy = np.where(rng.random(30) < 0.3, 1 - y_true, y_true)
+    y_meta = np.arange(6) % 2
+    X, V = rng.normal(size=(30, 4)) + y_true[:, None], rng.normal(size=(6, 4)) + y_meta[:, None]
+    examples = {"train": 30, "of_train": 30, "clean": 6, "of_clean": 6, "subsample_seed": None}
+    noisy = pattern_of(V @ X.T, X @ X.T, V @ V.T, y_noisy, y_true, y_meta, 2) | {"examples": examples, "binary": True}
+    clean = pattern_of(V @ X.T, X @ X.T, V @ V.T, y_true, y_true, y_meta, 2) | {"examples": examples}  # no noisy row
+    table = _check(sign_pattern.figure([("noisy", noisy), ("no noise", clean)]))
+    assert len(table) == 2 * 2 * 2 * 3 * 4  # problems x kernels x blocks x groups x statistics
+    assert table.loc[(table["problem"] == "no noise") & (table["group"] == "noisy"), "share"].isna().all()
 
 
 def test_phase_diagram_figure():
