@@ -26,14 +26,28 @@ Output (``--out DIR``):
   the late re-admission of docs/theory.md section 9's learning-rate question),
   each claim's verdict and margin, the ``final`` metrics, ``diverged`` (the
   message of a run whose step size was unstable, else null) and ``timing``
-  (wall-clock seconds: the one field that differs between two executions of
-  the same run; everything else is the same bit for bit whatever the
-  executor and the number of workers, because every run executes with one
-  BLAS/XLA thread, ``--workers 1`` in this process included);
+  (its share of its pass's wall-clock seconds and the number of runs in the
+  pass: the one field that differs between two executions of the same run;
+  everything else is the same bit for bit whatever the executor and the
+  number of workers, because every run executes with one BLAS/XLA thread,
+  ``--workers 1`` in this process included, and the passes depend on the
+  grid only);
 - ``summary.csv``: the same, one flat row per run (without ``timing``);
 - ``trajectories/KEY.npz`` with ``--save-trajectories``.
 
-Runs go to a local process pool (``--workers``), to a Dask ``LocalCluster``
+Shared work is done once. Runs that differ only in their labels' noise and
+their weights' dynamics (:data:`PER_RUN`: noise rate, type and clean-subset
+noise, ``eta``, ``beta``, ``gamma``, ``w0``), such as every noise rate of
+one seed, share their inputs: their kernel is computed once and up to
+``--runs-per-pass`` of them are advanced together, one pass over the kernel
+per step for all (:func:`dynamics.simulator.simulate_many`; the step is bound
+by reading the kernel, ``bench/batched.py`` measures the gain). A run's
+numbers equal those of the same run alone to rounding (last digits; tested to
+1e-12), and its pass is fixed by the grid, so a sweep is reproducible bit for
+bit. Resuming after a kill that tore a pass's records apart recomputes the
+rest of that pass as a smaller pass, whose last digits may differ.
+
+Passes go to a local process pool (``--workers``), to a Dask ``LocalCluster``
 (``--dask-workers``) or to an existing Dask cluster (``--scheduler
 tcp://HOST:PORT``; its workers must import this package, and
 ``--save-trajectories`` then needs a file system they share with this machine).
@@ -77,6 +91,8 @@ from phases.detect import PhaseParams, readmitted_share
 
 PROG = "python -m phases.sweep"
 RECORDS = ResumableOutput.RECORDS
+#: Runs advanced together at most (``--runs-per-pass``): each holds its recorded series in memory.
+RUNS_PER_PASS = 16
 SUMMARY = "summary.csv"
 TRAJECTORIES = "trajectories"
 
@@ -98,24 +114,32 @@ def record_key(config) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def run_record(config, point: dict, trajectory_path: str | None = None) -> dict:
-    """One run of a sweep (:func:`phases.experiments.run_simulation`, claims included); return its record.
+def run_records(runs: Sequence[tuple]) -> list[dict]:
+    """The records of runs advanced together (:func:`phases.experiments.run_simulations`: one kernel, one pass
+    over it per step for all of them), one per ``(config, point, trajectory_path)`` of ``runs``, in order.
 
-    ``point`` is the run's grid values, copied into the record. With ``trajectory_path`` the trajectory is
+    ``point`` is a run's grid values, copied into its record. With ``trajectory_path`` the trajectory is
     saved there (atomically). A run whose step size is unstable is recorded with its message in ``diverged``.
+    A record's ``timing`` holds its share of the wall time (``wall_s``) and the number of runs it was advanced
+    with (``advanced_with``).
     """
+    from phases.experiments import run_simulations
+
+    started = time.perf_counter()
+    results = run_simulations([config for config, _, _ in runs])
+    timing = {"wall_s": (time.perf_counter() - started) / len(runs), "advanced_with": len(runs)}
+    return [_record(config, point, path, result, timing) for (config, point, path), result in zip(runs, results)]
+
+
+def _record(config, point: dict, trajectory_path: str | None, result, timing: dict) -> dict:
     import numpy as np
 
     from dynamics.simulator import DivergenceError
-    from phases.experiments import run_simulation
 
-    started = time.perf_counter()
     record = {"key": record_key(config), "point": point, "seed": config.seed,
               "settings": dataclasses.asdict(config), "diverged": None, "trajectory": None}
-    try:
-        result = run_simulation(config)
-    except DivergenceError as error:
-        return jsonable(record | {"diverged": str(error), "timing": {"wall_s": time.perf_counter() - started}})
+    if isinstance(result, DivergenceError):
+        return jsonable(record | {"diverged": str(result), "timing": timing})
     trajectory, phases, summary = result.trajectory, result.phases, result.summary
     stats = trajectory.weight_stats()
     at = None if phases.T_filter is None else int(np.searchsorted(trajectory.step, phases.T_filter))
@@ -134,9 +158,27 @@ def run_record(config, point: dict, trajectory_path: str | None = None) -> dict:
         "after_filter": {"noisy_readmitted": readmitted_share(trajectory, phases.T_filter)},
         "claims": [{key: claim[key] for key in ("id", "verdict", "margin")} for claim in summary["claims"]],
         "final": summary["final"],
-        "timing": {"wall_s": time.perf_counter() - started},
+        "timing": timing,
     }
     return jsonable(record)
+
+
+#: The settings in which runs advanced together may differ (the labels' noise and the weights' dynamics);
+#: runs that agree on every other setting form one pass (:func:`pass_groups`).
+PER_RUN = ("noise", "noise_type", "clean_noise", "eta", "eta_scale", "beta", "gamma", "w0")
+
+
+def pass_groups(runs: Sequence[tuple], size: int) -> list[list[int]]:
+    """Indices of ``runs`` (``(config, point)`` pairs) grouped into passes of at most ``size`` runs that agree on
+    every setting outside :data:`PER_RUN`, in grid order. The groups depend on the grid only, never on the
+    executor or on what is already recorded."""
+    from phases.experiments import SimulationConfig
+
+    fixed = {name: getattr(SimulationConfig(), name) for name in PER_RUN}
+    by_setting = {}
+    for index, (config, _) in enumerate(runs):
+        by_setting.setdefault(dataclasses.replace(config, **fixed), []).append(index)
+    return [members[start:start + size] for members in by_setting.values() for start in range(0, len(members), size)]
 
 
 def phase_diagram_row(record: dict) -> dict:
@@ -254,22 +296,38 @@ def _where(point: dict) -> str:
 
 
 def run_sweep(runs: Sequence[tuple], *, recorded: dict[str, dict] | None = None, executor=None,
-              trajectories: str | None = None, on_record: Callable[[dict], None] | None = None) -> list[dict]:
+              trajectories: str | None = None, on_record: Callable[[dict], None] | None = None,
+              runs_per_pass: int = RUNS_PER_PASS) -> list[dict]:
     """The records of ``runs`` (``(config, point)`` pairs, see :func:`grid_runs`), in their order.
 
     Runs whose key is in ``recorded`` are not run again: their recorded record is returned. The others go to
-    ``executor`` (:mod:`phases.executor`; default: a local pool on every core), and ``on_record(record)`` is
-    called as each finishes. With ``trajectories`` (a folder) each new run saves its trajectory there.
+    ``executor`` (:mod:`phases.executor`; default: a local pool on every core) in the passes of
+    :func:`pass_groups` (at most ``runs_per_pass`` runs advanced together), and ``on_record(record)`` is called
+    for each record as its pass finishes. With ``trajectories`` (a folder) each new run saves its trajectory
+    there.
     """
     from phases.executor import run_tasks
 
     recorded = recorded or {}
     keys = [record_key(config) for config, _ in runs]
-    todo = {key: run for key, run in zip(keys, runs) if key not in recorded}  # a run asked for twice runs once
-    tasks = [(config, point, None if trajectories is None else os.path.join(trajectories, f"{key}.npz"))
-             for key, (config, point) in todo.items()]
-    report = None if on_record is None else (lambda index, record: on_record(record))
-    fresh = {record["key"]: record for record in run_tasks(run_record, tasks, executor=executor, on_result=report)}
+    tasks, queued = [], set()
+    for group in pass_groups(runs, runs_per_pass):
+        task = []
+        for index in group:
+            key, (config, point) = keys[index], runs[index]
+            if key not in recorded and key not in queued:  # a run asked for twice runs once
+                queued.add(key)
+                task.append((config, point, None if trajectories is None else os.path.join(trajectories, f"{key}.npz")))
+        if task:
+            tasks.append((task,))
+
+    def report(index, records):
+        for record in records:
+            on_record(record)
+
+    fresh = {record["key"]: record for records in run_tasks(run_records, tasks, executor=executor,
+                                                            on_result=None if on_record is None else report)
+             for record in records}
     return [recorded[key] | {"point": point} if key in recorded else fresh[key]
             for key, (_, point) in zip(keys, runs)]
 
@@ -448,6 +506,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="continue an unfinished sweep into --out, or add runs to a finished one; runs already "
                              "recorded are not computed again")
+    parser.add_argument("--runs-per-pass", type=positive_int, default=RUNS_PER_PASS, metavar="S",
+                        help="advance up to S runs that share their inputs and kernel together, one pass over the "
+                             "kernel per step for all of them (1: one at a time); each holds its recorded series "
+                             "in memory")
     parser.add_argument("--save-trajectories", action="store_true",
                         help=f"also save every run's trajectory in {TRAJECTORIES}/KEY.npz")
     parser.add_argument("--force", action="store_true",
@@ -501,7 +563,8 @@ class _Progress:
 
 
 def record_runs(runs: Sequence[tuple], directory: ResumableOutput, *, executor=None, save_trajectories: bool = False,
-                finish: Callable[[str, list[dict]], None] | None = None) -> tuple[list[dict], int]:
+                finish: Callable[[str, list[dict]], None] | None = None,
+                runs_per_pass: int = RUNS_PER_PASS) -> tuple[list[dict], int]:
     """Run ``runs`` (``(config, point)`` pairs, :func:`grid_runs`) into ``directory`` and publish it whole.
 
     Runs recorded there are not run again; every new record is appended as it arrives (one progress line on
@@ -524,7 +587,7 @@ def record_runs(runs: Sequence[tuple], directory: ResumableOutput, *, executor=N
         progress = _Progress(len(keys) - reused, directory)
         try:
             records = run_sweep(runs, recorded=recorded, executor=executor, on_record=progress,
-                                trajectories=trajectories)
+                                trajectories=trajectories, runs_per_pass=runs_per_pass)
         except ConnectionError as error:  # only the Dask client raises it
             raise UserError(str(error)) from None
         dropped = len(set(recorded) - keys)
@@ -560,7 +623,8 @@ def run(argv: list[str] | None = None) -> list[dict]:
     directory = ResumableOutput(args.out, overwrite=args.overwrite, resume=args.resume, command=command, prog=PROG,
                                 carried=(TRAJECTORIES,))
     started = time.perf_counter()
-    records, computed = record_runs(runs, directory, executor=executor, save_trajectories=args.save_trajectories)
+    records, computed = record_runs(runs, directory, executor=executor, save_trajectories=args.save_trajectories,
+                                    runs_per_pass=args.runs_per_pass)
     _print_summary(records, grid)
     print(f"Wrote {args.out}/: {RECORDS} {SUMMARY}{f' {TRAJECTORIES}/' if args.save_trajectories else ''} "
           f"({len(records)} runs, {computed} computed, {time.perf_counter() - started:.0f} s)")

@@ -18,7 +18,7 @@ from tolerance import assert_close
 
 import dynamics.simulator
 from dynamics.simulator import (CACHE_AFFECTED_JAX, DivergenceError, FeatureKernel, KernelBlocks, MetaConfig, init,
-                                meta_score, predict_test, simulate, step)
+                                meta_score, predict_test, simulate, simulate_many, step)
 from phases.claims import c4_bound
 
 
@@ -293,6 +293,44 @@ def test_init_and_step_reproduce_simulate(problem, variant, loss, mini, features
     np.testing.assert_array_equal(np.asarray(state.F), np.concatenate([run.outputs, run.meta_outputs]))
     # The test outputs are recovered by a separate jitted product, which XLA may fuse differently: to rounding.
     assert_close(predict_test(state, operator, config), run.test_outputs)
+
+
+@settings(max_examples=2)
+@given(problem=problems, variant=st.sampled_from(["meta", "l2rw"]), loss=st.sampled_from(["mse", "ce"]),
+       mini=st.booleans(), features=st.booleans(), seed=st.integers(0, 100))
+def test_runs_advanced_together_equal_the_runs_alone(problem, variant, loss, mini, features, seed):
+    """simulate_many: one pass over the kernel for S runs with their own labels, seeds, eta, beta, gamma and w0;
+    each run equals the same run alone to 1e-12 (the batched products sum in another order)."""
+    n, m, _ = problem.sizes
+    operator = FeatureKernel(problem.X, problem.X_meta, problem.X_test) if features else _linear_blocks(problem)
+    rng = np.random.default_rng(seed)
+    problems = [dataclasses.replace(problem, y_noisy=rng.integers(0, problem.num_classes, n)) for _ in range(2)]
+    shared = dict(loss=loss, variant=variant, steps=8, record_every=3, perturb_draws=2,
+                  batch_size=max(1, n // 2) if mini else None, meta_batch_size=max(1, m // 2) if mini else None)
+    eta = 0.5 / operator.lambda_max(1.0)
+    configs = [MetaConfig(**shared), MetaConfig(**shared, eta=eta, beta=3.0, gamma=0.5, w0=0.3)]
+    together = simulate_many(problems, operator, configs, [seed, seed + 1])
+    for problem, config, run_seed, batched in zip(problems, configs, [seed, seed + 1], together):
+        alone = simulate(problem, operator, config, seed=run_seed)
+        assert batched.config == alone.config
+        for name in ("w", "score", "clean_loss", "coupling_norm", "outputs", "meta_outputs", "test_outputs"):
+            assert_close(getattr(batched, name), getattr(alone, name), rtol=1e-12, atol=1e-12)
+        np.testing.assert_array_equal(batched.step, alone.step)
+        np.testing.assert_array_equal(batched.label_similarity, alone.label_similarity)
+
+
+def test_runs_advanced_together_keep_going_past_a_diverging_one_and_share_their_loop():
+    problem = feature_problem(np.random.default_rng(1), 20, 6, 4, 3, 10)
+    blocks = _linear_blocks(problem)
+    shared = dict(steps=400, record_every=10, perturb_draws=0)
+    configs = [MetaConfig(**shared), MetaConfig(**shared, eta=50.0 / blocks.lambda_max(1.0))]
+    stable, diverged = simulate_many([problem, problem], blocks, configs, [0, 0])
+    assert isinstance(diverged, DivergenceError) and "eta below" in str(diverged)
+    np.testing.assert_allclose(stable.w, simulate(problem, blocks, configs[0]).w, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="differs from run 0 in steps"):
+        simulate_many([problem, problem], blocks, [MetaConfig(steps=3), MetaConfig(steps=4)], [0, 1])
+    with pytest.raises(ValueError, match="one config, seed and initial outputs per problem"):
+        simulate_many([problem], blocks, [MetaConfig(), MetaConfig()], [0])
 
 
 def test_step_needs_a_resolved_eta_and_a_matching_operator():

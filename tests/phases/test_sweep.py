@@ -37,13 +37,13 @@ def _without_timing(records):
 
 def _count_runs(monkeypatch):
     calls = []
-    run_record = sweep_module.run_record
+    run_records = sweep_module.run_records
 
-    def counted(config, point, trajectory_path=None):
-        calls.append((point, config.seed))
-        return run_record(config, point, trajectory_path)
+    def counted(runs):
+        calls.extend((point, config.seed) for config, point, _ in runs)
+        return run_records(runs)
 
-    monkeypatch.setattr(sweep_module, "run_record", counted)
+    monkeypatch.setattr(sweep_module, "run_records", counted)
     return calls
 
 
@@ -171,12 +171,14 @@ def test_dask_and_the_local_pool_record_the_same_runs(tmp_path):
     from phases.executor import LocalPool
 
     out = tmp_path / "sweep"
-    assert main([*_argv(out, "noise=0,0.3", "gamma=0,1")[:-2], "--dask-workers", "2"]) == 0
+    # Two passes of two runs each, so that both executors run them in their single-threaded workers.
+    assert main([*_argv(out, "noise=0,0.3", "gamma=0,1")[:-2], "--dask-workers", "2", "--runs-per-pass", "2"]) == 0
     by_dask = _lines(out / "records.jsonl")
+    assert [record["timing"]["advanced_with"] for record in by_dask] == [2] * 4
     grid = {knob: [value] for knob, value in TINY.items()} | {"noise": [0.0, 0.3], "gamma": [0.0, 1.0]}
     runs = grid_runs(base_settings(None), grid, [0])
     finished = []
-    by_pool = run_sweep(runs, executor=LocalPool(2), on_record=finished.append)
+    by_pool = run_sweep(runs, executor=LocalPool(2), on_record=finished.append, runs_per_pass=2)
     assert len(finished) == 4 and len(by_dask) == 4
     assert _without_timing(by_dask) == _without_timing(by_pool)
 
