@@ -112,7 +112,6 @@ def _timed(function):
 
 def run_size(n: int, steps: int, sizes_of_S) -> dict:
     import jax
-    import numpy as np
 
     from dynamics.simulator import simulate, simulate_many
 

@@ -55,7 +55,6 @@ import functools
 from collections.abc import Callable
 
 import jax
-import jax.experimental
 import jax.numpy as jnp
 import numpy as np
 import torch
@@ -66,7 +65,7 @@ from dynamics.finite import NetworkConfig, analytic_kernel, scalar_empirical_ntk
 from dynamics.finite import init as init_network
 from dynamics.operators import KernelBlocks, KernelOperator
 from dynamics.problem import Problem
-from dynamics.simulator import DivergenceError, default_eta, refuse_persistent_cache
+from dynamics.simulator import DivergenceError, _float64, default_eta
 from dynamics.trajectory import Trajectory
 
 #: Parameter names of the weighting network and their shapes for ``H`` hidden units (torch ``nn.Linear`` layout).
@@ -203,20 +202,6 @@ def _resolved(config: MWNConfig, eta: float, lambda_joint: float, problem: Probl
 
 
 # ----------------------------------------------------------------------------- linearized (JAX, function space)
-
-
-def _float64(function):
-    """Run ``function`` with JAX in x64 mode, scoped to the call (as :mod:`dynamics.simulator` does)."""
-
-    @functools.wraps(function)
-    def wrapper(*args, **kwargs):
-        refuse_persistent_cache()
-        if jax.config.jax_enable_x64:
-            return function(*args, **kwargs)
-        with jax.experimental.enable_x64():
-            return function(*args, **kwargs)
-
-    return wrapper
 
 
 @functools.partial(jax.tree_util.register_dataclass,
