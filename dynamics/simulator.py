@@ -529,9 +529,10 @@ def simulate_many(problems: Sequence[Problem], operator: KernelOperator, configs
         if differing:
             raise ValueError(f"runs advanced together must share {', '.join(SHARED_KNOBS)}; run {index} differs "
                              f"from run 0 in {', '.join(differing)}")
-        if problem.num_classes != problems[0].num_classes:
-            raise ValueError(f"runs advanced together must have the same number of classes; run {index} has "
-                             f"{problem.num_classes}, run 0 {problems[0].num_classes}")
+        if (problem.num_classes, problem.targets) != (problems[0].num_classes, problems[0].targets):
+            raise ValueError(f"runs advanced together must have the same classes and targets; run {index} has "
+                             f"{problem.num_classes} ({problem.targets}), run 0 {problems[0].num_classes} "
+                             f"({problems[0].targets})")
     solved = {gamma: default_eta(operator, gamma) for gamma in dict.fromkeys(config.gamma for config in configs)}
     resolved = [(solved[config.gamma][0] if config.eta is None else float(config.eta), solved[config.gamma][1])
                 for config in configs]

@@ -332,6 +332,11 @@ def test_runs_advanced_together_keep_going_past_a_diverging_one_and_share_their_
         simulate_many([problem, problem], blocks, [MetaConfig(steps=3), MetaConfig(steps=4)], [0, 1])
     with pytest.raises(ValueError, match="one config, seed and initial outputs per problem"):
         simulate_many([problem], blocks, [MetaConfig(), MetaConfig()], [0])
+    signed = dataclasses.replace(problem, num_classes=2, targets="signed", y_noisy=problem.y_noisy % 2,
+                                 y_true=problem.y_true % 2, y_meta=problem.y_meta % 2, y_test=problem.y_test % 2,
+                                 transition=np.eye(2))
+    with pytest.raises(ValueError, match="same classes and targets"):
+        simulate_many([problem, signed], blocks, [MetaConfig(), MetaConfig()], [0, 1])
 
 
 def test_step_needs_a_resolved_eta_and_a_matching_operator():
