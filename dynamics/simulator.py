@@ -494,7 +494,7 @@ def simulate(problem: Problem, operator: KernelOperator, config: MetaConfig = Me
     if diverged is not None:
         raise _divergence(diverged, eta, lambda_joint)
     return _trajectory(problem, operator, config, rule, lambda_joint, seed, initial_outputs, records,
-                       np.asarray(state.F), F_test)
+                       np.asarray(state.F), F_test, operator.k_meta_norm())
 
 
 @_float64
@@ -551,6 +551,7 @@ def simulate_many(problems: Sequence[Problem], operator: KernelOperator, configs
 
     state, records, F_test, diverged = _drive(advance, state, configs[0], progress, runs=runs)
     F = np.asarray(state.F)
+    k_meta_norm = operator.k_meta_norm()  # a property of the kernel, the same for every run
     results = []
     for index, (problem, config, seed, outputs, rule, (eta, lambda_joint)) in enumerate(
             zip(problems, configs, seeds, initial_outputs, rules, resolved)):
@@ -559,7 +560,7 @@ def simulate_many(problems: Sequence[Problem], operator: KernelOperator, configs
             continue
         own = {name: value[:, index] for name, value in records.items()}
         results.append(_trajectory(problem, operator, config, rule, lambda_joint, seed, outputs, own, F[index],
-                                   F_test[index]))
+                                   F_test[index], k_meta_norm))
     return results
 
 
@@ -626,9 +627,11 @@ def _drive(advance, state, config: MetaConfig, progress, *, runs: int | None):
 
 
 def _trajectory(problem: Problem, operator: KernelOperator, config: MetaConfig, rule: _Rule, lambda_joint: float,
-                seed: int, initial_outputs, records: dict, F: np.ndarray, F_test: np.ndarray) -> Trajectory:
+                seed: int, initial_outputs, records: dict, F: np.ndarray, F_test: np.ndarray,
+                k_meta_norm: np.ndarray) -> Trajectory:
     """A finished run's :class:`~dynamics.trajectory.Trajectory`: its records, final outputs ``F : (n + m, C)``
-    and ``F_test : (p, C)``, and every resolved parameter in ``config``."""
+    and ``F_test : (p, C)``, the kernel's ``k_meta_norm`` (:meth:`KernelBlocks.k_meta_norm`), and every resolved
+    parameter in ``config``."""
     n, m, p = problem.sizes
     C = problem.num_classes
     resolved = dataclasses.asdict(config) | {
@@ -636,11 +639,12 @@ def _trajectory(problem: Problem, operator: KernelOperator, config: MetaConfig, 
         "lambda_joint": lambda_joint, "eta_stable_below": 2.0 / lambda_joint,
         "init": "zero" if initial_outputs is None else "given",
     }
+    targets = _targets(problem)
     return Trajectory(
         **records,
         noisy=problem.noisy,
-        label_similarity=np.sum(operator.transpose_meta(_targets(problem)[n:]) * _targets(problem)[:n], axis=1),
-        k_meta_norm=operator.k_meta_norm(),
+        label_similarity=np.sum(operator.transpose_meta(targets[n:]) * targets[:n], axis=1),
+        k_meta_norm=k_meta_norm,
         outputs=F[:n], meta_outputs=F[n:], test_outputs=F_test,
         config=resolved,
     )
