@@ -22,11 +22,13 @@ float64 matrix product):
   noise (rates spread over [0.1, 0.5], each its own draw), the seed, ``beta``
   (1 or 2), ``gamma`` (1 or 0.5) and ``w0`` (0.5 or 0.4);
 * the one-at-a-time reference is :func:`~dynamics.simulator.simulate` of the
-  first run, timed once (after a compiling call) and multiplied by nothing:
-  the cost of one run alone;
-* each ``S`` is one ``simulate_many`` call after a compiling call on the
-  same shapes; "per simulation" is its wall time divided by ``S``, and the
-  speed-up is the single run's time over that;
+  first run (after a compiling call), the median of three calls: the cost
+  of one run alone, its eta solve included;
+* each ``S`` is the median of three ``simulate_many`` calls after a
+  compiling call on the same shapes; "per simulation" is that time divided
+  by ``S``, and the speed-up is the single run's time over that; with
+  ``S >= 2`` the products run in numpy's BLAS
+  (:func:`dynamics.operators.host_products`), with ``S = 1`` in XLA;
 * every run is recorded at its first and last step only (``record_every =
   steps``) without C7 draws, so the step dominates, as in a long sweep;
 * the equality: up to four of the ``S`` runs (the first, the last and two
@@ -48,6 +50,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import sys
 import time
 
@@ -61,6 +64,7 @@ DEFAULT_SIZES = (4000, 8000)
 DEFAULT_RUNS = (1, 4, 16, 64)
 DEFAULT_STEPS = {4000: 40, 8000: 15}
 TOLERANCE = 1e-12
+REPEATS = 3  # every time is the median of this many calls
 
 
 def build_parser() -> ArgumentParser:
@@ -104,10 +108,14 @@ def _largest_difference(batched, single) -> float:
     return worst
 
 
-def _timed(function):
-    start = time.perf_counter()
-    value = function()
-    return value, time.perf_counter() - start
+def _timed(function, repeats: int = REPEATS):
+    """``(value, median seconds, every time)`` of ``repeats`` calls (the machine may be shared)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        value = function()
+        times.append(time.perf_counter() - start)
+    return value, statistics.median(times), times
 
 
 def run_size(n: int, steps: int, sizes_of_S) -> dict:
@@ -123,15 +131,15 @@ def run_size(n: int, steps: int, sizes_of_S) -> dict:
     device = jax.device_put(blocks)
     problems, configs, seeds = _runs(problem, max(sizes_of_S), steps)
     simulate(problems[0], device, configs[0], seed=seeds[0])  # compiles
-    single, seconds = _timed(lambda: simulate(problems[0], device, configs[0], seed=seeds[0]))
-    result["single_seconds"] = seconds
+    single, seconds, times = _timed(lambda: simulate(problems[0], device, configs[0], seed=seeds[0]))
+    result["single_seconds"], result["single_times"] = seconds, times
     _progress(f"n={n}: one run alone {seconds:.2f} s ({steps} steps)")
     kernel_bytes = blocks.K_X.nbytes + blocks.K_V.nbytes
     rows = []
     for S in sizes_of_S:
         args = (problems[:S], device, configs[:S], seeds[:S])
         simulate_many(*args)  # compiles for this S
-        batched, seconds = _timed(lambda: simulate_many(*args))
+        batched, seconds, times = _timed(lambda: simulate_many(*args))
         checked = sorted({0, S - 1, S // 3, (2 * S) // 3})
         difference = max(_largest_difference(batched[i], single if i == 0 else
                                              simulate(problems[i], device, configs[i], seed=seeds[i]))
@@ -140,7 +148,7 @@ def run_size(n: int, steps: int, sizes_of_S) -> dict:
         floors = {"bandwidth": kernel_bytes / (result["limits"]["copy_gb_s"] * 1e9),
                   "flops": S * step_flops(n, m, NUM_CLASSES) / (result["limits"]["gemm_gflop_s"] * 1e9)}
         binding = max(floors, key=floors.get)
-        row = {"S": S, "seconds": seconds, "per_simulation": seconds / S,
+        row = {"S": S, "seconds": seconds, "times": times, "per_simulation": seconds / S,
                "speed_up": result["single_seconds"] / (seconds / S), "checked_runs": checked,
                "largest_relative_difference": difference,
                "achieved_gb_s": kernel_bytes / per_step / 1e9,

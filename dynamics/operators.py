@@ -33,9 +33,12 @@ run, and are never called inside a step (docs/architecture.md, convention 2).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
-from collections.abc import Callable
+import itertools
+import threading
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import jax
@@ -266,7 +269,8 @@ class KernelBlocks:
         Lanczos on the blocks: the joint matrix is never formed.
         """
         n, m, _ = self.sizes
-        K_XX, K_VX, K_VV = (np.asarray(a) for a in (self.K_XX, self.K_VX, self.K_VV))
+        host = self._on_host()
+        K_XX, K_VX, K_VV = host.K_XX, host.K_VX, host.K_VV
         root = np.sqrt(gamma)
 
         def matvec(v):
@@ -279,13 +283,17 @@ class KernelBlocks:
         return _top_eigenvalue(operator, tol=1e-12 if self.dtype == np.float64 else 1e-6)
 
     def lambda_max_train(self) -> float:
-        return _top_eigenvalue_of_symmetric(np.asarray(self.K_XX))
+        return _top_eigenvalue_of_symmetric(self._on_host().K_XX)
 
     def transpose_meta(self, R_meta: np.ndarray) -> np.ndarray:
-        return _host(self.K_VX).T @ R_meta
+        return _host(self._on_host().K_VX).T @ R_meta
 
     def k_meta_norm(self) -> np.ndarray:
-        return np.linalg.norm(_host(self.K_VX), axis=0)
+        return np.linalg.norm(_host(self._on_host().K_VX), axis=0)
+
+    def _on_host(self) -> KernelBlocks:
+        """These blocks with numpy arrays (views of device-put ones on a CPU): slicing them copies nothing."""
+        return jax.tree.map(np.asarray, self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -311,6 +319,153 @@ class _DenseBatch:
 def dense_meta_kernel(K_VX, K_VV) -> BatchKernel:
     """The look-ahead and coupling products of given blocks ``K_VX : (m, n)``, ``K_VV : (m, m)`` (no ``apply``)."""
     return _DenseBatch(None, None, K_VX, K_VV)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Dense blocks multiplied by the host's BLAS (runs advanced together)
+
+_HOST_BLOCKS: dict[int, KernelBlocks] = {}
+_HOST_INTERRUPTS: dict[int, BaseException] = {}
+_HOST_TOKENS = itertools.count()
+
+
+@contextlib.contextmanager
+def host_products(blocks: KernelBlocks) -> Iterator[HostBlocks]:
+    """``blocks`` as an operator whose full-batch products are computed by numpy's BLAS, called back from the
+    jitted step; valid inside the ``with`` block.
+
+    For ``S`` runs advanced together (:func:`dynamics.simulator.simulate_many`) every product of a step is one
+    GEMM with ``S C`` columns, bound by arithmetic; XLA's CPU float64 GEMM reaches about half of numpy's BLAS
+    on the same machine (``bench/batched.py`` measures both). The blocks stay where they are: the jitted code
+    carries only a token that names them in a registry while the block lasts, so no kernel is copied per call
+    and the compiled loop serves every kernel of the same sizes. A single run's thin products gain nothing
+    (the kernel's read binds them), so :func:`dynamics.simulator.simulate` does not use this.
+    """
+    token = next(_HOST_TOKENS)
+    _HOST_BLOCKS[token] = jax.tree.map(np.asarray, blocks)  # host arrays (views of device-put ones on a CPU)
+    try:
+        yield HostBlocks(np.int64(token), blocks.sizes)
+    finally:
+        del _HOST_BLOCKS[token]
+        _HOST_INTERRUPTS.pop(token, None)
+
+
+def raise_host_interrupt(operator: HostBlocks) -> None:
+    """Raise the interrupt (SIGINT, or a signal handler's exception) that arrived during one of ``operator``'s
+    callbacks; call it once the jitted call has returned.
+
+    XLA runs a callback on the calling thread, so a signal handler's exception can be raised inside it, where
+    XLA would turn it into a runtime error. The callback keeps it instead, returns zeros for the rest of the
+    jitted call, and this raises it where the caller can unwind.
+    """
+    interrupt = _HOST_INTERRUPTS.pop(int(operator.token), None)
+    if interrupt is not None:
+        raise interrupt
+
+
+def _host_block(blocks: KernelBlocks, name: str) -> np.ndarray:
+    """A block by name; ``"K_VX.T"`` is the transpose of ``K_VX`` (a view, multiplied without a copy)."""
+    return getattr(blocks, name.removesuffix(".T")).T if name.endswith(".T") else getattr(blocks, name)
+
+
+def _host_multiply(names: tuple[str, ...], token, *right):
+    """``tuple(X_t @ block(name).T for name, X_t in zip(names, right))`` on the host, for the transposed operands
+    ``X_t = X.T : (c, rows)``; from vmapped callers (runs, C7 draws) ``(*batch, c, rows)`` with size-1 axes where
+    a vmap left an operand unbatched: the ``S`` operands of the broadcast batch are then the ``S c`` rows of one
+    GEMM, with no copy on either side (XLA writes and reads the transposes inside its own fused loops)."""
+    token = int(np.ravel(token)[0])
+    try:
+        return _host_products_of(_HOST_BLOCKS[token], names, right)
+    except Exception:
+        raise
+    except BaseException as interrupt:  # kept for raise_host_interrupt, after the jitted call
+        _HOST_INTERRUPTS[token] = interrupt
+        batch = np.broadcast_shapes(*(np.shape(X)[:-2] for X in right))
+        return tuple(np.zeros(batch + (np.shape(X)[-2], _host_block(_HOST_BLOCKS[token], name).shape[0]))
+                     for name, X in zip(names, right))
+
+
+def _host_products_of(blocks: KernelBlocks, names: tuple[str, ...], right) -> tuple[np.ndarray, ...]:
+    batch = np.broadcast_shapes(*(np.shape(X)[:-2] for X in right))
+    products = []
+    for name, X in zip(names, right):
+        K, (c, rows) = _host_block(blocks, name), np.shape(X)[-2:]
+        X = np.broadcast_to(np.asarray(X), batch + (c, rows)).reshape(-1, rows)
+        with np.errstate(all="ignore"):  # IEEE arithmetic, silent as in XLA: a diverging run is reported as such
+            product = X @ K.T if K.dtype == X.dtype else (X.astype(K.dtype) @ K.T).astype(X.dtype)
+        products.append(product.reshape(batch + (c, K.shape[0])))
+    return tuple(products)
+
+
+def _called_back(names: tuple[str, ...], rows: tuple[int, ...], token, *right):
+    """``tuple(block(name) @ X ...)`` by :func:`_host_multiply` from jitted code (``rows``: each product's row
+    count), which multiplies the transposes."""
+    shapes = tuple(jax.ShapeDtypeStruct((X.shape[-1], count), X.dtype) for count, X in zip(rows, right))
+    products = jax.pure_callback(functools.partial(_host_multiply, names), shapes, token, *(X.T for X in right),
+                                 vmap_method="expand_dims")
+    return tuple(product.T for product in products)
+
+
+def x64_in_every_thread() -> bool:
+    """Whether JAX's x64 mode is on process-wide, not only inside a caller's ``enable_x64`` scope (which is
+    thread-local). XLA runs callbacks on its own threads, and JAX converts a callback's float64 arrays to
+    float32 on a thread outside x64 mode, so :func:`host_products` needs it process-wide."""
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(bool(jax.config.jax_enable_x64)))
+    thread.start()
+    thread.join()
+    return seen[0]
+
+
+@jax.tree_util.register_pytree_node_class
+@dataclasses.dataclass(frozen=True)
+class HostBlocks:
+    """:class:`KernelBlocks` whose products run on the host (made by :func:`host_products`); full batches only.
+
+    token : () the registry entry of the blocks (a pytree leaf: one compilation for every kernel of these sizes).
+    sizes : ``(n, m, p)``.
+    """
+
+    token: np.ndarray
+    sizes: tuple[int, int, int]
+
+    def tree_flatten(self):
+        return (self.token,), self.sizes
+
+    @classmethod
+    def tree_unflatten(cls, sizes, leaves):
+        return _new(cls, token=leaves[0], sizes=sizes)
+
+    def select(self, batch, meta_batch) -> _HostBatch:
+        if batch is not None or meta_batch is not None:
+            raise ValueError("host products serve full-batch steps only (batch_size and meta_batch_size None)")
+        return _HostBatch(self.token, self.sizes)
+
+    def apply_test(self, G, R_meta, gamma: float):
+        p = self.sizes[2]
+        train, meta = _called_back(("K_TX", "K_TV"), (p, p), self.token, G, R_meta)
+        return train + gamma * meta
+
+
+@dataclasses.dataclass(frozen=True)
+class _HostBatch:
+    """The full-batch products of :class:`_DenseBatch`, computed on the host."""
+
+    token: jax.Array
+    sizes: tuple[int, int, int]
+
+    def apply(self, G, R_meta, gamma):
+        n, m, _ = self.sizes
+        train, meta = _called_back(("K_X", "K_V"), (n + m, n + m), self.token, G, R_meta)
+        return train + gamma * meta
+
+    def apply_meta_rows(self, G, R_meta, gamma):
+        m = self.sizes[1]
+        train, meta = _called_back(("K_VX", "K_VV"), (m, m), self.token, G, R_meta)
+        return train + gamma * meta
+
+    def transpose_meta_rows(self, R_meta):
+        return _called_back(("K_VX.T",), (self.sizes[0],), self.token, R_meta)[0]
 
 
 # ---------------------------------------------------------------------------------------------------------------

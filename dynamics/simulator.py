@@ -35,6 +35,7 @@ are float64: pass them back to these functions, or convert them with
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
@@ -45,7 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dynamics.config import LOSSES, VARIANTS, MetaConfig
-from dynamics.operators import BatchKernel, FeatureKernel, KernelBlocks, KernelOperator, dense_meta_kernel
+from dynamics.operators import BatchKernel, FeatureKernel, KernelBlocks, KernelOperator, dense_meta_kernel, \
+    host_products, raise_host_interrupt, x64_in_every_thread
 from dynamics.problem import Problem
 from dynamics.trajectory import Trajectory
 
@@ -344,16 +346,18 @@ _step_jit = jax.jit(_step, static_argnums=0)
 _test_outputs_jit = jax.jit(_test_outputs, static_argnums=0)
 
 
-def default_eta(operator: KernelOperator, gamma: float) -> tuple[float, float]:
+def default_eta(operator: KernelOperator, gamma: float, *, lambda_train: float | None = None
+                ) -> tuple[float, float]:
     """``(eta, lambda_joint)``: docs/theory.md section 5's ``1 / lambda_max(K_XX)`` unless it is unstable.
 
     Gradient descent on the weighted sum of MSE losses is stable while ``eta < 2 /
     lambda_joint`` (CE's Hessian in the outputs is smaller, so the same holds).
     Both eigenvalues come from the operator (Lanczos on the blocks, or ``(D, D)``
-    Gram matrices of features): solve this once per run, never per step.
+    Gram matrices of features): solve this once per run, never per step
+    (``lambda_train``: ``operator.lambda_max_train()`` when already known).
     """
     lambda_joint = operator.lambda_max(gamma)
-    eta = 1.0 / operator.lambda_max_train()
+    eta = 1.0 / (operator.lambda_max_train() if lambda_train is None else lambda_train)
     return (eta if eta * lambda_joint < 2.0 else 1.0 / lambda_joint), lambda_joint
 
 
@@ -411,6 +415,11 @@ def init(problem: Problem, operator: KernelOperator, config: MetaConfig = MetaCo
     initial_outputs : (n + m + p, C) initial outputs stacked train, clean, test
         (``None``: zero, the centred network); see :func:`gp_prior_outputs`.
     """
+    return jax.tree.map(jnp.asarray, _initial_state(problem, operator, config, seed, initial_outputs))
+
+
+def _initial_state(problem: Problem, operator, config: MetaConfig, seed: int, initial_outputs) -> SimState:
+    """:func:`init`'s state with numpy leaves (stacked for runs advanced together without eager JAX ops)."""
     _check(problem, operator, config)
     n, m, p = problem.sizes
     C = problem.outputs  # K outputs: C, or 1 for +-1 targets
@@ -419,9 +428,9 @@ def init(problem: Problem, operator: KernelOperator, config: MetaConfig = MetaCo
         raise ValueError(f"initial_outputs must have shape {(n + m + p, C)}, got {F0.shape}")
     batch_key, _ = _keys(seed)
     # Explicit dtypes: a weakly typed leaf would make the second call of the jitted step compile anew.
-    return SimState(F=jnp.asarray(F0[:n + m]), w=jnp.full(n, float(config.w0), dtype=jnp.float64),
-                    G_sum=jnp.zeros((n, C), dtype=jnp.float64), R_meta_sum=jnp.zeros((m, C), dtype=jnp.float64),
-                    F_test0=jnp.asarray(F0[n + m:]), t=jnp.zeros((), dtype=jnp.int64), key=batch_key)
+    return SimState(F=F0[:n + m], w=np.full(n, float(config.w0)), G_sum=np.zeros((n, C)),
+                    R_meta_sum=np.zeros((m, C)), F_test0=F0[n + m:], t=np.zeros((), dtype=np.int64),
+                    key=np.asarray(batch_key))
 
 
 @_float64
@@ -533,23 +542,35 @@ def simulate_many(problems: Sequence[Problem], operator: KernelOperator, configs
             raise ValueError(f"runs advanced together must have the same classes and targets; run {index} has "
                              f"{problem.num_classes} ({problem.targets}), run 0 {problems[0].num_classes} "
                              f"({problems[0].targets})")
-    solved = {gamma: default_eta(operator, gamma) for gamma in dict.fromkeys(config.gamma for config in configs)}
+    lambda_train = operator.lambda_max_train()  # the same for every gamma
+    solved = {gamma: default_eta(operator, gamma, lambda_train=lambda_train)
+              for gamma in dict.fromkeys(config.gamma for config in configs)}
     resolved = [(solved[config.gamma][0] if config.eta is None else float(config.eta), solved[config.gamma][1])
                 for config in configs]
     rules = [_Rule.of(config, eta) for config, (eta, _) in zip(configs, resolved)]
     coefficients = jnp.asarray([[rule.eta, rule.beta, rule.gamma] for rule in rules], dtype=jnp.float64)
     shared_rule = dataclasses.replace(rules[0], eta=0.0, beta=0.0, gamma=0.0)  # one compilation for any values
-    state = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[
-        init(problem, operator, config, seed=seed, initial_outputs=outputs)
+    state = jax.tree.map(lambda *leaves: np.stack(leaves), *[
+        _initial_state(problem, operator, config, seed, outputs)
         for problem, config, seed, outputs in zip(problems, configs, seeds, initial_outputs)])
     data = jax.tree.map(lambda *leaves: np.stack(leaves), *[
         _run_data(problem, seed) for problem, seed in zip(problems, seeds)])
-    device_operator, data = jax.device_put(operator), jax.device_put(data)
+    data = jax.device_put(data)
+    # Full-batch products of two or more runs are GEMMs bound by arithmetic, which numpy's BLAS computes about
+    # twice as fast as XLA (bench/batched.py); one run's thin product is bound by reading the kernel. The
+    # toolkit's commands have x64 on process-wide (kernels/_nt.py); without it, XLA's products serve.
+    host = (runs > 1 and isinstance(operator, KernelBlocks) and shared["batch_size"] is None
+            and shared["meta_batch_size"] is None and x64_in_every_thread())
+    with host_products(operator) if host else contextlib.nullcontext(jax.device_put(operator)) as device_operator:
 
-    def advance(state, advances, remainder, last):
-        return _segments(shared_rule, device_operator, data, state, coefficients, advances, remainder, last)
+        def advance(state, advances, remainder, last):
+            out = _segments(shared_rule, device_operator, data, state, coefficients, advances, remainder, last)
+            if host:
+                jax.block_until_ready(out)
+                raise_host_interrupt(device_operator)
+            return out
 
-    state, records, F_test, diverged = _drive(advance, state, configs[0], progress, runs=runs)
+        state, records, F_test, diverged = _drive(advance, state, configs[0], progress, runs=runs)
     F = np.asarray(state.F)
     k_meta_norm = operator.k_meta_norm()  # a property of the kernel, the same for every run
     results = []

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 from random_problems import feature_problem
 from tolerance import assert_close
 
+import dynamics.operators as operators
 import dynamics.simulator
 from dynamics.simulator import (CACHE_AFFECTED_JAX, DivergenceError, FeatureKernel, KernelBlocks, MetaConfig, init,
                                 meta_score, predict_test, simulate, simulate_many, step)
@@ -320,14 +322,28 @@ def test_runs_advanced_together_equal_the_runs_alone(problem, variant, loss, min
         np.testing.assert_array_equal(batched.label_similarity, alone.label_similarity)
 
 
-def test_runs_advanced_together_keep_going_past_a_diverging_one_and_share_their_loop():
+def test_runs_advanced_together_keep_going_past_a_diverging_one_and_share_their_loop(monkeypatch):
     problem = feature_problem(np.random.default_rng(1), 20, 6, 4, 3, 10)
     blocks = _linear_blocks(problem)
-    shared = dict(steps=400, record_every=10, perturb_draws=0)
+    shared = dict(steps=400, record_every=10, perturb_draws=2)
     configs = [MetaConfig(**shared), MetaConfig(**shared, eta=50.0 / blocks.lambda_max(1.0))]
-    stable, diverged = simulate_many([problem, problem], blocks, configs, [0, 0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the host's products overflow silently, as XLA's do
+        stable, diverged = simulate_many([problem, problem], blocks, configs, [0, 0])
     assert isinstance(diverged, DivergenceError) and "eta below" in str(diverged)
-    np.testing.assert_allclose(stable.w, simulate(problem, blocks, configs[0]).w, rtol=0, atol=1e-12)
+    # Full-batch runs advanced together multiply on the host (dynamics.operators.host_products), C7's draws
+    # (a vmap inside the runs' vmap) included: to 1e-12.
+    alone = simulate(problem, blocks, configs[0])
+    for name in ("w", "score", "outputs", "test_outputs", "flip_rate"):
+        np.testing.assert_allclose(getattr(stable, name), getattr(alone, name), rtol=0, atol=1e-12)
+
+    def interrupted(*args):  # Ctrl-C, or a signal handler's exception, raised inside a host product
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(operators, "_host_products_of", interrupted)
+    with pytest.raises(KeyboardInterrupt):  # unwinds from the caller, not as an XLA runtime error
+        simulate_many([problem, problem], blocks, configs, [0, 0])
+    assert not operators._HOST_BLOCKS and not operators._HOST_INTERRUPTS
     with pytest.raises(ValueError, match="differs from run 0 in steps"):
         simulate_many([problem, problem], blocks, [MetaConfig(steps=3), MetaConfig(steps=4)], [0, 1])
     with pytest.raises(ValueError, match="one config, seed and initial outputs per problem"):
