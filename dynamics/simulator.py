@@ -52,7 +52,7 @@ from dynamics.problem import Problem
 from dynamics.trajectory import Trajectory
 
 __all__ = ["LOSSES", "VARIANTS", "INITS", "CompilationCacheError", "DivergenceError", "FeatureKernel", "KernelBlocks", "KernelOperator",
-           "MetaConfig", "SimState", "default_eta", "gp_prior_outputs", "init", "meta_score", "predict_test",
+           "MetaConfig", "SimState", "default_eta", "gp_prior_outputs", "init", "meta_score", "outputs_at", "predict_test",
            "refuse_persistent_cache", "SHARED_KNOBS", "simulate", "simulate_many", "step"]
 
 INITS = ("zero", "gp")
@@ -301,34 +301,36 @@ def _record(rule: _Rule, operator: KernelOperator, data, state: SimState):
     }
 
 
-def _segment_body(rule: _Rule, operator: KernelOperator, data, state: SimState, advances, remainder, last):
-    """A stretch of a run: for each ``k`` of ``advances : (L,)``, record, then take ``k`` steps; then take
-    ``remainder`` more steps. Returns the state, the ``L`` records stacked, and, when ``last``, the record of
-    the final state and the final test outputs ``(p, C)`` (else placeholders of their shapes)."""
+def _segment_body(rule: _Rule, operator: KernelOperator, data, state: SimState, advances, remainder):
+    """A stretch of a run: for each ``k`` of ``advances : (L,)``, keep the state, then take ``k`` steps; then take
+    ``remainder`` more steps. Returns the state, the records of the ``L`` kept states stacked, the record of the
+    final state and the final test outputs ``(p, C)``.
+
+    The records are taken after the steps, all at once (a vmap over the kept states): every kernel product of
+    :func:`_record` then serves the ``L + 1`` states (and C7's draws) in one product with that many times the
+    columns, instead of a thin product per recorded step; and the record is compiled once.
+    """
 
     def take_steps(state, count):
         return jax.lax.fori_loop(0, count, lambda _, s: _step(rule, operator, data["Y"], s), state)
 
-    def record_and_advance(state, count):
-        return take_steps(state, count), _record(rule, operator, data, state)
+    def keep_and_advance(state, count):
+        return take_steps(state, count), state
 
-    state, records = jax.lax.scan(record_and_advance, state, advances)
+    state, kept = jax.lax.scan(keep_and_advance, state, advances)
     state = take_steps(state, remainder)
-
-    def final(state):
-        return _record(rule, operator, data, state), _test_outputs(rule, operator, state)
-
-    shapes = jax.eval_shape(final, state)
-    final_record, F_test = jax.lax.cond(last, final, lambda _: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                                                                             shapes), state)
-    return state, records, final_record, F_test
+    states = jax.tree.map(lambda kept, final: jnp.concatenate([kept, final[None]]), kept, state)
+    records = jax.vmap(lambda state: _record(rule, operator, data, state))(states)
+    length = advances.shape[0]
+    return (state, jax.tree.map(lambda r: r[:length], records), jax.tree.map(lambda r: r[length], records),
+            _test_outputs(rule, operator, state))
 
 
 _segment = jax.jit(_segment_body, static_argnums=0)
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _segments(rule: _Rule, operator: KernelOperator, data, state: SimState, coefficients, advances, remainder, last):
+def _segments(rule: _Rule, operator: KernelOperator, data, state: SimState, coefficients, advances, remainder):
     """:func:`_segment` of ``S`` runs at once over one kernel: ``data``, ``state`` and ``coefficients`` (``eta,
     beta, gamma``, each ``(S,)``) carry a leading run axis, ``rule`` the knobs the runs share. Every product with
     the kernel becomes one product with ``S`` times as many columns (the kernel is read once for all runs). The
@@ -337,7 +339,7 @@ def _segments(rule: _Rule, operator: KernelOperator, data, state: SimState, coef
     def one(data, state, coefficients):
         eta, beta, gamma = coefficients
         own = dataclasses.replace(rule, eta=eta, beta=beta, gamma=gamma)
-        return _segment_body(own, operator, data, state, advances, remainder, last)
+        return _segment_body(own, operator, data, state, advances, remainder)
 
     return jax.vmap(one, out_axes=(0, 1, 0, 0))(data, state, coefficients)
 
@@ -496,14 +498,30 @@ def simulate(problem: Problem, operator: KernelOperator, config: MetaConfig = Me
     rule = _Rule.of(config, eta)
     device_operator, data = jax.device_put(operator), jax.device_put(_run_data(problem, seed))
 
-    def advance(state, advances, remainder, last):
-        return _segment(rule, device_operator, data, state, advances, remainder, last)
+    def advance(state, advances, remainder):
+        return _segment(rule, device_operator, data, state, advances, remainder)
 
     state, records, F_test, diverged = _drive(advance, state, config, progress, runs=None)
     if diverged is not None:
         raise _divergence(diverged, eta, lambda_joint)
     return _trajectory(problem, operator, config, rule, lambda_joint, seed, initial_outputs, records,
                        np.asarray(state.F), F_test, operator.k_meta_norm())
+
+
+@_float64
+def outputs_at(problem: Problem, operator: KernelOperator, config: MetaConfig, steps: int, *, seed: int = 0,
+               initial_outputs: np.ndarray | None = None) -> np.ndarray:
+    """``(n + m, C)``: the training and clean outputs after ``steps`` steps of the run that :func:`simulate`
+    takes with the same arguments (``config.eta`` set: :func:`default_eta`), computed by the loop that
+    :func:`simulate` compiled for ``config`` (no new compilation): one segment that takes the ``steps`` steps
+    after its first record."""
+    rule = _Rule.of(config, _resolved_eta(config, "outputs_at"))
+    state = init(problem, operator, config, seed=seed, initial_outputs=initial_outputs)
+    advances = np.zeros(_segment_length(config), dtype=np.int64)
+    advances[0] = steps
+    state, *_ = _segment(rule, jax.device_put(operator), jax.device_put(_run_data(problem, seed)), state,
+                         jnp.asarray(advances), 0)
+    return np.asarray(state.F)
 
 
 @_float64
@@ -563,8 +581,8 @@ def simulate_many(problems: Sequence[Problem], operator: KernelOperator, configs
             and shared["meta_batch_size"] is None and x64_in_every_thread())
     with host_products(operator) if host else contextlib.nullcontext(jax.device_put(operator)) as device_operator:
 
-        def advance(state, advances, remainder, last):
-            out = _segments(shared_rule, device_operator, data, state, coefficients, advances, remainder, last)
+        def advance(state, advances, remainder):
+            out = _segments(shared_rule, device_operator, data, state, coefficients, advances, remainder)
             if host:
                 jax.block_until_ready(out)
                 raise_host_interrupt(device_operator)
@@ -604,7 +622,7 @@ def _divergence(step: int, eta: float, lambda_joint: float) -> DivergenceError:
 
 
 def _drive(advance, state, config: MetaConfig, progress, *, runs: int | None):
-    """Run ``config.steps`` steps of ``advance`` (a jitted segment) from ``state``, recording every
+    """Run ``config.steps`` steps of ``advance`` (a jitted segment, :func:`_segment_body`) from ``state``, recording every
     ``config.record_every`` steps, in about a hundred segments.
 
     The records at steps 0, e, 2e, ..., (c - 1) e are taken in segments of L records each (the last one padded
@@ -617,8 +635,7 @@ def _drive(advance, state, config: MetaConfig, progress, *, runs: int | None):
     that shows its divergence; runs advanced together go on until all of them have diverged.
     """
     every, steps = int(config.record_every), int(config.steps)
-    scanned = steps // every
-    length = max(1, -(-scanned // _PROGRESS_REPORTS))
+    scanned, length = steps // every, _segment_length(config)
     advances = np.zeros(max(1, -(-scanned // length)) * length, dtype=np.int64)
     advances[:scanned] = every
     count = 1 if runs is None else runs
@@ -626,7 +643,7 @@ def _drive(advance, state, config: MetaConfig, progress, *, runs: int | None):
     for start in range(0, len(advances), length):
         last = start + length >= len(advances)
         state, records, final, F_test = advance(state, jnp.asarray(advances[start:start + length]),
-                                                steps % every if last else 0, last)
+                                                steps % every if last else 0)
         valid = min(length, scanned - start)
         records = {name: np.asarray(value)[:valid] for name, value in records.items()}
         if last:
@@ -645,6 +662,11 @@ def _drive(advance, state, config: MetaConfig, progress, *, runs: int | None):
             progress(steps if last else (start + length) * every)
     records = {name: np.concatenate([segment[name] for segment in segments]) for name in segments[0]}
     return state, records, np.asarray(F_test), (diverged[0] if runs is None else diverged)
+
+
+def _segment_length(config: MetaConfig) -> int:
+    """Records per segment of :func:`_drive` (the length of the compiled loop's ``advances``)."""
+    return max(1, -(-(int(config.steps) // int(config.record_every)) // _PROGRESS_REPORTS))
 
 
 def _trajectory(problem: Problem, operator: KernelOperator, config: MetaConfig, rule: _Rule, lambda_joint: float,

@@ -13,6 +13,7 @@ repeats the run exactly, whoever started it.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -461,16 +462,25 @@ class SimulationResult:
         features themselves (``config.json`` names their source and checksum); it has no dense kernel blocks, so
         ``kernels=True`` is a ``ValueError``.
         """
-        from phases.cli import write_json
-
         on_features = hasattr(self.problem, "has_y_true")
         if kernels and on_features:
             raise ValueError("a run on features has no dense kernel blocks to save (its kernel is the features' "
                              "linear kernel; K = Phi Phi^T would take (n, n) memory)")
+        # The trajectory's compression (bzip2, which releases the GIL) runs on a second core beside the rest.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            compressed = pool.submit(self.trajectory.save, os.path.join(directory, "trajectory.npz"))
+            written = self._save_beside(directory, kernels, figure, command, on_features)
+            compressed.result()
+        return written
+
+    def _save_beside(self, directory: str, kernels: bool, figure: bool, command: str | None, on_features: bool
+                     ) -> list[str]:
+        """:meth:`save` but the trajectory."""
+        from phases.cli import write_json
+
         write_json(os.path.join(directory, "config.json"), self.config_json(command))
         arrays = self.problem.label_arrays() if on_features else self.problem.arrays()
         np.savez(os.path.join(directory, "problem.npz"), **arrays)
-        self.trajectory.save(os.path.join(directory, "trajectory.npz"))
         written = ["config.json", "problem.npz", "trajectory.npz", "summary.json"]
         if kernels:
             np.savez(os.path.join(directory, "kernels.npz"), **self.blocks.arrays())
@@ -630,17 +640,15 @@ def _resolved_meta_config(config: SimulationConfig, operator) -> MetaConfig:
 
 
 def _rate_prediction(problem, operator, meta, trajectory, phases: Phases, seed: int, initial_outputs):
-    """C5''s prediction, from the state of the run at ``T_filter``: the same run stopped there (the dynamics are
-    deterministic); ``None`` without a filtering boundary."""
-    from dynamics.simulator import simulate
+    """C5''s prediction, from the state of the run at ``T_filter``: the same run stopped there, through its
+    compiled loop (the dynamics are deterministic); ``None`` without a filtering boundary."""
+    from dynamics.simulator import outputs_at
     from phases.claims import predict_post_filtering_rate
 
     if phases.T_filter is None or phases.T_filter == 0:
         return None
-    head = dataclasses.replace(meta, eta=trajectory.config["eta"], steps=phases.T_filter,
-                               record_every=phases.T_filter, perturb_draws=0)
-    stopped = simulate(problem, operator, head, seed=seed, initial_outputs=initial_outputs)
-    outputs = np.concatenate([stopped.outputs, stopped.meta_outputs])
+    outputs = outputs_at(problem, operator, dataclasses.replace(meta, eta=trajectory.config["eta"]),
+                         phases.T_filter, seed=seed, initial_outputs=initial_outputs)
     return predict_post_filtering_rate(problem, operator, trajectory, phases, outputs)
 
 

@@ -1,0 +1,146 @@
+"""Benchmark the main command, ``python -m phases.simulate --noise 0.4``: its wall time and where it goes.
+
+    python bench/main_command.py [--runs 5] [--out FILE]
+
+A script, not a timed test (docs/architecture.md, convention 11): it prints a
+table and writes a JSON file with every number.
+
+* ``--runs`` times the command itself in a fresh process each, as a user
+  runs it (interpreter start, imports and JAX compilation included), and
+  reports the median, smallest and largest wall time against the goal of 4 s;
+  every run's phases and claims (``summary.json``) must be byte-identical, or
+  the bench fails;
+* one more fresh process runs the same pipeline with a clock at each stage:
+  imports, the problem, the kernel, the simulation (and, inside it, JAX's
+  tracing and XLA compilation, from ``jax.monitoring``), phases and claims,
+  writing the outputs (the trajectory's compression runs on a second core
+  beside the figure).
+
+The machine's CPUs may be shared: the load average is recorded at the start
+and the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.simulator import _load, _progress  # noqa: E402
+from phases.cli import ArgumentParser, HelpFormatter, argparse, positive_int, run_main, versions, write_json  # noqa: E402
+
+PROG = "python bench/main_command.py"
+COMMAND = ["-m", "phases.simulate", "--noise", "0.4"]
+GOAL_SECONDS = 4.0
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    parser.add_argument("--runs", type=positive_int, default=5, help="timed runs of the command")
+    parser.add_argument("--out", default="bench/main_command.json",
+                        help="JSON file for every number (written atomically)")
+    parser.add_argument("--stages-worker", default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def _verdicts(directory: str) -> str:
+    """The run's phases and claims, as the bytes they are written with."""
+    with open(os.path.join(directory, "summary.json")) as handle:
+        summary = json.load(handle)
+    return json.dumps({"phases": summary["phases"], "claims": summary["claims"]}, sort_keys=True)
+
+
+def stages(out: str) -> dict:
+    """The command's pipeline in this fresh process, each stage timed (seconds)."""
+    started = time.perf_counter()
+    marks = {}
+    import jax.monitoring
+
+    import dynamics.simulator  # noqa: F401 (the command imports it before the first stage)
+    from phases.experiments import SimulationConfig, run_simulation
+    from phases.simulate import parse_config
+
+    marks["imports"] = time.perf_counter() - started
+    compiled = {"tracing": 0.0, "compilation": 0.0}
+    events = {"/jax/core/compile/jaxpr_trace_duration": "tracing",
+              "/jax/core/compile/backend_compile_duration": "compilation"}
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, seconds, **_: compiled.__setitem__(events[event], compiled[events[event]] + seconds)
+        if event in events else None)
+    config, _ = parse_config(COMMAND[2:])
+    assert isinstance(config, SimulationConfig)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    # run_simulation announces each stage as it starts: the problem is drawn, then the kernel, the simulation,
+    # the phases and claims.
+    clock = [time.perf_counter()]
+    run_started = clock[0]
+    result = run_simulation(config, stage=lambda text: clock.append(time.perf_counter()))
+    clock.append(time.perf_counter())
+    marks["problem"] = clock[1] - run_started
+    marks |= {name: clock[index + 2] - clock[index + 1]
+              for index, name in enumerate(("kernel", "simulation", "phases and claims"))}
+    os.makedirs(out, exist_ok=True)
+    save_started = time.perf_counter()
+    result.save(out)
+    marks["writing the outputs"] = time.perf_counter() - save_started
+    return {"stages": marks, "jax": compiled, "total": time.perf_counter() - started}
+
+
+def run(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.stages_worker is not None:
+        print(json.dumps(stages(args.stages_worker)))
+        return
+    load_start = _load()
+    times, verdicts = [], set()
+    with tempfile.TemporaryDirectory() as scratch:
+        for index in range(args.runs):
+            out = os.path.join(scratch, f"run{index}")
+            start = time.perf_counter()
+            subprocess.run([sys.executable, *COMMAND, "--out", out], cwd=REPO, check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            times.append(time.perf_counter() - start)
+            verdicts.add(_verdicts(out))
+            _progress(f"run {index + 1}/{args.runs}: {times[-1]:.2f} s")
+        start = time.perf_counter()
+        worker = subprocess.run([sys.executable, os.path.abspath(__file__), "--stages-worker",
+                                 os.path.join(scratch, "stages")], cwd=REPO, check=True, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        verdicts.add(_verdicts(os.path.join(scratch, "stages")))
+    if len(verdicts) != 1:
+        raise RuntimeError("the runs' phases and claims differ: the main command is not deterministic")
+    breakdown = json.loads(worker.stdout.strip().splitlines()[-1])
+    median = statistics.median(times)
+    lines = [f"`python {' '.join(COMMAND)}`: median {median:.2f} s over {args.runs} runs (min {min(times):.2f}, "
+             f"max {max(times):.2f}); goal {GOAL_SECONDS:g} s: {'met' if median < GOAL_SECONDS else 'NOT met'}; "
+             f"phases and claims byte-identical in every run", "",
+             "| stage (one instrumented run) | seconds |", "|---|---:|",
+             f"| interpreter start and the bench's own imports | {wall - breakdown['total']:.2f} |"]
+    for name, seconds in breakdown["stages"].items():
+        lines.append(f"| {name} | {seconds:.2f} |")
+    lines += [f"| (of these, JAX tracing, all stages) | {breakdown['jax']['tracing']:.2f} |",
+              f"| (of these, XLA compilation, all stages) | {breakdown['jax']['compilation']:.2f} |",
+              f"| total | {wall:.2f} |", "", f"load {load_start} -> {_load()}"]
+    table = "\n".join(lines)
+    print(table)
+    write_json(args.out, {"command": "python " + " ".join(COMMAND), "times": times, "median": median,
+                          "goal_seconds": GOAL_SECONDS, "breakdown": breakdown, "instrumented_wall": wall,
+                          "load_start": load_start, "load_end": _load(), "versions": versions(), "table": table})
+    print(f"saved {args.out}")
+
+
+def main(argv=None) -> int:
+    return run_main(PROG, lambda: run(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
