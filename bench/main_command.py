@@ -22,6 +22,7 @@ and the end.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import statistics
@@ -63,7 +64,7 @@ def stages(out: str) -> dict:
     marks = {}
     import jax.monitoring
 
-    import dynamics.simulator  # noqa: F401 (the command imports it before the first stage)
+    importlib.import_module("dynamics.simulator")  # the command imports it before the first stage
     from phases.experiments import SimulationConfig, run_simulation
     from phases.simulate import parse_config
 

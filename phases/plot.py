@@ -72,7 +72,8 @@ def plot_trajectory(trajectory, phases: Phases, title: str = "") -> plt.Figure:
     if symlog_x:
         axes[-1].set_xscale("symlog", linthresh=20)
     axes[-1].set_xlim(0, last)
-    fig.tight_layout()
+    # Fixed margins (the layout is the same on every run): tight_layout measured every label, 0.5 s per figure.
+    fig.subplots_adjust(left=0.085, right=0.985, bottom=0.055, top=0.955, hspace=0.07)
     return fig
 
 
