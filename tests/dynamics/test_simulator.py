@@ -20,7 +20,7 @@ from tolerance import assert_close
 import dynamics.operators as operators
 import dynamics.simulator
 from dynamics.simulator import (CACHE_AFFECTED_JAX, DivergenceError, FeatureKernel, KernelBlocks, MetaConfig, init,
-                                meta_score, predict_test, simulate, simulate_many, step)
+                                meta_score, outputs_at, predict_test, simulate, simulate_many, step)
 from phases.claims import c4_bound
 
 
@@ -353,6 +353,21 @@ def test_runs_advanced_together_keep_going_past_a_diverging_one_and_share_their_
                                  transition=np.eye(2))
     with pytest.raises(ValueError, match="same classes and targets"):
         simulate_many([problem, signed], blocks, [MetaConfig(), MetaConfig()], [0, 1])
+
+
+def test_outputs_at_a_step_come_from_the_run_s_own_compiled_loop():
+    """C5''s state at T_filter: outputs_at equals the run stopped there, and reuses the run's compiled loop."""
+    problem = feature_problem(np.random.default_rng(3), 30, 8, 6, 3, 12)
+    blocks = _linear_blocks(problem)
+    config = MetaConfig(steps=50, record_every=1, eta=0.5 / blocks.lambda_max(1.0))
+    simulate(problem, blocks, config, seed=2)
+    compiled = dynamics.simulator._segment._cache_size()
+    outputs = outputs_at(problem, blocks, config, 17, seed=2)
+    assert dynamics.simulator._segment._cache_size() == compiled
+    stopped = simulate(problem, blocks, dataclasses.replace(config, steps=17), seed=2)
+    np.testing.assert_allclose(outputs, np.concatenate([stopped.outputs, stopped.meta_outputs]), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="needs config.eta"):
+        outputs_at(problem, blocks, MetaConfig(steps=50), 17)
 
 
 def test_step_needs_a_resolved_eta_and_a_matching_operator():
