@@ -354,8 +354,8 @@ def raise_host_interrupt(operator: HostBlocks) -> None:
     """Raise the interrupt (SIGINT, or a signal handler's exception) that arrived during one of ``operator``'s
     callbacks; call it once the jitted call has returned.
 
-    XLA runs a callback on the calling thread, so a signal handler's exception can be raised inside it, where
-    XLA would turn it into a runtime error. The callback keeps it instead, returns zeros for the rest of the
+    XLA may run a callback on the calling (main) thread, where Python runs signal handlers, so a handler's
+    exception can be raised inside the callback, where XLA would turn it into a runtime error. The callback keeps it instead, returns zeros for the rest of the
     jitted call, and this raises it where the caller can unwind.
     """
     interrupt = _HOST_INTERRUPTS.pop(int(operator.token), None)
