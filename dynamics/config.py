@@ -48,19 +48,25 @@ class MetaConfig:
     perturb_draws: int = 4
 
     def __post_init__(self):
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        check_run_knobs(self)
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
-        if self.eta is not None:
-            real("eta", self.eta, 0.0, strict_low=True)
-        real("beta", self.beta, 0.0)
-        real("gamma", self.gamma, 0.0)
         real("w0", self.w0, 0.0, 1.0)
-        integer("steps", self.steps, 1, MAX_STEPS)
-        integer("record_every", self.record_every, 1, int(self.steps))
         for name in ("batch_size", "meta_batch_size"):
             if getattr(self, name) is not None:
                 integer(name, getattr(self, name), 1)
         real("perturb_eps", self.perturb_eps, 0.0)
         integer("perturb_draws", self.perturb_draws, 0, MAX_PERTURB_DRAWS)
+
+
+def check_run_knobs(config) -> None:
+    """Raise ``ValueError`` for a bad knob of those every run's configuration has (:class:`MetaConfig`,
+    :class:`dynamics.mwn.MWNConfig`): ``loss``, ``eta``, ``beta``, ``gamma``, ``steps``, ``record_every``."""
+    if config.loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {config.loss!r}")
+    if config.eta is not None:
+        real("eta", config.eta, 0.0, strict_low=True)
+    real("beta", config.beta, 0.0)
+    real("gamma", config.gamma, 0.0)
+    integer("steps", config.steps, 1, MAX_STEPS)
+    integer("record_every", config.record_every, 1, int(config.steps))

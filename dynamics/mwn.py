@@ -59,8 +59,8 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from dynamics.checks import integer, real
-from dynamics.config import LOSSES
+from dynamics.checks import integer
+from dynamics.config import check_run_knobs
 from dynamics.finite import NetworkConfig, analytic_kernel, scalar_empirical_ntk
 from dynamics.finite import init as init_network
 from dynamics.operators import KernelBlocks, KernelOperator
@@ -95,15 +95,8 @@ class MWNConfig:
     record_every: int = 1
 
     def __post_init__(self):
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
-        if self.eta is not None:
-            real("eta", self.eta, 0.0, strict_low=True)
-        real("beta", self.beta, 0.0)
-        real("gamma", self.gamma, 0.0)
+        check_run_knobs(self)
         integer("hidden", self.hidden, 1)
-        integer("steps", self.steps, 1)
-        integer("record_every", self.record_every, 1, int(self.steps))
 
 
 def init_weight_net(rng: np.random.Generator, hidden: int = 100) -> dict[str, np.ndarray]:

@@ -342,7 +342,7 @@ def host_products(blocks: KernelBlocks) -> Iterator[HostBlocks]:
     (the kernel's read binds them), so :func:`dynamics.simulator.simulate` does not use this.
     """
     token = next(_HOST_TOKENS)
-    _HOST_BLOCKS[token] = jax.tree.map(np.asarray, blocks)  # host arrays (views of device-put ones on a CPU)
+    _HOST_BLOCKS[token] = blocks._on_host()
     try:
         yield HostBlocks(np.int64(token), blocks.sizes)
     finally:
@@ -355,8 +355,9 @@ def raise_host_interrupt(operator: HostBlocks) -> None:
     callbacks; call it once the jitted call has returned.
 
     XLA may run a callback on the calling (main) thread, where Python runs signal handlers, so a handler's
-    exception can be raised inside the callback, where XLA would turn it into a runtime error. The callback keeps it instead, returns zeros for the rest of the
-    jitted call, and this raises it where the caller can unwind.
+    exception can be raised inside the callback, where XLA would turn it into a runtime error. The callback
+    keeps it instead, returns zeros for the rest of the jitted call, and this raises it where the caller can
+    unwind.
     """
     interrupt = _HOST_INTERRUPTS.pop(int(operator.token), None)
     if interrupt is not None:

@@ -246,7 +246,8 @@ def _test_outputs(rule: _Rule, operator: KernelOperator, state: SimState):
 
 
 def _record(rule: _Rule, operator: KernelOperator, data, state: SimState):
-    """Full-batch quantities of docs/theory.md section 3 at one state; no ``K_XX`` product.
+    """Full-batch quantities of docs/theory.md section 3 at one state, and its test outputs ``(p, C)``; no
+    ``K_XX`` product.
 
     ``O((m + p) n C)`` dense, ``O((n + m + p) D C)`` with features, times
     ``1 + perturb_draws`` for the meta score.
@@ -300,7 +301,7 @@ def _record(rule: _Rule, operator: KernelOperator, data, state: SimState):
         "test_loss": test_losses.mean(),
         "test_accuracy": jnp.mean(jnp.argmax(F_test @ data["codebook"].T, axis=-1) == y_test),  # argmax, or sign
         "flip_rate": flip_rate,
-    }
+    }, F_test
 
 
 def _segment_body(rule: _Rule, operator: KernelOperator, data, state: SimState, advances, remainder):
@@ -322,10 +323,10 @@ def _segment_body(rule: _Rule, operator: KernelOperator, data, state: SimState, 
     state, kept = jax.lax.scan(keep_and_advance, state, advances)
     state = take_steps(state, remainder)
     states = jax.tree.map(lambda kept, final: jnp.concatenate([kept, final[None]]), kept, state)
-    records = jax.vmap(lambda state: _record(rule, operator, data, state))(states)
+    records, test_outputs = jax.vmap(lambda state: _record(rule, operator, data, state))(states)
     length = advances.shape[0]
     return (state, jax.tree.map(lambda r: r[:length], records), jax.tree.map(lambda r: r[length], records),
-            _test_outputs(rule, operator, state))
+            test_outputs[length])
 
 
 _segment = jax.jit(_segment_body, static_argnums=0)
@@ -532,9 +533,10 @@ def simulate_many(problems: Sequence[Problem], operator: KernelOperator, configs
                   progress: Callable[[int], None] | None = None) -> list[Trajectory | DivergenceError]:
     """:func:`simulate` for ``S`` runs over one kernel, advanced together: each kernel product serves all runs.
 
-    The step is bound by reading the kernel (``(n + m) n`` numbers per step for ``n C`` useful columns), so
-    ``S`` runs that share it cost little more per step than one (``bench/simulator.py`` measures the ratio).
-    The eigenvalue solves of :func:`default_eta` are done once per distinct ``gamma``.
+    One run's step is bound by reading the kernel (``(n + m) n`` numbers per step for ``n C`` useful columns);
+    ``S`` runs read it once per step, and from a few runs on the step is bound by arithmetic instead, which
+    full-batch runs do in numpy's BLAS (:func:`dynamics.operators.host_products`; ``bench/batched.py``
+    measures the speed-up per simulation). The eigenvalue solves of :func:`default_eta` are done once per distinct ``gamma``.
     The runs share ``operator`` (so their inputs) and every knob of the loop: ``loss``, ``variant``, the batch
     sizes, ``steps``, ``record_every`` and the C7 settings. They may differ in their labels (``problems``: the
     same inputs, other noise draws), ``seeds``, ``initial_outputs``, ``eta``, ``beta``, ``gamma`` and ``w0``.
