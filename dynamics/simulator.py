@@ -329,7 +329,21 @@ def _segment_body(rule: _Rule, operator: KernelOperator, data, state: SimState, 
             test_outputs[length])
 
 
-_segment = jax.jit(_segment_body, static_argnums=0)
+def _coefficients(rule: _Rule) -> tuple[_Rule, jax.Array]:
+    """``rule`` split into the knobs that shape the compiled loop (``eta``, ``beta``, ``gamma`` zeroed) and
+    those three as a traced ``(3,)`` array: one compilation serves every value of them."""
+    shared = dataclasses.replace(rule, eta=0.0, beta=0.0, gamma=0.0)
+    return shared, jnp.asarray([rule.eta, rule.beta, rule.gamma], dtype=jnp.float64)
+
+
+def _segment_of(rule: _Rule, operator: KernelOperator, data, state: SimState, coefficients, advances, remainder):
+    """:func:`_segment_body` with ``eta, beta, gamma = coefficients`` (:func:`_coefficients`)."""
+    eta, beta, gamma = coefficients
+    own = dataclasses.replace(rule, eta=eta, beta=beta, gamma=gamma)
+    return _segment_body(own, operator, data, state, advances, remainder)
+
+
+_segment = jax.jit(_segment_of, static_argnums=0)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -340,9 +354,7 @@ def _segments(rule: _Rule, operator: KernelOperator, data, state: SimState, coef
     records come back with the step axis first, ``(L, S, ...)``, the state and final values run first."""
 
     def one(data, state, coefficients):
-        eta, beta, gamma = coefficients
-        own = dataclasses.replace(rule, eta=eta, beta=beta, gamma=gamma)
-        return _segment_body(own, operator, data, state, advances, remainder)
+        return _segment_of(rule, operator, data, state, coefficients, advances, remainder)
 
     return jax.vmap(one, out_axes=(0, 1, 0, 0))(data, state, coefficients)
 
@@ -499,10 +511,11 @@ def simulate(problem: Problem, operator: KernelOperator, config: MetaConfig = Me
     eta_default, lambda_joint = default_eta(operator, config.gamma)
     eta = eta_default if config.eta is None else float(config.eta)
     rule = _Rule.of(config, eta)
+    shared, coefficients = _coefficients(rule)
     device_operator, data = jax.device_put(operator), jax.device_put(_run_data(problem, seed))
 
     def advance(state, advances, remainder):
-        return _segment(rule, device_operator, data, state, advances, remainder)
+        return _segment(shared, device_operator, data, state, coefficients, advances, remainder)
 
     state, records, F_test, diverged = _drive(advance, state, config, progress, runs=None)
     if diverged is not None:
@@ -516,14 +529,14 @@ def outputs_at(problem: Problem, operator: KernelOperator, config: MetaConfig, s
                initial_outputs: np.ndarray | None = None) -> np.ndarray:
     """``(n + m, C)``: the training and clean outputs after ``steps`` steps of the run that :func:`simulate`
     takes with the same arguments (``config.eta`` set: :func:`default_eta`), computed by the loop that
-    :func:`simulate` compiled for ``config`` (no new compilation): one segment that takes the ``steps`` steps
-    after its first record."""
-    rule = _Rule.of(config, _resolved_eta(config, "outputs_at"))
+    :func:`simulate` compiled for ``config``'s loop knobs (no new compilation, whatever ``eta``, ``beta`` and
+    ``gamma``): one segment that takes the ``steps`` steps after its first record."""
+    shared, coefficients = _coefficients(_Rule.of(config, _resolved_eta(config, "outputs_at")))
     state = init(problem, operator, config, seed=seed, initial_outputs=initial_outputs)
     advances = np.zeros(_segment_length(config), dtype=np.int64)
     advances[0] = steps
-    state, *_ = _segment(rule, jax.device_put(operator), jax.device_put(_run_data(problem, seed)), state,
-                         jnp.asarray(advances), 0)
+    state, *_ = _segment(shared, jax.device_put(operator), jax.device_put(_run_data(problem, seed)), state,
+                         coefficients, jnp.asarray(advances), 0)
     return np.asarray(state.F)
 
 
@@ -570,8 +583,8 @@ def simulate_many(problems: Sequence[Problem], operator: KernelOperator, configs
     resolved = [(solved[config.gamma][0] if config.eta is None else float(config.eta), solved[config.gamma][1])
                 for config in configs]
     rules = [_Rule.of(config, eta) for config, (eta, _) in zip(configs, resolved)]
-    coefficients = jnp.asarray([[rule.eta, rule.beta, rule.gamma] for rule in rules], dtype=jnp.float64)
-    shared_rule = dataclasses.replace(rules[0], eta=0.0, beta=0.0, gamma=0.0)  # one compilation for any values
+    shared_rule = _coefficients(rules[0])[0]
+    coefficients = jnp.stack([_coefficients(rule)[1] for rule in rules])
     state = jax.tree.map(lambda *leaves: np.stack(leaves), *[
         _initial_state(problem, operator, config, seed, outputs)
         for problem, config, seed, outputs in zip(problems, configs, seeds, initial_outputs)])
