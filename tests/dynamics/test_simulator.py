@@ -363,6 +363,8 @@ def test_outputs_at_a_step_come_from_the_run_s_own_compiled_loop():
     simulate(problem, blocks, config, seed=2)
     compiled = dynamics.simulator._segment._cache_size()
     outputs = outputs_at(problem, blocks, config, 17, seed=2)
+    other = dataclasses.replace(config, eta=0.5 * config.eta, beta=3.0, gamma=0.5)
+    outputs_at(problem, blocks, other, 17, seed=2)  # eta, beta and gamma are traced: still the same loop
     assert dynamics.simulator._segment._cache_size() == compiled
     stopped = simulate(problem, blocks, dataclasses.replace(config, steps=17), seed=2)
     np.testing.assert_allclose(outputs, np.concatenate([stopped.outputs, stopped.meta_outputs]), rtol=0, atol=1e-12)
