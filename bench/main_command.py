@@ -13,8 +13,9 @@ table and writes a JSON file with every number.
 * one more fresh process runs the same pipeline with a clock at each stage:
   imports, the problem, the kernel, the simulation (and, inside it, JAX's
   tracing and XLA compilation, from ``jax.monitoring``), phases and claims,
-  writing the outputs (the trajectory's compression runs on a second core
-  beside the figure).
+  writing the outputs (as in the command, the trajectory's compression runs on
+  a second core from the end of the run, beside the phases, claims and
+  figure; the figure's imports load on a thread during the simulation).
 
 The machine's CPUs may be shared: the load average is recorded at the start
 and the end.
@@ -66,7 +67,7 @@ def stages(out: str) -> dict:
 
     importlib.import_module("dynamics.simulator")  # the command imports it before the first stage
     from phases.experiments import SimulationConfig, run_simulation
-    from phases.simulate import parse_config
+    from phases.simulate import parse_config, prefetch_figure_imports
 
     marks["imports"] = time.perf_counter() - started
     compiled = {"tracing": 0.0, "compilation": 0.0}
@@ -77,14 +78,12 @@ def stages(out: str) -> dict:
         if event in events else None)
     config, _ = parse_config(COMMAND[2:])
     assert isinstance(config, SimulationConfig)
-    import matplotlib
-
-    matplotlib.use("Agg")
+    prefetch_figure_imports()  # as the command does
     # run_simulation announces each stage as it starts: the problem is drawn, then the kernel, the simulation,
     # the phases and claims.
     clock = [time.perf_counter()]
     run_started = clock[0]
-    result = run_simulation(config, stage=lambda text: clock.append(time.perf_counter()))
+    result = run_simulation(config, stage=lambda text: clock.append(time.perf_counter()), saving=True)
     clock.append(time.perf_counter())
     marks["problem"] = clock[1] - run_started
     marks |= {name: clock[index + 2] - clock[index + 1]

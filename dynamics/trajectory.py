@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import zipfile
 
@@ -115,13 +116,21 @@ class Trajectory:
         Not atomic on its own: the commands write into a staging directory
         that :class:`phases.cli.OutputDirectory` publishes whole.
         """
+        with open(path, "wb") as handle:
+            handle.write(self.archive())
+
+    def archive(self) -> bytes:
+        """The bytes :meth:`save` writes (compressing them takes about a second for the default run; bzip2
+        releases the GIL, so a thread can do it beside other work)."""
         arrays = {name: np.asarray(getattr(self, name)) for name in _SERIES + _STATIC if name not in _FLOAT32}
         arrays |= {f"{name}{_PLANES}": _byte_planes(getattr(self, name), exact_ends=name == "w") for name in _FLOAT32}
         arrays["config"] = np.array(json.dumps(self.config, sort_keys=True))
-        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_BZIP2, compresslevel=9) as archive:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_BZIP2, compresslevel=9) as archive:
             for name, array in arrays.items():
                 with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
                     np.lib.format.write_array(member, array, allow_pickle=False)
+        return buffer.getvalue()
 
     @classmethod
     def load(cls, path) -> Trajectory:
@@ -206,32 +215,13 @@ def weight_stats(w: np.ndarray, noisy: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _auc(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
-    """(T,) ROC AUC of each row of ``scores`` (T, n) with ties counted as 1/2 (Mann-Whitney)."""
+    """(T,) ROC AUC of each row of ``scores`` (T, n) with ties counted as 1/2 (Mann-Whitney): for every positive
+    entry, the negatives of its row below it plus half of those equal to it, counted by two binary searches in
+    the row's sorted negatives (``O(n log n)`` per row, a quarter of the time of ranking every row)."""
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
     if n_pos == 0 or n_neg == 0:
         return np.full(scores.shape[0], np.nan)
-    ranks = average_ranks(scores)  # average ranks handle ties
-    rank_sum = ranks[:, positive].sum(axis=1)
-    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-
-
-def average_ranks(scores: np.ndarray) -> np.ndarray:
-    """``(T, n)``: the rank of each entry within its row, 1 to n, tied entries sharing the mean of their ranks.
-
-    What ``scipy.stats.rankdata(scores, axis=1)`` computes, in numpy alone (importing ``scipy.stats`` costs half a
-    second, a tenth of the main command's run).
-    """
-    scores = np.atleast_2d(scores)
-    T, n = scores.shape
-    order = np.argsort(scores, axis=1)  # the order among equal values does not matter: they share one rank
-    ordered = np.take_along_axis(scores, order, axis=1)
-    starts = np.ones((T, n), dtype=bool)  # where a run of equal values begins, in sorted order; every row starts one
-    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
-    flat = starts.ravel()
-    group = np.cumsum(flat) - 1  # runs numbered across rows (a row's first entry always starts a run)
-    first = np.flatnonzero(flat) % n  # each run's first position within its row, 0-based
-    size = np.bincount(group)
-    mean_rank = first + (size + 1) / 2  # ranks first + 1 ... first + size, averaged
-    ranks = np.empty((T, n))
-    np.put_along_axis(ranks, order, mean_rank[group].reshape(T, n), axis=1)
-    return ranks
+    negatives, positives = np.sort(scores[:, ~positive], axis=1), scores[:, positive]
+    twice_u = np.array([np.searchsorted(row, values, "left").sum() + np.searchsorted(row, values, "right").sum()
+                        for row, values in zip(negatives, positives)], dtype=np.float64)
+    return twice_u / (2.0 * n_pos * n_neg)

@@ -421,6 +421,8 @@ class SimulationResult:
     trajectory: object
     phases: Phases
     summary: dict
+    # The trajectory's archive (Trajectory.archive) being compressed since the run ended, for save().
+    archive: concurrent.futures.Future | None = dataclasses.field(default=None, repr=False)
 
     def config_json(self, command: str | None = None) -> dict:
         """``config.json``: the settings (re-runnable), every resolved parameter, versions and the command."""
@@ -466,11 +468,12 @@ class SimulationResult:
         if kernels and on_features:
             raise ValueError("a run on features has no dense kernel blocks to save (its kernel is the features' "
                              "linear kernel; K = Phi Phi^T would take (n, n) memory)")
-        # The trajectory's compression (bzip2, which releases the GIL) runs on a second core beside the rest.
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            compressed = pool.submit(self.trajectory.save, os.path.join(directory, "trajectory.npz"))
-            written = self._save_beside(directory, kernels, figure, command, on_features)
-            compressed.result()
+        # The trajectory's compression (bzip2, which releases the GIL) runs on a second core beside the rest,
+        # from the end of the run when run_simulation was told the result would be saved.
+        archive = self.archive or compress_beside(self.trajectory)
+        written = self._save_beside(directory, kernels, figure, command, on_features)
+        with open(os.path.join(directory, "trajectory.npz"), "wb") as handle:
+            handle.write(archive.result())
         return written
 
     def _save_beside(self, directory: str, kernels: bool, figure: bool, command: str | None, on_features: bool
@@ -502,9 +505,19 @@ class SimulationResult:
         return written
 
 
+def compress_beside(trajectory) -> concurrent.futures.Future:
+    """``trajectory.archive()``, computed on a thread of its own (bzip2 releases the GIL: a second core)."""
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        return pool.submit(trajectory.archive)
+    finally:
+        pool.shutdown(wait=False)  # the thread ends with its one task
+
+
 def run_simulation(config: SimulationConfig = SimulationConfig(), *, progress: Callable[[int], None] | None = None,
                    stage: Callable[[str], None] | None = None, claims: bool = True, problem=None,
-                   embedding_progress: Callable[[int, int], None] | None = None) -> SimulationResult:
+                   embedding_progress: Callable[[int, int], None] | None = None,
+                   saving: bool = False) -> SimulationResult:
     """Draw the problem, compute the kernel blocks, simulate, detect the phases and check the claims.
 
     Parameters
@@ -517,6 +530,8 @@ def run_simulation(config: SimulationConfig = SimulationConfig(), *, progress: C
         read once); ignored otherwise.
     embedding_progress : called as ``(images done, images total)`` while CIFAR-10 embeddings are built (once;
         later runs read them from the cache).
+    saving : the caller will :meth:`SimulationResult.save` the result: the trajectory's compression (about a
+        second for the default run) then starts when the run ends, beside the phases and claims.
 
     Raises
     ------
@@ -524,7 +539,7 @@ def run_simulation(config: SimulationConfig = SimulationConfig(), *, progress: C
     """
     if config.on_features:
         return _run_on_features(config, problem, progress=progress, announce=stage or (lambda text: None),
-                                claims=claims, embedding_progress=embedding_progress)
+                                claims=claims, embedding_progress=embedding_progress, saving=saving)
     from dynamics.simulator import simulate
 
     announce = stage or (lambda text: None)
@@ -540,7 +555,7 @@ def run_simulation(config: SimulationConfig = SimulationConfig(), *, progress: C
     trajectory = simulate(problem, blocks, meta, seed=config.seed, initial_outputs=initial_outputs, progress=progress)
     announce("phases and claims")
     eigenvectors = _top_eigenvectors(blocks.K_XX, problem.num_classes) if claims else None
-    return _dense_result(config, problem, blocks, meta, trajectory, initial_outputs, eigenvectors)
+    return _dense_result(config, problem, blocks, meta, trajectory, initial_outputs, eigenvectors, saving=saving)
 
 
 def run_simulations(configs, *, claims: bool = True, progress: Callable[[int], None] | None = None) -> list:
@@ -611,13 +626,15 @@ def _initial_outputs(config: SimulationConfig, problem):
 
 
 def _dense_result(config: SimulationConfig, problem, blocks, meta: MetaConfig, trajectory, initial_outputs,
-                  eigenvectors) -> SimulationResult:
-    """A dense run's phases, claims (when ``eigenvectors``, C9's, are given) and summary."""
+                  eigenvectors, saving: bool = False) -> SimulationResult:
+    """A dense run's phases, claims (when ``eigenvectors``, C9's, are given) and summary (``saving``: as
+    :func:`run_simulation`)."""
     from phases.claims import check_claims
     from phases.report import summary
     from phases.sign_pattern import problem_sign_pattern
 
     trajectory = dataclasses.replace(trajectory, config=trajectory.config | {"init": config.init})
+    archive = compress_beside(trajectory) if saving else None
     phases = detect_phases(trajectory, config.phase_params())
     checked, signs = [], {}
     if eigenvectors is not None:
@@ -625,7 +642,8 @@ def _dense_result(config: SimulationConfig, problem, blocks, meta: MetaConfig, t
         checked = check_claims(trajectory, phases, problem=problem, eigenvectors=eigenvectors,
                                rate_prediction=prediction, thresholds=config.thresholds())
         signs = {"sign_pattern": problem_sign_pattern(problem, blocks)}  # with the claims (docs/theory.md section 9)
-    return SimulationResult(config, problem, blocks, trajectory, phases, summary(trajectory, phases, checked) | signs)
+    return SimulationResult(config, problem, blocks, trajectory, phases, summary(trajectory, phases, checked) | signs,
+                            archive)
 
 
 def _resolved_meta_config(config: SimulationConfig, operator) -> MetaConfig:
@@ -652,8 +670,8 @@ def _rate_prediction(problem, operator, meta, trajectory, phases: Phases, seed: 
     return predict_post_filtering_rate(problem, operator, trajectory, phases, outputs)
 
 
-def _run_on_features(config: SimulationConfig, problem, *, progress, announce, claims, embedding_progress
-                     ) -> SimulationResult:
+def _run_on_features(config: SimulationConfig, problem, *, progress, announce, claims, embedding_progress,
+                     saving: bool) -> SimulationResult:
     """:func:`run_simulation` on explicit features: the linear kernel through :class:`FeatureKernel`
     (docs/theory.md section 8), C9 from the top singular vectors of the features, C5' in parameter space;
     no ``(n, n)`` matrix is formed. Without ``y_true`` the scores that need the noise mask are n/a."""
@@ -683,6 +701,7 @@ def _run_on_features(config: SimulationConfig, problem, *, progress, announce, c
     trajectory = simulate(base, operator, meta, seed=config.seed, initial_outputs=initial_outputs, progress=progress)
     trajectory = dataclasses.replace(trajectory, config=trajectory.config | {
         "init": config.init, "kernel": "linear (explicit features)", "D": problem.D, "y_true": problem.has_y_true})
+    archive = compress_beside(trajectory) if saving else None
     announce("phases and claims")
     phases = _detect(trajectory, config.phase_params())
     checked = []
@@ -700,7 +719,7 @@ def _run_on_features(config: SimulationConfig, problem, *, progress, announce, c
         result["sign_pattern"] = problem_sign_pattern(base, operator, has_y_true=problem.has_y_true)
     if not problem.has_y_true:
         result = _without_detection_scores(result)
-    return SimulationResult(config, problem, operator, trajectory, phases, result)
+    return SimulationResult(config, problem, operator, trajectory, phases, result, archive)
 
 
 def _detect(trajectory, params: PhaseParams) -> Phases:

@@ -138,13 +138,3 @@ def test_a_damaged_file_is_one_clear_error(tmp_path, damage):
     with pytest.raises(ValueError, match=r"trajectory.npz is not a saved trajectory") as caught:
         Trajectory.load(path)
     assert "\n" not in str(caught.value) and len(str(caught.value)) < 400
-
-
-@given(seed=st.integers(0, 2**16), n=st.integers(1, 40), rows=st.integers(1, 4), distinct=st.integers(1, 6))
-def test_average_ranks_equal_scipy_rankdata(seed, n, rows, distinct):
-    from scipy.stats import rankdata
-
-    from dynamics.trajectory import average_ranks
-
-    scores = np.random.default_rng(seed).integers(0, distinct, size=(rows, n)) / 3.0  # many ties
-    np.testing.assert_array_equal(average_ranks(scores), rankdata(scores, axis=1))
