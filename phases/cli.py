@@ -392,7 +392,7 @@ def run_main(prog: str, run: Callable[[], object]) -> int:
         return 2
     except (Interrupted, KeyboardInterrupt) as error:
         signum = error.signum if isinstance(error, Interrupted) else signal.SIGINT
-        print(f"{prog}: interrupted by {signal.Signals(signum).name}; nothing was written", file=sys.stderr)
+        print(f"{prog}: interrupted by {signal.Signals(signum).name}; no output was published", file=sys.stderr)
         return 128 + signum
     finally:
         for signum, handler in handlers.items():

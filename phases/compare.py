@@ -13,6 +13,17 @@ weights, weight mass on noisy examples, wall time per epoch, peak memory) as
 markdown and writes ``results.json`` (every per-seed number, the full
 configuration and package versions), ``results.md``, ``results.csv`` and
 ``weights.npz`` (final and per-epoch weights, and each seed's noise mask) into ``--out``.
+
+Whole or nothing, and resumable, as a sweep (:class:`phases.cli.ResumableOutput`):
+the comparison is assembled in ``.DIR.in-progress`` beside ``DIR``; each
+finished run's weights go to ``runs/KEY.npz`` and then its record to
+``records.jsonl`` (flushed and fsynced), so a comparison that stops (killed,
+interrupted, a diverging run) keeps every finished run and ``--resume``
+trains only the others; ``--resume`` on a finished ``DIR`` adds the methods
+or seeds a larger request asks for. A run's key
+(:func:`phases.comparison.run_key`) hashes the problem, network, protocol and
+the method's own settings: a run recorded under other settings is trained
+again.
 """
 
 from __future__ import annotations
@@ -21,14 +32,16 @@ import argparse
 import os
 import sys
 import time
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from phases.cli import ArgumentParser, HelpFormatter, OutputDirectory, UserError, add_output_arguments, bounded, \
-    positive_int, run_main
+from phases.cli import ArgumentParser, HelpFormatter, ResumableOutput, UserError, add_output_arguments, atomic_write, \
+    bounded, positive_int, run_main
 from phases.comparison import CIFAR_CPU, CIFAR_REFERENCE, DATASETS, LINEAR, MLP_HEAD, PROFILES, VECTOR
 
 PROG = "python -m phases.compare"
+RUNS = "runs"  # each finished run's weights, runs/KEY.npz (KEY: run_key with "/" as "-")
 
 
 def _seeds(text):
@@ -145,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     runtime.add_argument("--threads", type=positive_int, default=1,
                          help="torch/BLAS threads per run (1 is fastest on a shared 2-core machine)")
     add_output_arguments(runtime, out_help="output directory (default: runs/compare-<data>-<date>-<time>)")
+    runtime.add_argument("--resume", action="store_true",
+                         help="continue an unfinished comparison into --out, or add methods or seeds to a finished "
+                              "one; runs already recorded there are not trained again")
     return parser
 
 
@@ -181,7 +197,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     from dynamics.cifar import DataError
     from dynamics.methods import TrainingDiverged
-    from phases.comparison import compare, realised_noise_rate, resolve_setup, summary_table, write_results
+    from phases.comparison import compare, realised_noise_rate, resolve_setup, run_key, summary_table, write_results
 
     if (args.data is None) == (args.features is None):
         raise UserError("give one of --data (--dataset) and --features")
@@ -207,28 +223,52 @@ def run(argv: Sequence[str] | None = None) -> dict:
     name = Path(args.features).stem if args.features else data
     out = args.out or os.path.join("runs", time.strftime(f"compare-{profile}-{name}-%Y%m%d-%H%M%S"))
     command = " ".join([PROG, *argv])
-    output = OutputDirectory(out, args.overwrite, command=command)
+    directory = ResumableOutput(out, overwrite=args.overwrite, resume=args.resume, command=command, prog=PROG,
+                                carried=(RUNS,))
 
     from tqdm import tqdm
 
     started = time.perf_counter()
-    total = len(args.methods) * len(args.seeds) * setup.budget.epochs
+    recorded = _recorded_runs(directory)
     try:
-        with output as staging:
-            # disable=None: no bar when stderr is not a terminal (a log gets one line per run instead).
-            with tqdm(total=total, unit="epoch", file=sys.stderr, leave=False, disable=None) as bar:
-                def progress(event):
-                    bar.set_description(event.current, refresh=False)
-                    bar.update(event.epochs_done - bar.n)
-                    if event.finished is not None:
-                        with tqdm.external_write_mode(file=sys.stderr):
-                            print(_run_line(event, time.perf_counter() - started), file=sys.stderr, flush=True)
+        runs = os.path.join(directory.progress, RUNS)
+        os.makedirs(runs, exist_ok=True)
+        wanted = {run_key(setup, method, seed) for method in args.methods for seed in args.seeds}
+        if wanted & set(recorded):
+            print(f"{PROG}: {len(wanted & set(recorded))} of {len(wanted)} runs already recorded in "
+                  f"{directory.progress}; not trained again", file=sys.stderr)
+        total = (len(wanted) - len(wanted & set(recorded))) * setup.budget.epochs
+        # disable=None: no bar when stderr is not a terminal (a log gets one line per run instead).
+        with tqdm(total=total, unit="epoch", file=sys.stderr, leave=False, disable=None) as bar:
+            def progress(event):
+                bar.set_description(event.current, refresh=False)
+                bar.update(event.epochs_done - bar.n)
+                if event.finished is not None:
+                    if "skipped" not in event.finished:
+                        _record_run(directory, runs, event.finished)
+                    with tqdm.external_write_mode(file=sys.stderr):
+                        print(_run_line(event, time.perf_counter() - started), file=sys.stderr, flush=True)
 
-                results = compare(data, args.methods, args.seeds, jobs=jobs, threads=args.threads,
-                                  progress=progress, **options)
-            written = write_results(results, staging, command)
+            results = compare(data, args.methods, args.seeds, jobs=jobs, threads=args.threads,
+                              progress=progress, recorded=recorded, **options)
+        written = []
+
+        def finish(folder: str) -> None:
+            written.extend(write_results(results, folder, command))
+            kept = {_run_file(run["key"]) for run in results["runs"]}
+            for name in set(os.listdir(os.path.join(folder, RUNS))) - kept:  # runs this request left out
+                os.remove(os.path.join(folder, RUNS, name))
+
+        directory.publish([_json_record(run) for run in results["runs"]], finish)
     except (ValueError, DataError, TrainingDiverged) as error:  # FeaturesError is a ValueError
+        directory.abandon()
         raise UserError(str(error)) from None
+    except BaseException:
+        directory.abandon()
+        raise
+    finally:
+        directory.close()
+    written += [ResumableOutput.RECORDS, f"{RUNS}/"]
     print()
     print(f"{results['description']}; realised noise rate {realised_noise_rate(results):.3f}; "
           f"mean ± std over seeds {results['seeds']}")
@@ -237,6 +277,42 @@ def run(argv: Sequence[str] | None = None) -> dict:
         print(f"skipped {method}: {reason}")
     print(f"Wrote {out}/: {' '.join(written)} ({results['wall_time_total'] / 60:.1f} min)")
     return results
+
+
+def _run_file(key: str) -> str:
+    return key.replace("/", "-") + ".npz"
+
+
+def _json_record(run: dict) -> dict:
+    """A run's record for ``records.jsonl``: everything but its weight arrays (which are in ``runs/``)."""
+    return {name: value for name, value in run.items() if name not in ("weights", "epoch_weights")}
+
+
+def _record_run(directory: ResumableOutput, folder: str, run: dict) -> None:
+    """Keep a finished run: its weights in ``folder/KEY.npz``, then its record in ``records.jsonl``."""
+    import numpy as np
+
+    def save(path):
+        with open(path, "wb") as handle:  # a handle: given a name, numpy would append ".npz" to it
+            np.savez_compressed(handle, weights=run["weights"], epoch_weights=run["epoch_weights"])
+
+    atomic_write(os.path.join(folder, _run_file(run["key"])), save)
+    directory.append(_json_record(run))
+
+
+def _recorded_runs(directory: ResumableOutput) -> dict[str, dict]:
+    """The runs recorded in ``directory`` (taken, and locked) with their weights, by key; a record whose weights
+    file is missing or unreadable is left out (its run is trained again)."""
+    import numpy as np
+
+    runs = {}
+    for key, record in directory.open().items():
+        try:
+            with np.load(os.path.join(directory.progress, RUNS, _run_file(key))) as arrays:
+                runs[key] = record | {"weights": arrays["weights"], "epoch_weights": arrays["epoch_weights"]}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            continue
+    return runs
 
 
 def main(argv: Sequence[str] | None = None) -> int:

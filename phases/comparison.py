@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import math
 import os
@@ -44,7 +45,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from phases.cli import atomic_write, versions, write_json, write_text
+from phases.cli import atomic_write, jsonable, versions, write_json, write_text
 
 CIFAR10N = ("cifar10n-aggre", "cifar10n-random1", "cifar10n-random2", "cifar10n-random3", "cifar10n-worse")
 DATASETS = ("gmm", "digits", *CIFAR10N, "features")
@@ -377,6 +378,17 @@ def _run_one(setup: Setup, method: str, seed: int, threads: int | None = None,
     }
 
 
+def run_key(setup: Setup, method: str, seed: int) -> str:
+    """``METHOD/seedS/DIGEST``: a run's name in a resumable comparison (:mod:`phases.compare` ``--resume``).
+    The digest hashes what shapes the run: the data set, profile, problem, network, protocol and the method's
+    own settings (not the data folder, the description or the other methods' settings), so a run recorded
+    under other settings is not taken for this one."""
+    spec = {"data": setup.data, "profile": setup.profile, "problem": setup.problem, "network": setup.network,
+            "budget": dataclasses.asdict(setup.budget), "params": dataclasses.asdict(setup.params[method])}
+    digest = hashlib.sha256(json.dumps(jsonable(spec), sort_keys=True).encode()).hexdigest()[:16]
+    return f"{method}/seed{int(seed)}/{digest}"
+
+
 def _summary(runs: list[dict], methods: Sequence[str]) -> dict:
     summary = {}
     for method in methods:
@@ -400,7 +412,7 @@ def compare(data: str, methods: Sequence[str] | None = None, seeds: Sequence[int
             noise_type: str = "symmetric", n_train: int | None = None, data_dir=None, features=None,
             budget_overrides: dict | None = None, params: Mapping[str, object] | None = None,
             device: str | None = None, jobs: int = 1, threads: int | None = 1, verify: bool = True,
-            progress: Callable[[Progress], None] | None = None) -> dict:
+            progress: Callable[[Progress], None] | None = None, recorded: Mapping[str, dict] | None = None) -> dict:
     """Train each method on each seed's problem and summarise over seeds (docs/theory.md section 7).
 
     Parameters
@@ -418,7 +430,11 @@ def compare(data: str, methods: Sequence[str] | None = None, seeds: Sequence[int
     threads : torch / BLAS threads per run (None: leave as is). One is
         fastest on a shared 2-core machine, where spare threads spin.
     progress : called with a :class:`Progress` after every epoch of a run in
-        this process and after every finished run.
+        this process and after every finished run (its record, with its
+        ``"key"`` and its weight arrays, is the event's ``finished``).
+    recorded : records of runs already trained, by :func:`run_key` (with their
+        ``"weights"`` and ``"epoch_weights"``): not trained again. Runs of other
+        settings are ignored.
 
     Returns
     -------
@@ -429,7 +445,7 @@ def compare(data: str, methods: Sequence[str] | None = None, seeds: Sequence[int
         methods     requested methods; seeds: list of int
         setup       resolved problem / network / budget / params (Setup.to_json)
         problems    per seed: {"seed", "name", "n", "m", "p", "num_classes", "realised_noise_rate"}
-        runs        per (method, seed) that ran: {"method", "seed", "test_accuracy" (final),
+        runs        per (method, seed) that ran: {"method", "seed", "key" (run_key), "test_accuracy" (final),
                     "best_epoch_accuracy", "best_epoch" (lowest clean-subset loss), "precision",
                     "recall", "f1", "auc", "noisy_mass", "mean_w_clean", "mean_w_noisy", "score_auc",
                     "wall_time_per_epoch" (s), "peak_memory_mb", "realised_noise_rate", "parameters",
@@ -441,7 +457,8 @@ def compare(data: str, methods: Sequence[str] | None = None, seeds: Sequence[int
         epoch_weights  {method: {seed: (epochs, n) float32 array}}, the weights after every epoch
         noisy       {seed: (n,) bool array}, the seed's noise mask (y_noisy != y_true; empty for a
                     features file without y_true)
-        versions, started (ISO time), wall_time_total (s), jobs, threads
+        versions, started (ISO time), wall_time_total (s, this call), jobs, threads
+        runs_reused  runs taken from ``recorded``
 
     Raises
     ------
@@ -487,13 +504,17 @@ def compare(data: str, methods: Sequence[str] | None = None, seeds: Sequence[int
     if setup.budget.meta_batch_size > min(info["m"] for info in problem_info):
         raise ValueError(f"meta_batch_size {setup.budget.meta_batch_size} exceeds the clean subset")
 
+    keys = {(method, seed): run_key(setup, method, seed) for method in methods for seed in seeds}
+    recorded = recorded or {}
+    reused = [dict(recorded[key]) for key in keys.values() if key in recorded]
     # Expensive runs first, so that parallel workers finish together.
-    tasks = sorted(((method, seed) for seed in seeds for method in methods),
-                   key=lambda task: -_COST.get(task[0], 1.0))
+    tasks = sorted((task for task in ((method, seed) for seed in seeds for method in methods)
+                    if keys[task] not in recorded), key=lambda task: -_COST.get(task[0], 1.0))
     epochs_per_run = setup.budget.epochs
     runs = []
 
     def finished(record):
+        record["key"] = keys[(record["method"], record["seed"])]
         runs.append(record)
         report(Progress(len(runs) * epochs_per_run, len(tasks) * epochs_per_run, len(runs), len(tasks),
                         f"seed {record['seed']} {record['method']}", record))
@@ -515,7 +536,7 @@ def compare(data: str, methods: Sequence[str] | None = None, seeds: Sequence[int
                   on_result=lambda index, record: finished(record))
 
     order = {task: index for index, task in enumerate((method, seed) for method in methods for seed in seeds)}
-    runs.sort(key=lambda run: order[(run["method"], run["seed"])])
+    runs = sorted(reused + runs, key=lambda run: order[(run["method"], run["seed"])])
     skipped = {run["method"]: run["skipped"] for run in runs if "skipped" in run}
     weights, epoch_weights = {}, {}
     for run in runs:
@@ -528,7 +549,7 @@ def compare(data: str, methods: Sequence[str] | None = None, seeds: Sequence[int
         "runs": [run for run in runs if "skipped" not in run], "skipped": skipped,
         "summary": _summary(runs, methods), "weights": weights, "epoch_weights": epoch_weights, "noisy": noisy,
         "versions": versions(), "started": started_at, "wall_time_total": time.perf_counter() - started,
-        "jobs": jobs, "threads": threads,
+        "jobs": jobs, "threads": threads, "runs_reused": len(reused),
     }
 
 
@@ -626,7 +647,9 @@ def format_markdown(results: dict, command: str | None = None) -> str:
     ]
     for method, reason in results["skipped"].items():
         lines.append(f"Skipped {method}: {reason}.")
-    lines += ["", f"Total wall time {results['wall_time_total'] / 60:.1f} min, started {results['started']}; "
+    reused = results.get("runs_reused", 0)
+    earlier = f" ({reused} of the runs recorded by an earlier, resumed invocation)" if reused else ""
+    lines += ["", f"Total wall time {results['wall_time_total'] / 60:.1f} min{earlier}, started {results['started']}; "
                   f"versions {json.dumps(results['versions'])}.", ""]
     return "\n".join(lines)
 
@@ -665,4 +688,4 @@ def write_results(results: dict, directory: str, command: str | None = None) -> 
 
 __all__ = ["CIFAR10N", "CIFAR_CPU", "CIFAR_REFERENCE", "DATASETS", "FEATURE_PROFILES", "LINEAR", "METRICS", "MLP_HEAD",
            "PROFILES", "Progress", "SCHEMA", "Setup", "VECTOR", "compare", "format_markdown", "realised_noise_rate",
-           "resolve_setup", "results_frame", "summary_table", "write_results"]
+           "resolve_setup", "results_frame", "run_key", "summary_table", "write_results"]

@@ -111,7 +111,7 @@ def test_cli_writes_json_markdown_and_weights(tmp_path, capsys):
     assert "| method" in captured.out and "final test acc" in captured.out and "oracle" in captured.out
     assert "[6/6]" in captured.err  # one line per finished run
     assert sorted(name for name in os.listdir(out) if not name.startswith(".")) == \
-        ["results.csv", "results.json", "results.md", "weights.npz"]
+        ["records.jsonl", "results.csv", "results.json", "results.md", "runs", "weights.npz"]
     with open(out / "results.json") as handle:
         results = json.loads(handle.read(), parse_constant=lambda name: pytest.fail(f"non-JSON constant {name}"))
     assert results["command"].startswith(f"{PROG} --data digits")
@@ -126,6 +126,59 @@ def test_cli_writes_json_markdown_and_weights(tmp_path, capsys):
     if "cleanlab" in results["skipped"]:
         assert "pip install cleanlab" in markdown
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".")]  # no staging left behind
+
+
+_RESUMABLE = ["--data", "gmm", "--seeds", "2", "--epochs", "2", "--n-train", "80", "--batch-size", "32",
+              "--meta-batch-size", "16", "--jobs", "1"]
+
+
+def _measured(results: dict) -> dict:
+    """What a run computes, by (method, seed): its metrics but wall time and memory, and its weights."""
+    runs = {f"{run['method']}/seed{run['seed']}": {metric: run[metric] for metric in METRICS
+                                           if metric not in ("wall_time_per_epoch", "peak_memory_mb")}
+            for run in results["runs"]}
+    return runs | {"keys": sorted(run["key"] for run in results["runs"])}
+
+
+def test_an_interrupted_comparison_resumes_without_training_a_finished_run_again(tmp_path, capsys, monkeypatch):
+    import phases.comparison as comparison
+
+    whole = tmp_path / "whole"
+    assert main([*_RESUMABLE, "--methods", "erm,small-loss", "--out", str(whole)]) == 0
+    trained, real = [], comparison._run_one
+
+    def interrupted_at_the_third(setup, method, seed, *args, **kwargs):
+        trained.append((method, seed))
+        if len(trained) == 3 and not out.exists():  # Ctrl-C during the first attempt's third run
+            raise KeyboardInterrupt
+        return real(setup, method, seed, *args, **kwargs)
+
+    monkeypatch.setattr(comparison, "_run_one", interrupted_at_the_third)
+    out = tmp_path / "out"
+    assert main([*_RESUMABLE, "--methods", "erm,small-loss", "--out", str(out)]) == 130
+    assert not out.exists() and "--resume continues" in capsys.readouterr().err
+    trained.clear()
+    assert main([*_RESUMABLE, "--methods", "erm,small-loss", "--out", str(out), "--resume"]) == 0
+    assert len(trained) == 2 and "2 of 4 runs already recorded" in capsys.readouterr().err
+    load = lambda path: json.loads((path / "results.json").read_text())  # noqa: E731
+    assert _measured(load(out)) == _measured(load(whole))
+    with np.load(out / "weights.npz") as resumed, np.load(whole / "weights.npz") as fresh:
+        assert sorted(resumed.files) == sorted(fresh.files)
+        for name in fresh.files:
+            np.testing.assert_array_equal(resumed[name], fresh[name])
+    # A finished comparison grows by --resume: a new seed trains only its own runs; a method's own setting
+    # retrains only that method's runs; runs the request leaves out leave the directory.
+    trained.clear()
+    assert main([*_RESUMABLE, "--methods", "erm,small-loss", "--seeds", "3", "--out", str(out), "--resume"]) == 0
+    assert sorted(trained) == [("erm", 2), ("small-loss", 2)]
+    trained.clear()
+    assert main([*_RESUMABLE, "--methods", "small-loss", "--seeds", "3", "--forget-rate", "0.1", "--out", str(out),
+                 "--resume"]) == 0
+    assert sorted(trained) == [("small-loss", 0), ("small-loss", 1), ("small-loss", 2)]
+    results = load(out)
+    assert [run["method"] for run in results["runs"]] == ["small-loss"] * 3
+    assert len(os.listdir(out / "runs")) == 3 and len((out / "records.jsonl").read_text().splitlines()) == 3
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(".")]
 
 
 @pytest.mark.parametrize("argv, message", [
