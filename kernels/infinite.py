@@ -95,7 +95,11 @@ def kernel(spec: KernelSpec, x1: np.ndarray, x2: np.ndarray | None = None, *, bl
         raise ValueError(f"inputs must be 2-D with equal feature counts, got {x1.shape} and {x2.shape}")
     kernel_fn = _jitted_kernel_fn(spec)
     out = np.empty((x1.shape[0], x2.shape[0]), dtype=dtype)
-    for start in range(0, x1.shape[0], block_rows):
-        block = x1[start:start + block_rows]
-        out[start:start + len(block)] = np.asarray(kernel_fn(block, x2, get=spec.kind))
+    rows = min(block_rows, x1.shape[0])
+    for start in range(0, x1.shape[0], rows):
+        block = x1[start:start + rows]
+        count = len(block)
+        if count < rows:  # every block one shape, so one compilation: the last is padded with copies of a row
+            block = np.concatenate([block, np.repeat(block[-1:], rows - count, axis=0)])
+        out[start:start + count] = np.asarray(kernel_fn(block, x2, get=spec.kind))[:count]
     return out
