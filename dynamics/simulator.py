@@ -53,7 +53,7 @@ from dynamics.trajectory import Trajectory
 
 __all__ = ["LOSSES", "VARIANTS", "INITS", "CompilationCacheError", "DivergenceError", "FeatureKernel", "KernelBlocks", "KernelOperator",
            "MetaConfig", "SimState", "default_eta", "gp_prior_outputs", "init", "meta_score", "outputs_at", "predict_test",
-           "refuse_persistent_cache", "SHARED_KNOBS", "simulate", "simulate_many", "step"]
+           "refuse_persistent_cache", "KEPT_OUTPUTS", "SHARED_KNOBS", "simulate", "simulate_many", "step"]
 
 INITS = ("zero", "gp")
 _PROGRESS_REPORTS = 100  # segments per run, so progress (and a keyboard interrupt) comes about a hundred times
@@ -481,7 +481,8 @@ def predict_test(state: SimState, operator: KernelOperator, config: MetaConfig) 
 
 @_float64
 def simulate(problem: Problem, operator: KernelOperator, config: MetaConfig = MetaConfig(), *, seed: int = 0,
-             initial_outputs: np.ndarray | None = None, progress: Callable[[int], None] | None = None) -> Trajectory:
+             initial_outputs: np.ndarray | None = None, progress: Callable[[int], None] | None = None,
+             keep_outputs: list | None = None) -> Trajectory:
     """Run meta-reweighting of the linearized model exactly (docs/theory.md sections 2-3, and 8 for features).
 
     Parameters
@@ -495,6 +496,10 @@ def simulate(problem: Problem, operator: KernelOperator, config: MetaConfig = Me
         (``None``: zero, the centred network); see :func:`gp_prior_outputs`.
     progress : called with the number of steps taken about a hundred times
         during the run, between jitted segments (for a progress bar).
+    keep_outputs : a list that receives ``(t, F)`` pairs, the outputs ``F : (n
+        + m, C)`` entering step ``t`` (a recorded step) at up to
+        :data:`KEPT_OUTPUTS` evenly spaced points of the run: starts from which
+        :func:`outputs_at` need not take the earlier steps again.
 
     Returns
     -------
@@ -517,7 +522,7 @@ def simulate(problem: Problem, operator: KernelOperator, config: MetaConfig = Me
     def advance(state, advances, remainder):
         return _segment(shared, device_operator, data, state, coefficients, advances, remainder)
 
-    state, records, F_test, diverged = _drive(advance, state, config, progress, runs=None)
+    state, records, F_test, diverged = _drive(advance, state, config, progress, runs=None, keep=keep_outputs)
     if diverged is not None:
         raise _divergence(diverged, eta, lambda_joint)
     return _trajectory(problem, operator, config, rule, lambda_joint, seed, initial_outputs, records,
@@ -526,15 +531,29 @@ def simulate(problem: Problem, operator: KernelOperator, config: MetaConfig = Me
 
 @_float64
 def outputs_at(problem: Problem, operator: KernelOperator, config: MetaConfig, steps: int, *, seed: int = 0,
-               initial_outputs: np.ndarray | None = None) -> np.ndarray:
+               initial_outputs: np.ndarray | None = None,
+               start: tuple[int, np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """``(n + m, C)``: the training and clean outputs after ``steps`` steps of the run that :func:`simulate`
     takes with the same arguments (``config.eta`` set: :func:`default_eta`), computed by the loop that
     :func:`simulate` compiled for ``config``'s loop knobs (no new compilation, whatever ``eta``, ``beta`` and
-    ``gamma``): one segment that takes the ``steps`` steps after its first record."""
+    ``gamma``): one segment that takes the steps after its first record.
+
+    ``start``: ``(t, F, w)`` with ``t <= steps``, that run's outputs and weights entering step ``t`` (from
+    :func:`simulate`'s ``keep_outputs`` and its trajectory's ``w``): only the steps from ``t`` on are taken, and
+    the result is the same to the last bit (the same steps, from the same state)."""
     shared, coefficients = _coefficients(_Rule.of(config, _resolved_eta(config, "outputs_at")))
     state = init(problem, operator, config, seed=seed, initial_outputs=initial_outputs)
+    taken = 0
+    if start is not None:
+        taken, F, w = start
+        if not 0 <= taken <= steps or np.shape(F) != state.F.shape or np.shape(w) != state.w.shape:
+            raise ValueError(f"start must be (t, F {state.F.shape}, w {state.w.shape}) with 0 <= t <= steps = "
+                             f"{steps}; got t = {taken}, F {np.shape(F)}, w {np.shape(w)}")
+        # G_sum and R_meta_sum, which only the test outputs read, stay zero: F is all that is returned.
+        state = dataclasses.replace(state, F=np.asarray(F, dtype=np.float64), w=np.asarray(w, dtype=np.float64),
+                                    t=np.asarray(taken, dtype=np.int64))
     advances = np.zeros(_segment_length(config), dtype=np.int64)
-    advances[0] = steps
+    advances[0] = steps - taken
     state, *_ = _segment(shared, jax.device_put(operator), jax.device_put(_run_data(problem, seed)), state,
                          coefficients, jnp.asarray(advances), 0)
     return np.asarray(state.F)
@@ -543,7 +562,8 @@ def outputs_at(problem: Problem, operator: KernelOperator, config: MetaConfig, s
 @_float64
 def simulate_many(problems: Sequence[Problem], operator: KernelOperator, configs: Sequence[MetaConfig],
                   seeds: Sequence[int], *, initial_outputs: Sequence[np.ndarray | None] | None = None,
-                  progress: Callable[[int], None] | None = None) -> list[Trajectory | DivergenceError]:
+                  progress: Callable[[int], None] | None = None,
+                  keep_outputs: Sequence[list] | None = None) -> list[Trajectory | DivergenceError]:
     """:func:`simulate` for ``S`` runs over one kernel, advanced together: each kernel product serves all runs.
 
     One run's step is bound by reading the kernel (``(n + m) n`` numbers per step for ``n C`` useful columns);
@@ -555,6 +575,8 @@ def simulate_many(problems: Sequence[Problem], operator: KernelOperator, configs
     same inputs, other noise draws), ``seeds``, ``initial_outputs``, ``eta``, ``beta``, ``gamma`` and ``w0``.
     Each result equals the one-at-a-time :func:`simulate` run to rounding (1e-12, tested); the runs do not
     interact.
+
+    ``keep_outputs``: one list per run, filled as :func:`simulate`'s.
 
     Returns one entry per run, in order: its :class:`~dynamics.trajectory.Trajectory`, or the
     :class:`DivergenceError` that :func:`simulate` would have raised for it (a diverging run does not stop
@@ -605,7 +627,11 @@ def simulate_many(problems: Sequence[Problem], operator: KernelOperator, configs
                 raise_host_interrupt(device_operator)
             return out
 
-        state, records, F_test, diverged = _drive(advance, state, configs[0], progress, runs=runs)
+        kept = None if keep_outputs is None else []
+        state, records, F_test, diverged = _drive(advance, state, configs[0], progress, runs=runs, keep=kept)
+    for t, outputs in kept or ():
+        for own, run_outputs in zip(keep_outputs, outputs):
+            own.append((t, run_outputs))
     F = np.asarray(state.F)
     k_meta_norm = operator.k_meta_norm()  # a property of the kernel, the same for every run
     results = []
@@ -638,7 +664,11 @@ def _divergence(step: int, eta: float, lambda_joint: float) -> DivergenceError:
         f"use eta below 2/lambda_max = {2.0 / lambda_joint:.4g}, or leave eta unset for the stable default")
 
 
-def _drive(advance, state, config: MetaConfig, progress, *, runs: int | None):
+#: At most this many ``(t, F)`` pairs are kept per run (``keep_outputs`` of :func:`simulate`).
+KEPT_OUTPUTS = 16
+
+
+def _drive(advance, state, config: MetaConfig, progress, *, runs: int | None, keep: list | None = None):
     """Run ``config.steps`` steps of ``advance`` (a jitted segment, :func:`_segment_body`) from ``state``, recording every
     ``config.record_every`` steps, in about a hundred segments.
 
@@ -649,7 +679,9 @@ def _drive(advance, state, config: MetaConfig, progress, *, runs: int | None):
 
     Returns ``(state, records, F_test, diverged)``: ``diverged`` is the step at which the run's losses stopped
     being finite (``None`` if they did not), a list of them for ``runs``. A single run stops at the segment
-    that shows its divergence; runs advanced together go on until all of them have diverged.
+    that shows its divergence; runs advanced together go on until all of them have diverged. ``keep``
+    receives ``(t, F)`` at up to :data:`KEPT_OUTPUTS` evenly spaced segment starts (``F`` with the run axis first
+    for ``runs``).
     """
     every, steps = int(config.record_every), int(config.steps)
     scanned, length = steps // every, _segment_length(config)
@@ -657,7 +689,10 @@ def _drive(advance, state, config: MetaConfig, progress, *, runs: int | None):
     advances[:scanned] = every
     count = 1 if runs is None else runs
     segments, first_losses, diverged = [], None, [None] * count
+    stride = length * -(-len(advances) // (length * KEPT_OUTPUTS))  # records between kept outputs
     for start in range(0, len(advances), length):
+        if keep is not None and start % stride == 0:
+            keep.append((start * every, np.asarray(state.F)))
         last = start + length >= len(advances)
         state, records, final, F_test = advance(state, jnp.asarray(advances[start:start + length]),
                                                 steps % every if last else 0)

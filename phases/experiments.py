@@ -552,10 +552,13 @@ def run_simulation(config: SimulationConfig = SimulationConfig(), *, progress: C
     meta = _resolved_meta_config(config, blocks)
     announce(f"simulating {meta.steps} steps of {meta.variant} reweighting ({meta.loss}), "
              f"kernel {spec.kind} depth {spec.depth} {spec.activation}")
-    trajectory = simulate(problem, blocks, meta, seed=config.seed, initial_outputs=initial_outputs, progress=progress)
+    kept = []
+    trajectory = simulate(problem, blocks, meta, seed=config.seed, initial_outputs=initial_outputs, progress=progress,
+                          keep_outputs=kept)
     announce("phases and claims")
     eigenvectors = _top_eigenvectors(blocks.K_XX, problem.num_classes) if claims else None
-    return _dense_result(config, problem, blocks, meta, trajectory, initial_outputs, eigenvectors, saving=saving)
+    return _dense_result(config, problem, blocks, meta, trajectory, initial_outputs, eigenvectors, kept,
+                         saving=saving)
 
 
 def run_simulations(configs, *, claims: bool = True, progress: Callable[[int], None] | None = None) -> list:
@@ -594,13 +597,15 @@ def run_simulations(configs, *, claims: bool = True, progress: Callable[[int], N
         blocks = _kernel_blocks(first, problem)
         metas = [_resolved_meta_config(config, blocks) for _, config, _ in members]
         outputs = [_initial_outputs(config, problem) for _, config, problem in members]
+        kept = [[] for _ in members]
         trajectories = simulate_many([problem for _, _, problem in members], blocks, metas,
                                      [config.seed for _, config, _ in members], initial_outputs=outputs,
-                                     progress=progress)
+                                     progress=progress, keep_outputs=kept)
         eigenvectors = _top_eigenvectors(blocks.K_XX, problem.num_classes) if claims else None
-        for (index, config, problem), meta, initial, trajectory in zip(members, metas, outputs, trajectories):
+        for (index, config, problem), meta, initial, trajectory, own in zip(members, metas, outputs, trajectories,
+                                                                             kept):
             results[index] = trajectory if isinstance(trajectory, DivergenceError) else _dense_result(
-                config, problem, blocks, meta, trajectory, initial, eigenvectors)
+                config, problem, blocks, meta, trajectory, initial, eigenvectors, own)
     return results
 
 
@@ -626,9 +631,9 @@ def _initial_outputs(config: SimulationConfig, problem):
 
 
 def _dense_result(config: SimulationConfig, problem, blocks, meta: MetaConfig, trajectory, initial_outputs,
-                  eigenvectors, saving: bool = False) -> SimulationResult:
-    """A dense run's phases, claims (when ``eigenvectors``, C9's, are given) and summary (``saving``: as
-    :func:`run_simulation`)."""
+                  eigenvectors, kept, saving: bool = False) -> SimulationResult:
+    """A dense run's phases, claims (when ``eigenvectors``, C9's, are given) and summary (``kept``: the run's
+    ``keep_outputs``; ``saving``: as :func:`run_simulation`)."""
     from phases.claims import check_claims
     from phases.report import summary
     from phases.sign_pattern import problem_sign_pattern
@@ -638,7 +643,7 @@ def _dense_result(config: SimulationConfig, problem, blocks, meta: MetaConfig, t
     phases = detect_phases(trajectory, config.phase_params())
     checked, signs = [], {}
     if eigenvectors is not None:
-        prediction = _rate_prediction(problem, blocks, meta, trajectory, phases, config.seed, initial_outputs)
+        prediction = _rate_prediction(problem, blocks, meta, trajectory, phases, config.seed, initial_outputs, kept)
         checked = check_claims(trajectory, phases, problem=problem, eigenvectors=eigenvectors,
                                rate_prediction=prediction, thresholds=config.thresholds())
         signs = {"sign_pattern": problem_sign_pattern(problem, blocks)}  # with the claims (docs/theory.md section 9)
@@ -657,16 +662,19 @@ def _resolved_meta_config(config: SimulationConfig, operator) -> MetaConfig:
     return dataclasses.replace(meta, eta=config.eta_scale * 2.0 / default_eta(operator, config.gamma)[1])
 
 
-def _rate_prediction(problem, operator, meta, trajectory, phases: Phases, seed: int, initial_outputs):
+def _rate_prediction(problem, operator, meta, trajectory, phases: Phases, seed: int, initial_outputs, kept):
     """C5''s prediction, from the state of the run at ``T_filter``: the same run stopped there, through its
-    compiled loop (the dynamics are deterministic); ``None`` without a filtering boundary."""
+    compiled loop (the dynamics are deterministic), from the last of the outputs ``kept`` during the run
+    (``simulate``'s ``keep_outputs``) before ``T_filter``; ``None`` without a filtering boundary."""
     from dynamics.simulator import outputs_at
     from phases.claims import predict_post_filtering_rate
 
     if phases.T_filter is None or phases.T_filter == 0:
         return None
+    t, F = max(((t, F) for t, F in kept if t <= phases.T_filter), key=lambda pair: pair[0])
+    start = (t, F, trajectory.w[int(np.searchsorted(trajectory.step, t))])
     outputs = outputs_at(problem, operator, dataclasses.replace(meta, eta=trajectory.config["eta"]),
-                         phases.T_filter, seed=seed, initial_outputs=initial_outputs)
+                         phases.T_filter, seed=seed, initial_outputs=initial_outputs, start=start)
     return predict_post_filtering_rate(problem, operator, trajectory, phases, outputs)
 
 
@@ -698,7 +706,9 @@ def _run_on_features(config: SimulationConfig, problem, *, progress, announce, c
     meta = _resolved_meta_config(config, operator)
     announce(f"simulating {meta.steps} steps of {meta.variant} reweighting ({meta.loss}), linear kernel of "
              f"{problem.D} features")
-    trajectory = simulate(base, operator, meta, seed=config.seed, initial_outputs=initial_outputs, progress=progress)
+    kept = []
+    trajectory = simulate(base, operator, meta, seed=config.seed, initial_outputs=initial_outputs, progress=progress,
+                          keep_outputs=kept)
     trajectory = dataclasses.replace(trajectory, config=trajectory.config | {
         "init": config.init, "kernel": "linear (explicit features)", "D": problem.D, "y_true": problem.has_y_true})
     archive = compress_beside(trajectory) if saving else None
@@ -707,7 +717,7 @@ def _run_on_features(config: SimulationConfig, problem, *, progress, announce, c
     checked = []
     if claims:
         eigenvectors = feature_eigenvectors(operator, problem.num_classes) if problem.has_y_true else None
-        prediction = _rate_prediction(base, operator, meta, trajectory, phases, config.seed, initial_outputs)
+        prediction = _rate_prediction(base, operator, meta, trajectory, phases, config.seed, initial_outputs, kept)
         checked = check_claims(trajectory, phases, problem=base, eigenvectors=eigenvectors,
                                rate_prediction=prediction, thresholds=config.thresholds())
         if not problem.has_y_true:

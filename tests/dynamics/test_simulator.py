@@ -355,21 +355,40 @@ def test_runs_advanced_together_keep_going_past_a_diverging_one_and_share_their_
         simulate_many([problem, signed], blocks, [MetaConfig(), MetaConfig()], [0, 1])
 
 
+_COMPILATIONS = [0]  # XLA compilations in this process so far
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, seconds, **_: _COMPILATIONS.__setitem__(0, _COMPILATIONS[0] + 1)
+    if event == "/jax/core/compile/backend_compile_duration" else None)
+
+
 def test_outputs_at_a_step_come_from_the_run_s_own_compiled_loop():
     """C5''s state at T_filter: outputs_at equals the run stopped there, and reuses the run's compiled loop."""
     problem = feature_problem(np.random.default_rng(3), 30, 8, 6, 3, 12)
     blocks = _linear_blocks(problem)
     config = MetaConfig(steps=50, record_every=1, eta=0.5 / blocks.lambda_max(1.0))
-    simulate(problem, blocks, config, seed=2)
+    kept = []
+    run = simulate(problem, blocks, config, seed=2, keep_outputs=kept)
     compiled = dynamics.simulator._segment._cache_size()
     outputs = outputs_at(problem, blocks, config, 17, seed=2)
     other = dataclasses.replace(config, eta=0.5 * config.eta, beta=3.0, gamma=0.5)
     outputs_at(problem, blocks, other, 17, seed=2)  # eta, beta and gamma are traced: still the same loop
+    # From any output kept during the run before step 17 (at most KEPT_OUTPUTS of them): the same outputs, to
+    # the last bit, by the same loop.
+    assert [t for t, _ in kept] == list(range(0, 50, 4)) and len(kept) <= dynamics.simulator.KEPT_OUTPUTS
     assert dynamics.simulator._segment._cache_size() == compiled
+    before = _COMPILATIONS[0]
+    for t, F in kept[:5]:
+        np.testing.assert_array_equal(outputs_at(problem, blocks, config, 17, seed=2, start=(t, F, run.w[t])), outputs)
+    assert _COMPILATIONS[0] == before  # (new numpy leaves add entries to jit's dispatch cache, not programs)
     stopped = simulate(problem, blocks, dataclasses.replace(config, steps=17), seed=2)
     np.testing.assert_allclose(outputs, np.concatenate([stopped.outputs, stopped.meta_outputs]), rtol=0, atol=1e-12)
+    t, F = kept[3]  # a kept output is the state of the run at its step: the run stopped there ends with it
+    at_t = simulate(problem, blocks, dataclasses.replace(config, steps=t), seed=2)
+    np.testing.assert_allclose(F, np.concatenate([at_t.outputs, at_t.meta_outputs]), rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="needs config.eta"):
         outputs_at(problem, blocks, MetaConfig(steps=50), 17)
+    with pytest.raises(ValueError, match="0 <= t <= steps"):
+        outputs_at(problem, blocks, config, 17, seed=2, start=(20, *kept[-1][1:], run.w[20]))
 
 
 def test_step_needs_a_resolved_eta_and_a_matching_operator():
