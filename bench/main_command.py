@@ -15,7 +15,7 @@ table and writes a JSON file with every number.
   tracing and XLA compilation, from ``jax.monitoring``), phases and claims,
   writing the outputs (as in the command, the trajectory's compression runs on
   a second core from the end of the run, beside the phases, claims and
-  figure; the figure's imports load on a thread during the simulation).
+  figure).
 
 The machine's CPUs may be shared: the load average is recorded at the start
 and the end.
@@ -67,7 +67,7 @@ def stages(out: str) -> dict:
 
     importlib.import_module("dynamics.simulator")  # the command imports it before the first stage
     from phases.experiments import SimulationConfig, run_simulation
-    from phases.simulate import parse_config, prefetch_figure_imports
+    from phases.simulate import parse_config
 
     marks["imports"] = time.perf_counter() - started
     compiled = {"tracing": 0.0, "compilation": 0.0}
@@ -78,7 +78,9 @@ def stages(out: str) -> dict:
         if event in events else None)
     config, _ = parse_config(COMMAND[2:])
     assert isinstance(config, SimulationConfig)
-    prefetch_figure_imports()  # as the command does
+    import matplotlib
+
+    matplotlib.use("Agg")
     # run_simulation announces each stage as it starts: the problem is drawn, then the kernel, the simulation,
     # the phases and claims.
     clock = [time.perf_counter()]

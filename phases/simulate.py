@@ -39,10 +39,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import os
 import sys
-import threading
 import time
 
 from phases.cli import ArgumentParser, HelpFormatter, OutputDirectory, UserError, add_output_arguments, \
@@ -222,15 +220,6 @@ class _ImageBar:
             self.bar.close()
 
 
-def prefetch_figure_imports() -> None:
-    """Select matplotlib's file backend, and import the figure's modules (0.4 s) on a thread, while the main
-    thread waits on JAX's compiled loop."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # a command line draws to files only
-    threading.Thread(target=importlib.import_module, args=("phases.plot",), daemon=True).start()
-
-
 def run(argv: list[str] | None = None) -> dict:
     """Run one simulation from command-line arguments; print the report; return the summary."""
     config, args = parse_config(argv)
@@ -250,7 +239,9 @@ def run(argv: list[str] | None = None) -> dict:
     if args.seeds is not None:
         return _run_seeds(config, args, output, command, out)
 
-    prefetch_figure_imports()
+    import matplotlib
+
+    matplotlib.use("Agg")  # a command line draws to files only
     from tqdm import tqdm
 
     from dynamics.simulator import DivergenceError
