@@ -95,7 +95,7 @@ def kernel(spec: KernelSpec, x1: np.ndarray, x2: np.ndarray | None = None, *, bl
         raise ValueError(f"inputs must be 2-D with equal feature counts, got {x1.shape} and {x2.shape}")
     kernel_fn = _jitted_kernel_fn(spec)
     out = np.empty((x1.shape[0], x2.shape[0]), dtype=dtype)
-    rows = min(block_rows, x1.shape[0])
+    rows = max(1, min(block_rows, x1.shape[0]))  # no block is larger than x1 (none at all for an empty x1)
     for start in range(0, x1.shape[0], rows):
         block = x1[start:start + rows]
         count = len(block)

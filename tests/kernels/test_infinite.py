@@ -70,6 +70,7 @@ def test_blocks_equal_one_evaluation(spec, n, block_rows, seed):
     x1, x2 = _inputs(seed, n), _inputs(seed + 1, 5)
     assert_close(kernel(spec, x1, x2, block_rows=block_rows), kernel(spec, x1, x2, block_rows=n))
     assert_close(kernel(spec, x1, block_rows=block_rows), kernel(spec, x1, x1))
+    assert kernel(spec, x1[:0], x2, block_rows=block_rows).shape == (0, 5)
 
 
 @settings(max_examples=12)
