@@ -123,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=bounded(float, 0.0, strict=True), default=None,
                        help="initial SGD learning rate, annealed to 0 by a per-step cosine (reference: x0.1 at epochs "
                             f"40, 80, 100) {_profile_defaults('lr')}")
+    train.add_argument("--weight-decay", type=bounded(float, 0.0), default=None,
+                       help=f"SGD weight decay (on the model step only) {_profile_defaults('weight_decay')}")
     train.add_argument("--gamma", type=bounded(float, 0.0), default=None,
                        help="weight of the clean term in the training loss of every method but erm and early-stop "
                             f"{_profile_defaults('gamma')}")
@@ -207,7 +209,8 @@ def run(argv: Sequence[str] | None = None) -> dict:
                    n_train=args.n_train, data_dir=args.data_dir, features=args.features, device=args.device,
                    verify=not args.no_verify,
                    budget_overrides={key: getattr(args, key) for key in
-                                     ("batch_size", "meta_batch_size", "lr", "gamma", "clean_passes", "warmup_epochs")
+                                     ("batch_size", "meta_batch_size", "lr", "weight_decay", "gamma", "clean_passes",
+                                      "warmup_epochs")
                                      if getattr(args, key) is not None})
     try:
         options["params"] = _method_params(args)
