@@ -115,7 +115,7 @@ class SimState:
     key : (2,) uint32, the mini-batch key, ``jax.random.split(PRNGKey(seed))[0]``;
         step ``t`` draws its training batch as ``jax.random.choice(fold_in(key,
         2 t), n, (batch_size,), replace=False)`` and its clean batch likewise from
-        ``fold_in(key, 2 t + 1)`` (the C7 perturbations use the other half).
+        ``fold_in(key, 2 t + 1)``.
     """
 
     F: jax.Array
@@ -245,14 +245,15 @@ def _test_outputs(rule: _Rule, operator: KernelOperator, state: SimState):
     return state.F_test0 - rule.eta * operator.apply_test(state.G_sum, state.R_meta_sum, rule.gamma)
 
 
-def _record(rule: _Rule, operator: KernelOperator, data, state: SimState):
+def _record(rule: _Rule, operator: KernelOperator, data, state: SimState, noise):
     """Full-batch quantities of docs/theory.md section 3 at one state, and its test outputs ``(p, C)``; no
-    ``K_XX`` product.
+    ``K_XX`` product. ``noise``: C7's ``(perturb_draws, n + m, C)`` Gaussian draws for this state
+    (:func:`_perturbations`), or ``None`` without C7.
 
     ``O((m + p) n C)`` dense, ``O((n + m + p) D C)`` with features, times
     ``1 + perturb_draws`` for the meta score.
     """
-    Y_all, noisy, y_test, perturb_key = data["Y"], data["noisy"], data["y_test"], data["perturb_key"]
+    Y_all, noisy, y_test = data["Y"], data["noisy"], data["y_test"]
     F, w, t = state.F, state.w, state.t
     n = w.shape[0]
     kernel = operator.select(None, None)
@@ -276,11 +277,7 @@ def _record(rule: _Rule, operator: KernelOperator, data, state: SimState):
         perturbed, _ = score_at(F[:n] + size * Z / jnp.linalg.norm(Z), F[n:] + size * Z_meta / jnp.linalg.norm(Z_meta))
         return jnp.mean(jnp.sign(perturbed) != jnp.sign(score))
 
-    if rule.perturb_draws:
-        # Every draw of the record in one call keyed by its step (each call site of the generator costs XLA
-        # a second of compilation on a CPU; one call is the least), in float32: half the generator's work, and
-        # a direction scaled to norm eps needs no more (its norm is exact to 1e-7 relative).
-        noise = jax.random.normal(jax.random.fold_in(perturb_key, t), (rule.perturb_draws, *F.shape), jnp.float32)
+    if noise is not None:
         flip_rate = jnp.mean(jax.vmap(flip)(noise))
     else:
         flip_rate = jnp.asarray(jnp.nan)
@@ -304,10 +301,11 @@ def _record(rule: _Rule, operator: KernelOperator, data, state: SimState):
     }, F_test
 
 
-def _segment_body(rule: _Rule, operator: KernelOperator, data, state: SimState, advances, remainder):
+def _segment_body(rule: _Rule, operator: KernelOperator, data, state: SimState, advances, remainder, noise):
     """A stretch of a run: for each ``k`` of ``advances : (L,)``, keep the state, then take ``k`` steps; then take
     ``remainder`` more steps. Returns the state, the records of the ``L`` kept states stacked, the record of the
-    final state and the final test outputs ``(p, C)``.
+    final state and the final test outputs ``(p, C)``. ``noise``: C7's draws for the ``L + 1`` records, ``(L +
+    1, perturb_draws, n + m, C)`` (:func:`_perturbations`), or ``None`` without C7.
 
     The records are taken after the steps, all at once (a vmap over the kept states): every kernel product of
     :func:`_record` then serves the ``L + 1`` states (and C7's draws) in one product with that many times the
@@ -323,7 +321,7 @@ def _segment_body(rule: _Rule, operator: KernelOperator, data, state: SimState, 
     state, kept = jax.lax.scan(keep_and_advance, state, advances)
     state = take_steps(state, remainder)
     states = jax.tree.map(lambda kept, final: jnp.concatenate([kept, final[None]]), kept, state)
-    records, test_outputs = jax.vmap(lambda state: _record(rule, operator, data, state))(states)
+    records, test_outputs = jax.vmap(lambda state, noise: _record(rule, operator, data, state, noise))(states, noise)
     length = advances.shape[0]
     return (state, jax.tree.map(lambda r: r[:length], records), jax.tree.map(lambda r: r[length], records),
             test_outputs[length])
@@ -336,27 +334,30 @@ def _coefficients(rule: _Rule) -> tuple[_Rule, jax.Array]:
     return shared, jnp.asarray([rule.eta, rule.beta, rule.gamma], dtype=jnp.float64)
 
 
-def _segment_of(rule: _Rule, operator: KernelOperator, data, state: SimState, coefficients, advances, remainder):
+def _segment_of(rule: _Rule, operator: KernelOperator, data, state: SimState, coefficients, advances, remainder,
+                noise):
     """:func:`_segment_body` with ``eta, beta, gamma = coefficients`` (:func:`_coefficients`)."""
     eta, beta, gamma = coefficients
     own = dataclasses.replace(rule, eta=eta, beta=beta, gamma=gamma)
-    return _segment_body(own, operator, data, state, advances, remainder)
+    return _segment_body(own, operator, data, state, advances, remainder, noise)
 
 
 _segment = jax.jit(_segment_of, static_argnums=0)
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _segments(rule: _Rule, operator: KernelOperator, data, state: SimState, coefficients, advances, remainder):
-    """:func:`_segment` of ``S`` runs at once over one kernel: ``data``, ``state`` and ``coefficients`` (``eta,
-    beta, gamma``, each ``(S,)``) carry a leading run axis, ``rule`` the knobs the runs share. Every product with
-    the kernel becomes one product with ``S`` times as many columns (the kernel is read once for all runs). The
-    records come back with the step axis first, ``(L, S, ...)``, the state and final values run first."""
+def _segments(rule: _Rule, operator: KernelOperator, data, state: SimState, coefficients, advances, remainder,
+              noise):
+    """:func:`_segment` of ``S`` runs at once over one kernel: ``data``, ``state``, ``coefficients`` (``eta,
+    beta, gamma``, each ``(S,)``) and ``noise`` carry a leading run axis, ``rule`` the knobs the runs share.
+    Every product with the kernel becomes one product with ``S`` times as many columns (the kernel is read once
+    for all runs). The records come back with the step axis first, ``(L, S, ...)``, the state and final values
+    run first."""
 
-    def one(data, state, coefficients):
-        return _segment_of(rule, operator, data, state, coefficients, advances, remainder)
+    def one(data, state, coefficients, noise):
+        return _segment_of(rule, operator, data, state, coefficients, advances, remainder, noise)
 
-    return jax.vmap(one, out_axes=(0, 1, 0, 0))(data, state, coefficients)
+    return jax.vmap(one, out_axes=(0, 1, 0, 0))(data, state, coefficients, noise)
 
 
 _step_jit = jax.jit(_step, static_argnums=0)
@@ -405,9 +406,31 @@ def _targets(problem: Problem) -> np.ndarray:
     return problem.encode(np.concatenate([problem.y_noisy, problem.y_meta]))
 
 
-def _keys(seed: int):
-    """``(batch_key, perturb_key)`` of a run's seed."""
-    return jax.random.split(jax.random.PRNGKey(seed))
+def _batch_key(seed: int):
+    """The mini-batch key of a run's seed (:attr:`SimState.key`)."""
+    return jax.random.split(jax.random.PRNGKey(seed))[0]
+
+
+#: The stream of numpy's generator that C7's draws come from: ``default_rng([seed, C7_STREAM, t])`` at step ``t``.
+C7_STREAM = 0xC7
+
+
+def _perturbations(seed: int, steps: np.ndarray, draws: int, shape: tuple[int, int]) -> np.ndarray:
+    """C7's Gaussian draws for records at ``steps``: ``(len(steps), draws, *shape)`` float32, each step's from its
+    own generator (:data:`C7_STREAM`), so a record's draws do not depend on how the run is cut into segments or
+    which runs advance with it.
+
+    Drawn on the host while the compiled loop runs the segment before: drawn in XLA, JAX's counter-based
+    generator took 0.5-0.7 s of compilation alone in the default run, and the run took 0.3-0.6 s longer
+    (``bench/main_command.py``). Float32: the direction is scaled to norm ``eps``, which needs no more (its norm
+    is exact to 1e-7 relative)."""
+    out = np.empty((len(steps), draws, *shape), dtype=np.float32)
+    drawn = {}
+    for index, t in enumerate(steps.tolist()):
+        if t not in drawn:
+            drawn[t] = np.random.default_rng([seed, C7_STREAM, t]).standard_normal((draws, *shape), np.float32)
+        out[index] = drawn[t]
+    return out
 
 
 def _resolved_eta(config: MetaConfig, caller: str) -> float:
@@ -443,7 +466,7 @@ def _initial_state(problem: Problem, operator, config: MetaConfig, seed: int, in
     F0 = np.zeros((n + m + p, C)) if initial_outputs is None else np.asarray(initial_outputs, dtype=np.float64)
     if F0.shape != (n + m + p, C):
         raise ValueError(f"initial_outputs must have shape {(n + m + p, C)}, got {F0.shape}")
-    batch_key, _ = _keys(seed)
+    batch_key = _batch_key(seed)
     # Explicit dtypes: a weakly typed leaf would make the second call of the jitted step compile anew.
     return SimState(F=F0[:n + m], w=np.full(n, float(config.w0)), G_sum=np.zeros((n, C)),
                     R_meta_sum=np.zeros((m, C)), F_test0=F0[n + m:], t=np.zeros((), dtype=np.int64),
@@ -517,12 +540,16 @@ def simulate(problem: Problem, operator: KernelOperator, config: MetaConfig = Me
     eta = eta_default if config.eta is None else float(config.eta)
     rule = _Rule.of(config, eta)
     shared, coefficients = _coefficients(rule)
-    device_operator, data = jax.device_put(operator), jax.device_put(_run_data(problem, seed))
+    device_operator, data = jax.device_put(operator), jax.device_put(_run_data(problem))
 
-    def advance(state, advances, remainder):
-        return _segment(shared, device_operator, data, state, coefficients, advances, remainder)
+    def advance(state, advances, remainder, noise):
+        return _segment(shared, device_operator, data, state, coefficients, advances, remainder, noise)
 
-    state, records, F_test, diverged = _drive(advance, state, config, progress, runs=None, keep=keep_outputs)
+    def draw(steps):
+        return _perturbations(seed, steps, rule.perturb_draws, state.F.shape) if rule.perturb_draws else None
+
+    state, records, F_test, diverged = _drive(advance, state, config, progress, runs=None, draw=draw,
+                                              keep=keep_outputs)
     if diverged is not None:
         raise _divergence(diverged, eta, lambda_joint)
     return _trajectory(problem, operator, config, rule, lambda_joint, seed, initial_outputs, records,
@@ -554,8 +581,11 @@ def outputs_at(problem: Problem, operator: KernelOperator, config: MetaConfig, s
                                     t=np.asarray(taken, dtype=np.int64))
     advances = np.zeros(_segment_length(config), dtype=np.int64)
     advances[0] = steps - taken
-    state, *_ = _segment(shared, jax.device_put(operator), jax.device_put(_run_data(problem, seed)), state,
-                         coefficients, jnp.asarray(advances), 0)
+    # The records are not read: C7 gets zeros of the loop's shape, not draws.
+    noise = np.zeros((len(advances) + 1, config.perturb_draws, *state.F.shape), np.float32) \
+        if config.perturb_draws else None
+    state, *_ = _segment(shared, jax.device_put(operator), jax.device_put(_run_data(problem)), state,
+                         coefficients, jnp.asarray(advances), 0, noise)
     return np.asarray(state.F)
 
 
@@ -611,7 +641,7 @@ def simulate_many(problems: Sequence[Problem], operator: KernelOperator, configs
         _initial_state(problem, operator, config, seed, outputs)
         for problem, config, seed, outputs in zip(problems, configs, seeds, initial_outputs)])
     data = jax.tree.map(lambda *leaves: np.stack(leaves), *[
-        _run_data(problem, seed) for problem, seed in zip(problems, seeds)])
+        _run_data(problem) for problem in problems])
     data = jax.device_put(data)
     # Full-batch products of two or more runs are GEMMs bound by arithmetic, which numpy's BLAS computes about
     # twice as fast as XLA (bench/batched.py); one run's thin product is bound by reading the kernel. The
@@ -620,15 +650,22 @@ def simulate_many(problems: Sequence[Problem], operator: KernelOperator, configs
             and shared["meta_batch_size"] is None and x64_in_every_thread())
     with host_products(operator) if host else contextlib.nullcontext(jax.device_put(operator)) as device_operator:
 
-        def advance(state, advances, remainder):
-            out = _segments(shared_rule, device_operator, data, state, coefficients, advances, remainder)
+        def advance(state, advances, remainder, noise):
+            out = _segments(shared_rule, device_operator, data, state, coefficients, advances, remainder, noise)
             if host:
                 jax.block_until_ready(out)
                 raise_host_interrupt(device_operator)
             return out
 
+        def draw(steps):
+            if not shared["perturb_draws"]:
+                return None
+            return np.stack([_perturbations(seed, steps, shared["perturb_draws"], state.F.shape[1:])
+                             for seed in seeds])
+
         kept = None if keep_outputs is None else []
-        state, records, F_test, diverged = _drive(advance, state, configs[0], progress, runs=runs, keep=kept)
+        state, records, F_test, diverged = _drive(advance, state, configs[0], progress, runs=runs, draw=draw,
+                                                  keep=kept)
     for t, outputs in kept or ():
         for own, run_outputs in zip(keep_outputs, outputs):
             own.append((t, run_outputs))
@@ -651,11 +688,10 @@ SHARED_KNOBS = ("loss", "variant", "batch_size", "meta_batch_size", "steps", "re
                  "perturb_draws")
 
 
-def _run_data(problem: Problem, seed: int) -> dict:
-    """What a run's records read besides its state: targets, test labels, noise mask, the C7 key."""
-    _, perturb_key = _keys(seed)
+def _run_data(problem: Problem) -> dict:
+    """What a run's records read besides its state and C7's draws: targets, test labels, noise mask."""
     return {"Y": _targets(problem), "Y_test": problem.encode(problem.y_test), "codebook": problem.codebook,
-            "noisy": problem.noisy, "y_test": problem.y_test, "perturb_key": perturb_key}
+            "noisy": problem.noisy, "y_test": problem.y_test}
 
 
 def _divergence(step: int, eta: float, lambda_joint: float) -> DivergenceError:
@@ -668,9 +704,11 @@ def _divergence(step: int, eta: float, lambda_joint: float) -> DivergenceError:
 KEPT_OUTPUTS = 16
 
 
-def _drive(advance, state, config: MetaConfig, progress, *, runs: int | None, keep: list | None = None):
+def _drive(advance, state, config: MetaConfig, progress, *, runs: int | None, draw, keep: list | None = None):
     """Run ``config.steps`` steps of ``advance`` (a jitted segment, :func:`_segment_body`) from ``state``, recording every
-    ``config.record_every`` steps, in about a hundred segments.
+    ``config.record_every`` steps, in about a hundred segments. ``draw(steps)``: C7's draws for records at
+    ``steps`` (:func:`_perturbations`, a run axis first for ``runs``), or ``None`` without C7; a segment's draws
+    are made while the segment before it runs.
 
     The records at steps 0, e, 2e, ..., (c - 1) e are taken in segments of L records each (the last one padded
     with zero-step records, dropped), so the loop compiles once; the last segment also takes the remaining
@@ -690,12 +728,20 @@ def _drive(advance, state, config: MetaConfig, progress, *, runs: int | None, ke
     count = 1 if runs is None else runs
     segments, first_losses, diverged = [], None, [None] * count
     stride = length * -(-len(advances) // (length * KEPT_OUTPUTS))  # records between kept outputs
+
+    def draws_of(start):  # the steps of a segment's L + 1 records (padding repeats the last)
+        at = start * every + np.concatenate([[0], np.cumsum(advances[start:start + length])])
+        at[-1] += steps % every if start + length >= len(advances) else 0
+        return draw(at)
+
+    noise = draws_of(0)
     for start in range(0, len(advances), length):
         if keep is not None and start % stride == 0:
             keep.append((start * every, np.asarray(state.F)))
         last = start + length >= len(advances)
         state, records, final, F_test = advance(state, jnp.asarray(advances[start:start + length]),
-                                                steps % every if last else 0)
+                                                steps % every if last else 0, noise)
+        noise = None if last else draws_of(start + length)  # while the segment runs (dispatch is asynchronous)
         valid = min(length, scanned - start)
         records = {name: np.asarray(value)[:valid] for name, value in records.items()}
         if last:

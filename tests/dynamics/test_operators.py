@@ -182,10 +182,10 @@ def test_feature_route_never_forms_a_kernel_matrix():
         step_jaxpr = jax.make_jaxpr(lambda s: step(s, problem, features, config))(state).jaxpr
         rule = dynamics.simulator._Rule.of(config, config.eta)
         data = {"Y": np.eye(C)[np.concatenate([problem.y_noisy, problem.y_meta])], "Y_test": np.eye(C)[problem.y_test],
-                "codebook": np.eye(C), "noisy": problem.noisy, "y_test": problem.y_test,
-                "perturb_key": jax.random.PRNGKey(0)}
+                "codebook": np.eye(C), "noisy": problem.noisy, "y_test": problem.y_test}
+        noise = np.ones((4, config.perturb_draws, n + m, C), np.float32)
         segment_jaxpr = jax.make_jaxpr(lambda s: dynamics.simulator._segment(rule, features, data, s, jnp.ones(3),
-                                                                            jnp.ones(3, int), 2))(state).jaxpr
+                                                                            jnp.ones(3, int), 2, noise))(state).jaxpr
         shapes = list(_shapes(step_jaxpr)) + list(_shapes(segment_jaxpr))
         assert len(shapes) > 50
         assert not [shape for shape in shapes if any(shape[i:i + 2] in forbidden for i in range(len(shape) - 1))]

@@ -298,6 +298,50 @@ def test_init_and_step_reproduce_simulate(problem, variant, loss, mini, features
     assert_close(predict_test(state, operator, config), run.test_outputs)
 
 
+def test_c7_flip_rate_equals_its_definition_with_the_documented_draws():
+    """docs/theory.md, C7: at each recorded step, perturb F and F_meta by Gaussian directions of norm eps
+    ||Y_meta||_F each, drawn from ``default_rng([seed, C7_STREAM, t])``, and count the examples whose weight step
+    changes sign; numpy against the states that ``init`` and ``step`` pass through."""
+    problem = feature_problem(np.random.default_rng(3), 12, 5, 4, 3, 6)
+    n, m, _ = problem.sizes
+    blocks = _linear_blocks(problem)
+    seed, draws, eps, gamma = 4, 3, 0.5, 1.0
+    config = MetaConfig(steps=7, record_every=2, perturb_draws=draws, perturb_eps=eps, gamma=gamma, beta=5.0)
+    run = simulate(problem, blocks, config, seed=seed)
+    config = dataclasses.replace(config, eta=run.config["eta"])
+    eta = config.eta
+    C = problem.num_classes
+    Y, Y_meta = np.eye(C)[problem.y_noisy], np.eye(C)[problem.y_meta]
+    K_VX, K_VV = np.asarray(blocks.K_VX), np.asarray(blocks.K_VV)
+
+    def score(F, F_meta, w):  # mse: residuals are F - Y (docs/theory.md section 2)
+        R, R_meta = F - Y, F_meta - Y_meta
+        R_meta_hat = F_meta - eta * (K_VX @ (w[:, None] * R) + gamma * K_VV @ R_meta) - Y_meta
+        return np.sum(R * (K_VX.T @ R_meta_hat), axis=1)
+
+    state, rates = init(problem, blocks, config, seed=seed), []
+    for t in range(config.steps + 1):
+        if t in run.step:
+            F, w = np.asarray(state.F), np.asarray(state.w)
+            base = np.sign(score(F[:n], F[n:], w))
+            noise = np.random.default_rng([seed, dynamics.simulator.C7_STREAM, t]).standard_normal(
+                (draws, n + m, C), np.float32)
+            size = eps * np.linalg.norm(Y_meta)
+            flips = []
+            for Z in noise:
+                Z_train, Z_meta = Z[:n] / np.linalg.norm(Z[:n]), Z[n:] / np.linalg.norm(Z[n:])
+                perturbed = score(F[:n] + size * Z_train.astype(np.float64),
+                                  F[n:] + size * Z_meta.astype(np.float64), w)
+                flips.append(np.mean(np.sign(perturbed) != base))
+            rates.append(np.mean(flips))
+        if t < config.steps:
+            state = step(state, problem, blocks, config)
+    np.testing.assert_array_equal(run.step, [0, 2, 4, 7])  # every 2 steps, then the last state
+    # The same count of flipped steps at every record (the trajectory keeps the rate in float32).
+    np.testing.assert_array_equal(np.round(run.flip_rate * n * draws), np.round(np.asarray(rates) * n * draws))
+    assert 0 < np.max(rates) < 1  # the perturbation is large enough to flip some steps, and not all
+
+
 @settings(max_examples=1)  # three compilations per example; the diverging-run test below adds a second case
 @given(problem=problems, variant=st.sampled_from(["meta", "l2rw"]), loss=st.sampled_from(["mse", "ce"]),
        mini=st.booleans(), features=st.booleans(), seed=st.integers(0, 100))
