@@ -190,6 +190,7 @@ def test_an_interrupted_comparison_resumes_without_training_a_finished_run_again
     (["--data", "gmm", "--methods", "erm,bogus"], "bogus"),
     (["--data", "gmm", "--epochs", "-1"], "--epochs"),
     (["--data", "gmm", "--lr", "0"], "--lr"),
+    (["--data", "gmm", "--weight-decay", "-1"], "--weight-decay"),
     (["--data", "gmm", "--forget-rate", "1"], "forget_rate"),
     (["--data", "gmm", "--device", "no-such-device"], "device"),
     (["--data", "cifar10n-worse", "--noise", "0.2"], "real human label noise"),
@@ -240,6 +241,12 @@ def test_reference_profile_is_the_reference_codes_protocol():
     linear = resolve_setup("cifar10n-random2", "linear")
     assert linear.network == {"kind": "linear"} and linear.problem == {"label_set": "random2", "n_train": None}
     assert "45,000 noisy / 2,000 clean / 10,000 test" in linear.description
+    # Regime 2 trains without weight decay, so that plain ERM memorises the noisy labels (README, regime 2).
+    head = resolve_setup("cifar10n-worse", "mlp-head")
+    assert head.network == {"kind": "mlp", "hidden": [512]}
+    assert (head.budget.epochs, head.budget.weight_decay) == (40, 0)
+    decayed = resolve_setup("cifar10n-worse", "mlp-head", budget_overrides={"weight_decay": 5e-4})
+    assert decayed.budget.weight_decay == 5e-4
     # The surrogate's settings are shared by its ablations, each keeping its own change.
     shared = resolve_setup("gmm", params={"surrogate": SurrogateParams(recompute="batch")}).params
     assert shared["surrogate-no-center"] == SurrogateParams(recompute="batch", center=False)
