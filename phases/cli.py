@@ -321,6 +321,12 @@ class OutputDirectory:
                 os.rmdir(directory)
 
     def __exit__(self, kind, error, traceback) -> None:
+        if kind is None:
+            try:
+                raise_if_interrupted()
+            except Interrupted:
+                self.__exit__(Interrupted, None, None)
+                raise
         if kind is not None:
             shutil.rmtree(self.staging, ignore_errors=True)
             self._remove_created()
@@ -367,8 +373,36 @@ class Interrupted(BaseException):
         self.signum = signum
 
 
+#: The signals that arrived during the command (:func:`run_main`). The handler's exception can be lost where Python
+#: ignores exceptions (a garbage-collection callback of JAX's, a ``__del__``): the signal is then sent again
+#: (:func:`_deliver_again`), and publishing checks this list too.
+_received: list[int] = []
+
+
 def _interrupt(signum, frame):
+    _received.append(signum)
     raise Interrupted(signum)
+
+
+def _deliver_again(previous_hook):
+    """A ``sys.unraisablehook`` that sends again, silently, a signal whose :class:`Interrupted` was raised where
+    Python ignores exceptions. From a timer thread, 10 ms later: sent from the hook, the handler would run inside
+    the hook, where exceptions are ignored too."""
+    import threading
+
+    def hook(report):
+        if isinstance(report.exc_value, Interrupted):
+            threading.Timer(0.01, os.kill, (os.getpid(), report.exc_value.signum)).start()
+        else:
+            previous_hook(report)
+
+    return hook
+
+
+def raise_if_interrupted() -> None:
+    """Raise :class:`Interrupted` if a signal arrived whose exception was swallowed before it could unwind."""
+    if _received:
+        raise Interrupted(_received[0])
 
 
 def run_main(prog: str, run: Callable[[], object]) -> int:
@@ -382,11 +416,14 @@ def run_main(prog: str, run: Callable[[], object]) -> int:
     import signal
     import threading
 
-    handlers = {}
+    handlers, unraisable = {}, sys.unraisablehook
+    _received.clear()
     if threading.current_thread() is threading.main_thread():  # signal handlers belong to the main thread
         handlers = {signum: signal.signal(signum, _interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
+        sys.unraisablehook = _deliver_again(unraisable)
     try:
         status = run()
+        raise_if_interrupted()
     except UserError as error:
         print(f"{prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
@@ -397,6 +434,7 @@ def run_main(prog: str, run: Callable[[], object]) -> int:
     finally:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
+        sys.unraisablehook = unraisable
     return status if isinstance(status, int) and not isinstance(status, bool) else 0
 
 
@@ -511,6 +549,7 @@ class ResumableOutput:
     def publish(self, records: list[dict], finish: Callable[[str], object]) -> None:
         """Rewrite ``records.jsonl`` as ``records`` (in that order), call ``finish(directory)`` to write the last
         files, mark the directory complete and rename it to ``DIR``."""
+        raise_if_interrupted()
         write_text(os.path.join(self.progress, self.RECORDS), "".join(map(self._line, records)))
         finish(self.progress)
         self._marker("complete")

@@ -1,12 +1,15 @@
 """The plumbing every command shares: marker-guarded, whole-or-nothing output directories and atomic files."""
 
+import gc
 import json
 import multiprocessing
 import os
+import signal
+import time
 
 import pytest
 
-from phases.cli import MARKER, OutputDirectory, UserError, bounded, check_output_path, write_json
+from phases.cli import MARKER, OutputDirectory, UserError, bounded, check_output_path, run_main, write_json
 
 
 def _publish(out, overwrite=False, content="new"):
@@ -150,3 +153,33 @@ def test_help_states_each_default_once(module, capsys):
     for option in re.split(r"(?=\s--?[a-z])", text):
         assert option.count("(default") <= 1, option
         assert not re.search(r"default:[^()]*\)\s*\(default:", option), option
+
+
+def test_a_signal_whose_exception_python_swallowed_still_stops_the_command_and_publishes_nothing(tmp_path, capsys):
+    """SIGTERM that lands in a garbage-collection callback (JAX registers one) raises where Python only reports
+    "Exception ignored": the command must still stop, with its one line and status 143, and publish nothing."""
+    sent = []
+
+    def callback(phase, info):
+        if phase == "start" and not sent:
+            sent.append(signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # Python code: the handler runs here, inside the callback
+                pass
+
+    def run():
+        with OutputDirectory(str(tmp_path / "out")):
+            gc.collect()
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:  # a command that would go on, and publish, were the signal lost
+                time.sleep(0.01)
+
+    gc.callbacks.append(callback)
+    try:
+        status = run_main("prog", run)
+    finally:
+        gc.callbacks.remove(callback)
+    err = capsys.readouterr().err
+    assert sent and status == 128 + signal.SIGTERM, err
+    assert err.strip() == "prog: interrupted by SIGTERM; no output was published"
+    assert os.listdir(tmp_path) == []
