@@ -545,8 +545,10 @@ def simulate(problem: Problem, operator: KernelOperator, config: MetaConfig = Me
     def advance(state, advances, remainder, noise):
         return _segment(shared, device_operator, data, state, coefficients, advances, remainder, noise)
 
+    shape = state.F.shape
+
     def draw(steps):
-        return _perturbations(seed, steps, rule.perturb_draws, state.F.shape) if rule.perturb_draws else None
+        return _perturbations(seed, steps, rule.perturb_draws, shape) if rule.perturb_draws else None
 
     state, records, F_test, diverged = _drive(advance, state, config, progress, runs=None, draw=draw,
                                               keep=keep_outputs)
@@ -657,11 +659,12 @@ def simulate_many(problems: Sequence[Problem], operator: KernelOperator, configs
                 raise_host_interrupt(device_operator)
             return out
 
+        shape = state.F.shape[1:]
+
         def draw(steps):
             if not shared["perturb_draws"]:
                 return None
-            return np.stack([_perturbations(seed, steps, shared["perturb_draws"], state.F.shape[1:])
-                             for seed in seeds])
+            return np.stack([_perturbations(seed, steps, shared["perturb_draws"], shape) for seed in seeds])
 
         kept = None if keep_outputs is None else []
         state, records, F_test, diverged = _drive(advance, state, configs[0], progress, runs=runs, draw=draw,
@@ -729,9 +732,12 @@ def _drive(advance, state, config: MetaConfig, progress, *, runs: int | None, dr
     segments, first_losses, diverged = [], None, [None] * count
     stride = length * -(-len(advances) // (length * KEPT_OUTPUTS))  # records between kept outputs
 
+    def remainder(start):  # the last segment also takes the steps after the last record
+        return steps % every if start + length >= len(advances) else 0
+
     def draws_of(start):  # the steps of a segment's L + 1 records (padding repeats the last)
         at = start * every + np.concatenate([[0], np.cumsum(advances[start:start + length])])
-        at[-1] += steps % every if start + length >= len(advances) else 0
+        at[-1] += remainder(start)
         return draw(at)
 
     noise = draws_of(0)
@@ -740,7 +746,7 @@ def _drive(advance, state, config: MetaConfig, progress, *, runs: int | None, dr
             keep.append((start * every, np.asarray(state.F)))
         last = start + length >= len(advances)
         state, records, final, F_test = advance(state, jnp.asarray(advances[start:start + length]),
-                                                steps % every if last else 0, noise)
+                                                remainder(start), noise)
         noise = None if last else draws_of(start + length)  # while the segment runs (dispatch is asynchronous)
         valid = min(length, scanned - start)
         records = {name: np.asarray(value)[:valid] for name, value in records.items()}

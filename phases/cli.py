@@ -321,15 +321,10 @@ class OutputDirectory:
                 os.rmdir(directory)
 
     def __exit__(self, kind, error, traceback) -> None:
-        if kind is None:
-            try:
-                raise_if_interrupted()
-            except Interrupted:
-                self.__exit__(Interrupted, None, None)
-                raise
-        if kind is not None:
+        if kind is not None or _received:  # an error, or a signal whose exception was swallowed
             shutil.rmtree(self.staging, ignore_errors=True)
             self._remove_created()
+            raise_if_interrupted()
             return
         os.chmod(self.staging, 0o777 & ~_umask())  # mkdtemp made it private; the result is an ordinary directory
         trash = None
@@ -384,15 +379,16 @@ def _interrupt(signum, frame):
     raise Interrupted(signum)
 
 
-def _deliver_again(previous_hook):
+def _deliver_again(previous_hook, timers: list):
     """A ``sys.unraisablehook`` that sends again, silently, a signal whose :class:`Interrupted` was raised where
-    Python ignores exceptions. From a timer thread, 10 ms later: sent from the hook, the handler would run inside
-    the hook, where exceptions are ignored too."""
+    Python ignores exceptions. From a timer thread, 10 ms later (appended to ``timers``, cancelled when the
+    command ends): sent from the hook, the handler would run inside the hook, where exceptions are ignored too."""
     import threading
 
     def hook(report):
         if isinstance(report.exc_value, Interrupted):
-            threading.Timer(0.01, os.kill, (os.getpid(), report.exc_value.signum)).start()
+            timers.append(threading.Timer(0.01, os.kill, (os.getpid(), report.exc_value.signum)))
+            timers[-1].start()
         else:
             previous_hook(report)
 
@@ -416,11 +412,11 @@ def run_main(prog: str, run: Callable[[], object]) -> int:
     import signal
     import threading
 
-    handlers, unraisable = {}, sys.unraisablehook
+    handlers, unraisable, timers = {}, sys.unraisablehook, []
     _received.clear()
     if threading.current_thread() is threading.main_thread():  # signal handlers belong to the main thread
         handlers = {signum: signal.signal(signum, _interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
-        sys.unraisablehook = _deliver_again(unraisable)
+        sys.unraisablehook = _deliver_again(unraisable, timers)
     try:
         status = run()
         raise_if_interrupted()
@@ -435,6 +431,8 @@ def run_main(prog: str, run: Callable[[], object]) -> int:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
         sys.unraisablehook = unraisable
+        for timer in timers:  # a signal sent again after the handlers are restored would kill the process
+            timer.cancel()
     return status if isinstance(status, int) and not isinstance(status, bool) else 0
 
 

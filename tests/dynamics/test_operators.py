@@ -181,8 +181,7 @@ def test_feature_route_never_forms_a_kernel_matrix():
         state = init(problem, features, config)
         step_jaxpr = jax.make_jaxpr(lambda s: step(s, problem, features, config))(state).jaxpr
         rule = dynamics.simulator._Rule.of(config, config.eta)
-        data = {"Y": np.eye(C)[np.concatenate([problem.y_noisy, problem.y_meta])], "Y_test": np.eye(C)[problem.y_test],
-                "codebook": np.eye(C), "noisy": problem.noisy, "y_test": problem.y_test}
+        data = dynamics.simulator._run_data(problem)
         noise = np.ones((4, config.perturb_draws, n + m, C), np.float32)
         segment_jaxpr = jax.make_jaxpr(lambda s: dynamics.simulator._segment(rule, features, data, s, jnp.ones(3),
                                                                             jnp.ones(3, int), 2, noise))(state).jaxpr
