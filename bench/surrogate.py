@@ -8,6 +8,9 @@ configuration, the load average and the package versions. Every ratio is
 measured side by side in one process, the contenders interleaved round by
 round in an order rotated every round; the reported ratio is the median over
 rounds of the per-round ratio, so a change of load between rounds cancels.
+In section 1 every call follows, untimed, what precedes it in training (a
+model update before a surrogate pass, a meta step before a meta step): a
+sub-millisecond call costs up to twice as much after a training step.
 
 1. **Weighting cost at equal batch.** For one training batch of ``b`` examples
    and one clean batch of ``b_m``, on the same network, device and dtype:
@@ -113,15 +116,22 @@ def _time(fn) -> float:
     return time.perf_counter() - started
 
 
-def _interleaved(contenders: dict, repeats: int) -> dict[str, list[float]]:
+def _interleaved(contenders: dict, repeats: int, context: dict | None = None) -> dict[str, list[float]]:
     """Seconds of every contender in each of ``repeats`` rounds; within a round the contenders run one after the
-    other, in an order rotated every round, so that each follows each other as often (the first call after a
-    training step pays for cold caches)."""
+    other, in an order rotated every round (so a change of load hits them alike).
+
+    Rotation keeps the cyclic order, so each contender would always follow the same one; a call of a few hundred
+    microseconds costs up to twice as much after a training step as after a light call (cold caches). So
+    ``context[key]``, when given, runs untimed just before every call of ``key``: what precedes it in training.
+    """
     keys = list(contenders)
+    context = context or {}
     times = {key: [] for key in keys}
     for round_ in range(repeats):
         shift = round_ % len(keys)
         for key in keys[shift:] + keys[:shift]:
+            if key in context:
+                context[key]()
             times[key].append(_time(contenders[key]))
     return times
 
@@ -223,7 +233,11 @@ def bench_weighting(repeats: int, seed: int) -> list[dict]:
             assert torch.equal(surrogate_batch_weights(model, x, y, clean_reference(y_meta.numpy(), meta_features),
                                                        alpha0=0.0),
                                surrogate_batch_weights(model, x, y, meta_features, y_meta, alpha0=0.0))
-            times = _interleaved(contenders, repeats)
+            # As in training: a surrogate pass (and the forward that bounds it) follows a model update, a meta
+            # step the meta step before.
+            context = {"surrogate": erm_step, "surrogate_clean_batch": erm_step, "forward": erm_step,
+                       "meta_weights": full_meta_step, "meta_step": full_meta_step, "erm": erm_step}
+            times = _interleaved(contenders, repeats, context)
             amortised = clean_epoch_s * b / REFERENCE_N
             per_round = {
                 "meta_step_over_surrogate": [s / (p + amortised) for s, p in zip(times["meta_step"],

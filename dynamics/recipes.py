@@ -51,6 +51,21 @@ def _feature_map(model: nn.Module, features: FeatureMap | None) -> FeatureMap:
                      "features=..., a callable x -> (N, D) penultimate features, e.g. lambda x: model.body(x)")
 
 
+def _mode_setter(model: nn.Module) -> Callable[[bool], object]:
+    """``model.train``, or, when no module overrides ``nn.Module.train``, the same effect more cheaply: the
+    ``training`` flag of every module set directly, without ``train``'s recursion through ``nn.Module.__setattr__``
+    (switching a 7-module MLP to evaluation mode and back: 35 us that way, 11 us this way, against 270 us for the
+    whole surrogate pass of a 128-example batch; bench/surrogate.py)."""
+    modules = list(model.modules())
+    if any(type(module).train is not nn.Module.train for module in modules):
+        return model.train
+
+    def set_training(mode: bool) -> None:
+        for module in modules:
+            module.__dict__["training"] = mode
+    return set_training
+
+
 def penultimate_features(model: nn.Module, x: torch.Tensor, *, features: FeatureMap | None = None,
                          batch_size: int = 1024) -> np.ndarray:
     """Penultimate features ``(N, D)`` of ``x : (N, ...)``, float64 numpy, in evaluation mode without gradient.
@@ -66,16 +81,19 @@ def penultimate_features(model: nn.Module, x: torch.Tensor, *, features: Feature
     """
     extract = _feature_map(model, features)
     was_training = model.training
-    model.eval()
+    set_training = _mode_setter(model)
+    set_training(False)
     try:
         with torch.no_grad():
-            parts = [extract(x[start:start + batch_size]) for start in range(0, len(x), batch_size)]
+            if len(x) <= batch_size:  # a mini-batch: one forward, no slicing or concatenation
+                joined = extract(x)
+            else:
+                joined = torch.cat([extract(x[start:start + batch_size]) for start in range(0, len(x), batch_size)])
     finally:
-        model.train(was_training)
-    # A mini-batch is one part: no concatenation, one copy into float64 on the CPU (a copy even when the
-    # features already are, since they may be a view of x).
-    joined = parts[0] if len(parts) == 1 else torch.cat(parts)
-    return joined.reshape(len(x), -1).to(device="cpu", dtype=torch.float64, copy=len(parts) == 1).numpy()
+        set_training(was_training)
+    # One copy into float64 on the CPU, a copy even when the features already are, since they may be a view of x
+    # (torch.cat's output is never one).
+    return joined.reshape(len(x), -1).to(device="cpu", dtype=torch.float64, copy=len(x) <= batch_size).numpy()
 
 
 def clean_subset_features(model: nn.Module, x_meta: torch.Tensor, *, features: FeatureMap | None = None,

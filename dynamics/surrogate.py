@@ -75,16 +75,17 @@ def _is_sparse(x) -> bool:
     return type(x).__module__.startswith("scipy.sparse")
 
 
-def _as_features(name: str, x):
+def _as_features(name: str, x, *, check_finite: bool = True):
     """``x`` as a checked 2-D float array (not copied when already floating) or a CSR matrix.
 
-    Accepts arrays, nested lists, pandas DataFrames and scipy sparse matrices or arrays.
+    Accepts arrays, nested lists, pandas DataFrames and scipy sparse matrices or arrays. Without
+    ``check_finite`` the caller checks its result instead (one pass over ``(n, C)``, not ``(n, D)``) and calls
+    :func:`_check_finite` only to name the culprit.
     """
     if _is_sparse(x):
         x = x.tocsr()
         if x.dtype.kind not in "f":
             x = x.astype(np.float64)
-        values = x.data
     else:
         x = np.asarray(x)
         if x.dtype.kind in "iub":
@@ -95,13 +96,18 @@ def _as_features(name: str, x):
             except (TypeError, ValueError):
                 raise ValueError(f"{name} must hold numbers, got dtype {x.dtype} "
                                  "(encode categorical columns first)") from None
-        values = x
     if x.ndim != 2 or 0 in x.shape:
         raise ValueError(f"{name} must be a non-empty 2-D array (examples, features), got shape {x.shape}")
+    if check_finite:
+        _check_finite(name, x)
+    return x
+
+
+def _check_finite(name: str, x) -> None:
+    values = x.data if _is_sparse(x) else x
     # min and max propagate NaN and reach +-inf: a finiteness check without an (n, D) temporary.
     if values.size and not (np.isfinite(values.min()) and np.isfinite(values.max())):
         raise ValueError(f"{name} contains non-finite values")
-    return x
 
 
 def _label_values(name: str, labels, size: int) -> np.ndarray:
@@ -146,16 +152,17 @@ def _distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
         return classes, indices, False
 
 
-def _indices_in(values: np.ndarray, classes: np.ndarray, classes_sorted: bool) -> np.ndarray:
-    """Index of each of ``values`` in ``classes``, -1 where absent."""
+def _indices_in(values: np.ndarray, classes: np.ndarray, classes_sorted: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``(indices, found)``: the index of each of ``values`` in ``classes`` (arbitrary where absent) and whether it is there."""
     if classes_sorted and values.dtype.kind == classes.dtype.kind and values.dtype.kind in "iuUS":
-        position = np.minimum(np.searchsorted(classes, values), len(classes) - 1)
-        return np.where(classes[position] == values, position, -1)
+        position = classes.searchsorted(values)
+        return position, classes.take(position, mode="clip") == values
     lookup = {name: index for index, name in enumerate(classes.tolist())}
     try:
-        return np.array([lookup.get(value, -1) for value in values.tolist()], dtype=np.int64)
+        position = np.array([lookup.get(value, -1) for value in values.tolist()], dtype=np.int64)
     except TypeError:
         raise ValueError("labels must hold hashable class names") from None
+    return position, position >= 0
 
 
 def _encode_meta(meta_values: np.ndarray, num_classes) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -177,9 +184,9 @@ def _encode_meta(meta_values: np.ndarray, num_classes) -> tuple[np.ndarray, np.n
 
 def _encode_training(values: np.ndarray, classes: np.ndarray, classes_sorted: bool) -> np.ndarray:
     """``y (n,)``: each training label's index among the clean classes; a label they lack is a ``ValueError``."""
-    y = _indices_in(values, classes, classes_sorted)
-    if (y < 0).any():
-        absent = list(dict.fromkeys(values[y < 0].tolist()))
+    y, found = _indices_in(values, classes, classes_sorted)
+    if not found.all():
+        absent = list(dict.fromkeys(values[~found].tolist()))
         raise ValueError(f"labels hold {len(absent)} class(es) that meta_labels (the clean subset) has no "
                          f"example of, such as {_short_list(absent[:3])}; every training label needs a clean "
                          f"example of its class (clean classes: {_short_list(classes)})")
@@ -263,6 +270,7 @@ def _linear_similarities(Phi, directions, offset, block_rows):
         S = _times(Phi, directions, block_rows)
         S -= offset
     if not np.all(np.isfinite(S)):
+        _check_finite("features", Phi)  # not checked by the caller: NaN or inf in Phi make S non-finite too
         raise ValueError("features are so large that their similarities overflow float64; rescale them "
                          "(the weights do not change under scaling)")
     return S
@@ -350,10 +358,12 @@ def modulated_scores(similarities: np.ndarray, labels: np.ndarray, alpha0: float
     d : (n,) float64.
     """
     S = np.asarray(similarities, dtype=np.float64)
-    # Keep only the (n, 1) runner-up column, so that the (n, C) partitioned copy is freed before `shifted` exists.
-    shifted = S - np.partition(S, -2, axis=1)[:, -2:-1].copy()
-    own = shifted[np.arange(len(S)), labels]
-    return own - alpha0 * (shifted.sum(axis=1) - own)
+    # Keep only the (n,) runner-up, so that the (n, C) partitioned copy is freed before the shifted one exists.
+    runner_up = np.partition(S, -2, axis=1)[:, -2].copy()
+    own = S[np.arange(len(S)), labels] - runner_up
+    if alpha0 == 0:  # the other classes have no weight: no need to shift them
+        return own
+    return own - alpha0 * ((S - runner_up[:, None]).sum(axis=1) - own)
 
 
 def weights_from_scores(d: np.ndarray, rule: str = "reference") -> np.ndarray:
@@ -386,10 +396,9 @@ def weights_from_scores(d: np.ndarray, rule: str = "reference") -> np.ndarray:
         return (d > 0).astype(np.float64)
     if rule != "reference":
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
-    negative = d < 0
-    if not negative.any():
+    least_negative = -np.max(d, where=d < 0, initial=-np.inf)
+    if least_negative == np.inf:  # no negative score
         return (d > 0).astype(np.float64)
-    least_negative = -d[negative].max()
     return np.where(d > 0, np.minimum(1.0, 0.5 + d / (2 * least_negative)), 0.0)
 
 
@@ -455,7 +464,7 @@ class CleanReference:
         return _linear_similarities(self._features(features), self.directions, self.offset, _BLOCK_ROWS)
 
     def _features(self, features):
-        Phi = _as_features("features", features)
+        Phi = _as_features("features", features, check_finite=False)  # S's finiteness check covers Phi's
         if Phi.shape[1] != self.directions.shape[0]:
             raise ValueError(f"features has {Phi.shape[1]} features per example, the clean subset (meta_features) "
                              f"has {self.directions.shape[0]}")

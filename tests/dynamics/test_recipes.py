@@ -154,6 +154,25 @@ def test_surrogate_batch_weights_are_reweight_on_eval_mode_features_without_grad
         penultimate_features(nn.Linear(6, 3), x)
 
 
+def test_penultimate_features_switch_modes_through_a_train_override_when_a_module_has_one():
+    """The fast switch (every module's flag set at once) must not bypass a module's own train(mode)."""
+    calls = []
+
+    class FrozenNorm(nn.BatchNorm1d):  # keeps its running statistics frozen: stays in eval mode whatever is asked
+        def train(self, mode=True):
+            calls.append(mode)
+            return super().train(False)
+
+    model = nn.Sequential(nn.Linear(4, 6), FrozenNorm(6), nn.ReLU(), nn.Linear(6, 2)).train()
+    calls.clear()
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
+    penultimate_features(model, x)
+    assert calls == [False, True] and model.training and model[0].training and not model[1].training
+    plain = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 2)).eval()
+    penultimate_features(plain, x)
+    assert not any(module.training for module in plain.modules())  # the evaluation mode it was in is restored
+
+
 def test_surrogate_batch_weights_against_a_clean_reference_built_once_are_bit_for_bit_the_same():
     """The clean side built once per epoch (clean_reference) gives the weights of recomputing it every batch."""
     generator = torch.Generator().manual_seed(4)

@@ -466,6 +466,20 @@ def test_clean_reference_refuses_bad_inputs_naming_the_argument(build, apply, ar
     with pytest.raises(ValueError, match=rf"^{argument}\b"):
         clean_reference(**{**built, **build}).reweight(**{**applied, **apply})
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_clean_reference_names_non_finite_features_even_where_the_clean_side_ignores_them(bad):
+    """CleanReference.reweight checks S, not the (n, D) features; a NaN or inf in features must still be named as
+    such, also in a feature the clean classes do not tell apart (a zero row of the directions: inf * 0 = NaN)."""
+    meta_features = np.column_stack([np.eye(3)[:, :2], np.full(3, 5.0)])  # column 2: the same for every class
+    reference = clean_reference(np.arange(3), meta_features)
+    assert not reference.directions[2].any()
+    for column in range(3):
+        features = np.ones((4, 3))
+        features[1, column] = bad
+        with pytest.raises(ValueError, match="^features contains non-finite values"):
+            reference.reweight(np.array([0, 1, 2, 0]), features)
+
+
 def test_surrogate_imports_and_runs_with_numpy_alone():
     """The lightweight install: dynamics.surrogate needs neither torch, JAX, neural-tangents, pandas, scipy nor
     scikit-learn (the ``kernels`` package itself loads nothing heavy until a kernel is asked for)."""
