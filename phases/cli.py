@@ -395,6 +395,11 @@ def _deliver_again(previous_hook, timers: list):
     return hook
 
 
+def _not_an_interruption(record) -> bool:
+    """A logging filter: JAX logs the traceback of any exception raised in its host callbacks, Interrupted too."""
+    return not (record.exc_info and isinstance(record.exc_info[1], Interrupted))
+
+
 def raise_if_interrupted() -> None:
     """Raise :class:`Interrupted` if a signal arrived whose exception was swallowed before it could unwind."""
     if _received:
@@ -409,28 +414,39 @@ def run_main(prog: str, run: Callable[[], object]) -> int:
     unwinds (its staging directory and worker processes are removed) and the
     command ends with one line and status 130 or 143, never a traceback.
     """
+    import logging
     import signal
     import threading
 
     handlers, unraisable, timers = {}, sys.unraisablehook, []
+    callback_log = logging.getLogger("jax._src.callback")
     _received.clear()
     if threading.current_thread() is threading.main_thread():  # signal handlers belong to the main thread
         handlers = {signum: signal.signal(signum, _interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
         sys.unraisablehook = _deliver_again(unraisable, timers)
+        callback_log.addFilter(_not_an_interruption)
     try:
         status = run()
         raise_if_interrupted()
     except UserError as error:
         print(f"{prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
-    except (Interrupted, KeyboardInterrupt) as error:
-        signum = error.signum if isinstance(error, Interrupted) else signal.SIGINT
+    except (Interrupted, KeyboardInterrupt, Exception) as error:
+        if isinstance(error, Interrupted):
+            signum = error.signum
+        elif isinstance(error, KeyboardInterrupt):
+            signum = signal.SIGINT
+        elif _received:  # raised in a host callback of a compiled JAX program, Interrupted comes back wrapped
+            signum = _received[0]
+        else:
+            raise
         print(f"{prog}: interrupted by {signal.Signals(signum).name}; no output was published", file=sys.stderr)
         return 128 + signum
     finally:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
         sys.unraisablehook = unraisable
+        callback_log.removeFilter(_not_an_interruption)
         for timer in timers:  # a signal sent again after the handlers are restored would kill the process
             timer.cancel()
     return status if isinstance(status, int) and not isinstance(status, bool) else 0

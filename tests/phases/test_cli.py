@@ -5,11 +5,15 @@ import json
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
 
 from phases.cli import MARKER, OutputDirectory, UserError, bounded, check_output_path, run_main, write_json
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _publish(out, overwrite=False, content="new"):
@@ -153,6 +157,38 @@ def test_help_states_each_default_once(module, capsys):
     for option in re.split(r"(?=\s--?[a-z])", text):
         assert option.count("(default") <= 1, option
         assert not re.search(r"default:[^()]*\)\s*\(default:", option), option
+
+
+_HOST_CALLBACK_SIGNAL = """
+import os, signal, sys
+import jax, jax.numpy as jnp
+from phases.cli import run_main
+
+def host(x):
+    os.kill(os.getpid(), signal.SIGTERM)
+    for _ in range(1000):  # Python code: the handler runs here, inside the callback
+        pass
+    return x
+
+def run():
+    jax.jit(lambda x: jax.pure_callback(host, jax.ShapeDtypeStruct((3,), jnp.float32), x))(
+        jnp.ones(3)).block_until_ready()
+
+sys.exit(run_main("prog", run))
+"""
+
+
+def test_a_signal_raised_inside_a_jax_host_callback_ends_the_command_as_an_interruption():
+    """SIGTERM during a host callback of a compiled program (the operators' products) comes back as JAX's
+    XlaRuntimeError wrapping Interrupted, and JAX logs the callback's traceback; the command must still end with
+    its one line and status 143 (it ended with two tracebacks and status 1: found by the killed-sweep test under
+    load). In a subprocess: the user's stderr, JAX's log handler included."""
+    done = subprocess.run([sys.executable, "-c", _HOST_CALLBACK_SIGNAL], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+    assert done.stderr.strip() == "prog: interrupted by SIGTERM; no output was published"
+    with pytest.raises(ZeroDivisionError):  # without a signal, an error is still an error
+        run_main("prog", lambda: 1 / 0)
 
 
 def test_a_signal_whose_exception_python_swallowed_still_stops_the_command_and_publishes_nothing(tmp_path, capsys):
