@@ -148,10 +148,14 @@ def c5_stability(trajectory) -> Claim:
 def c9_spectral(problem, eigenvectors: np.ndarray | None) -> Claim:
     name = "label noise sits lower in the kernel spectrum than the clean signal"
     if problem is None or eigenvectors is None:
-        return _not_applicable("C9", name, "needs the problem and the eigenvectors of K_XX", PROBLEM)
+        return _not_applicable("C9", name, "needs the problem with its true labels and the top C eigenvectors of "
+                               "K_XX (features of rank below C have fewer)", PROBLEM)
     if not problem.noisy.any():
         return _not_applicable("C9", name, "no label noise", PROBLEM)
     C = problem.num_classes
+    if eigenvectors.shape[1] < C:
+        return _not_applicable("C9", name, f"K_XX has {eigenvectors.shape[1]} eigen-directions, fewer than C = {C}",
+                               PROBLEM)
     Y_true = problem.encode(problem.y_true)  # one-hot rows, or +-1 in one column (the binary setting)
     noise = problem.encode(problem.y_noisy) - Y_true
     clean_share, noise_share = top_energy_share(eigenvectors, Y_true, C), top_energy_share(eigenvectors, noise, C)

@@ -102,6 +102,15 @@ def test_other_settings_run(tmp_path, args):
     assert json.loads((out / "summary.json").read_text())["claims"]
 
 
+def test_fewer_training_examples_than_classes_run_with_c9_not_applicable(tmp_path):
+    """n = 3 < C = 4: K_XX has 3 eigen-directions, not the top C that C9 compares (it ended in a traceback)."""
+    out = tmp_path / "run"
+    assert main([*SMALL, "--n", "3", "--out", str(out)]) == 0
+    claims = {claim["id"]: claim for claim in json.loads((out / "summary.json").read_text())["claims"]}
+    assert claims["C9"]["verdict"] == "n/a" and "fewer than C = 4" in claims["C9"]["detail"]
+    assert claims["C6"]["verdict"] != "n/a"  # the other claims are still checked
+
+
 def _cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "phases.simulate", *args], capture_output=True, text=True, cwd=cwd,
                           timeout=300)
