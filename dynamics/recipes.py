@@ -52,12 +52,14 @@ def _feature_map(model: nn.Module, features: FeatureMap | None) -> FeatureMap:
 
 
 def _mode_setter(model: nn.Module) -> Callable[[bool], object]:
-    """``model.train``, or, when no module overrides ``nn.Module.train``, the same effect more cheaply: the
-    ``training`` flag of every module set directly, without ``train``'s recursion through ``nn.Module.__setattr__``
-    (switching a 7-module MLP to evaluation mode and back: 35 us that way, 11 us this way, against 270 us for the
-    whole surrogate pass of a 128-example batch; bench/surrogate.py)."""
+    """``model.train``, or, when every module is a plain one, the same effect more cheaply: the ``training`` flag
+    of every module set directly, without ``train``'s recursion through ``nn.Module.__setattr__`` (switching a
+    7-module MLP to evaluation mode and back: 35 us that way, 11 us this way, against 270 us for the whole surrogate
+    pass of a 128-example batch; bench/surrogate.py). Plain: ``train`` and ``__setattr__`` not overridden and the
+    flag an instance attribute; a TorchScript module, whose flag lives in C++, is not."""
     modules = list(model.modules())
-    if any(type(module).train is not nn.Module.train for module in modules):
+    if not all(type(module).train is nn.Module.train and type(module).__setattr__ is nn.Module.__setattr__
+               and "training" in vars(module) for module in modules):
         return model.train
 
     def set_training(mode: bool) -> None:

@@ -10,6 +10,7 @@ the noisy examples, for every seed of a range.
 
 import copy
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -171,6 +172,14 @@ def test_penultimate_features_switch_modes_through_a_train_override_when_a_modul
     plain = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 2)).eval()
     penultimate_features(plain, x)
     assert not any(module.training for module in plain.modules())  # the evaluation mode it was in is restored
+    # TorchScript keeps the flag in C++: setting the Python attribute would leave its BatchNorm in training mode.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.script is deprecated, not gone
+        scripted = torch.jit.script(plain).train()
+    with torch.no_grad():
+        expected = scripted.eval()(x)
+    assert_close(penultimate_features(scripted.train(), x, features=scripted), expected.double().numpy())
+    assert all(module.training for module in scripted.modules())
 
 
 def test_surrogate_batch_weights_against_a_clean_reference_built_once_are_bit_for_bit_the_same():
