@@ -153,7 +153,8 @@ def _distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
 
 
 def _indices_in(values: np.ndarray, classes: np.ndarray, classes_sorted: bool) -> tuple[np.ndarray, np.ndarray]:
-    """``(indices, found)``: the index of each of ``values`` in ``classes`` (arbitrary where absent) and whether it is there."""
+    """``(indices, found)``: the index of each of ``values`` in ``classes`` (arbitrary where absent), and whether
+    it is there."""
     if classes_sorted and values.dtype.kind == classes.dtype.kind and values.dtype.kind in "iuUS":
         position = classes.searchsorted(values)
         return position, classes.take(position, mode="clip") == values
