@@ -732,8 +732,10 @@ def _drive(advance, state, config: MetaConfig, progress, *, runs: int | None, dr
     segments, first_losses, diverged = [], None, [None] * count
     stride = length * -(-len(advances) // (length * KEPT_OUTPUTS))  # records between kept outputs
 
+    last_start = len(advances) - length
+
     def remainder(start):  # the last segment also takes the steps after the last record
-        return steps % every if start + length >= len(advances) else 0
+        return steps % every if start == last_start else 0
 
     def draws_of(start):  # the steps of a segment's L + 1 records (padding repeats the last)
         at = start * every + np.concatenate([[0], np.cumsum(advances[start:start + length])])
@@ -744,7 +746,7 @@ def _drive(advance, state, config: MetaConfig, progress, *, runs: int | None, dr
     for start in range(0, len(advances), length):
         if keep is not None and start % stride == 0:
             keep.append((start * every, np.asarray(state.F)))
-        last = start + length >= len(advances)
+        last = start == last_start
         state, records, final, F_test = advance(state, jnp.asarray(advances[start:start + length]),
                                                 remainder(start), noise)
         noise = None if last else draws_of(start + length)  # while the segment runs (dispatch is asynchronous)

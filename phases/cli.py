@@ -400,6 +400,19 @@ def _not_an_interruption(record) -> bool:
     return not (record.exc_info and isinstance(record.exc_info[1], Interrupted))
 
 
+def _signal_of(error: BaseException) -> int | None:
+    """The signal ``error`` stands for, or None: :class:`Interrupted`, Ctrl-C, or any exception raised after a
+    signal arrived (an Interrupted raised in a host callback of a compiled JAX program comes back wrapped in
+    JAX's own error)."""
+    import signal
+
+    if isinstance(error, Interrupted):
+        return error.signum
+    if isinstance(error, KeyboardInterrupt):
+        return signal.SIGINT
+    return _received[0] if isinstance(error, Exception) and _received else None
+
+
 def raise_if_interrupted() -> None:
     """Raise :class:`Interrupted` if a signal arrived whose exception was swallowed before it could unwind."""
     if _received:
@@ -431,14 +444,9 @@ def run_main(prog: str, run: Callable[[], object]) -> int:
     except UserError as error:
         print(f"{prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
-    except (Interrupted, KeyboardInterrupt, Exception) as error:
-        if isinstance(error, Interrupted):
-            signum = error.signum
-        elif isinstance(error, KeyboardInterrupt):
-            signum = signal.SIGINT
-        elif _received:  # raised in a host callback of a compiled JAX program, Interrupted comes back wrapped
-            signum = _received[0]
-        else:
+    except BaseException as error:
+        signum = _signal_of(error)
+        if signum is None:
             raise
         print(f"{prog}: interrupted by {signal.Signals(signum).name}; no output was published", file=sys.stderr)
         return 128 + signum

@@ -466,6 +466,7 @@ def test_clean_reference_refuses_bad_inputs_naming_the_argument(build, apply, ar
     with pytest.raises(ValueError, match=rf"^{argument}\b"):
         clean_reference(**{**built, **build}).reweight(**{**applied, **apply})
 
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_clean_reference_names_non_finite_features_even_where_the_clean_side_ignores_them(bad):
     """CleanReference.reweight checks S, not the (n, D) features; a NaN or inf in features must still be named as
