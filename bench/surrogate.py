@@ -24,6 +24,12 @@ sub-millisecond call costs up to twice as much after a training step.
      class directions at the reference's ``m = 2000``) is measured too and
      added, amortised over the reference's ``n / b`` batches of an epoch
      (``n = 45,000``);
+   - *surrogate on the step's features* (networks without BatchNorm or
+     dropout, :func:`dynamics.recipes.mode_free`: here the MLP): the same
+     weights from the features that the training step's own forward has just
+     computed (``surrogate_batch_weights(..., batch_features=h)``), so the
+     pass is its scoring alone; asserted equal to the pass's weights. A
+     network with BatchNorm (the CNN) needs the evaluation-mode forward;
    - *surrogate with the clean batch*: :func:`dynamics.methods.surrogate_weights`,
      features of both batches (one forward) and :func:`dynamics.surrogate.reweight`,
      i.e. the clean side recomputed for every batch (what this bench timed before);
@@ -96,7 +102,7 @@ from torch.nn import functional as F
 from dynamics.bilevel import meta_step, meta_weight_gradient
 from dynamics.cnn import SmallCNN
 from dynamics.methods import FeatureMLP, surrogate_weights
-from dynamics.recipes import clean_subset_features, penultimate_features, surrogate_batch_weights
+from dynamics.recipes import clean_subset_features, mode_free, penultimate_features, surrogate_batch_weights
 from dynamics.surrogate import class_similarities, clean_reference, modulated_scores, reweight, weights_from_scores
 from phases.cli import ArgumentParser, HelpFormatter, positive_int, run_main, versions, write_json
 
@@ -204,6 +210,15 @@ def bench_weighting(repeats: int, seed: int) -> list[dict]:
             def surrogate_pass():
                 return surrogate_batch_weights(model, x, y, reference, alpha0=0.0)
 
+            step_features = []  # what the training step's forward computed, with its graph
+
+            def step_forward():  # a model update, then the next step's forward (untimed context)
+                erm_step()
+                step_features[:] = [model.features(x)]
+
+            def surrogate_on_step_features():
+                return surrogate_batch_weights(model, x, y, reference, alpha0=0.0, batch_features=step_features[0])
+
             def surrogate_with_clean_batch():
                 return surrogate_weights(model, x, y, x_meta, y_meta, C, alpha0=0.0)
 
@@ -226,6 +241,11 @@ def bench_weighting(repeats: int, seed: int) -> list[dict]:
             contenders = {"surrogate": surrogate_pass, "surrogate_clean_batch": surrogate_with_clean_batch,
                           "forward": forward, "meta_weights": meta_weights, "meta_step": full_meta_step,
                           "erm": erm_step}
+            fused = mode_free(model)
+            if fused:
+                contenders["surrogate_step_features"] = surrogate_on_step_features
+                step_forward()
+                assert torch.equal(surrogate_on_step_features(), surrogate_pass())
             for fn in contenders.values():  # warm-up: allocator, oneDNN primitives
                 fn()
             # The clean side built once gives the weights of recomputing it with every batch, bit for bit.
@@ -236,7 +256,8 @@ def bench_weighting(repeats: int, seed: int) -> list[dict]:
             # As in training: a surrogate pass (and the forward that bounds it) follows a model update, a meta
             # step the meta step before.
             context = {"surrogate": erm_step, "surrogate_clean_batch": erm_step, "forward": erm_step,
-                       "meta_weights": full_meta_step, "meta_step": full_meta_step, "erm": erm_step}
+                       "meta_weights": full_meta_step, "meta_step": full_meta_step, "erm": erm_step,
+                       "surrogate_step_features": step_forward}
             times = _interleaved(contenders, repeats, context)
             amortised = clean_epoch_s * b / REFERENCE_N
             per_round = {
@@ -252,8 +273,12 @@ def bench_weighting(repeats: int, seed: int) -> list[dict]:
                 "meta_step_over_erm": [s / e for s, e in zip(times["meta_step"], times["erm"])],
                 "forward_share_of_surrogate": [f / p for f, p in zip(times["forward"], times["surrogate"])],
             }
+            if fused:
+                per_round["meta_step_over_surrogate_step_features"] = [
+                    s / (p + amortised) for s, p in zip(times["meta_step"], times["surrogate_step_features"])]
             rows.append({
-                "network": name, "b": b, "b_m": b_m,
+                "network": name, "b": b, "b_m": b_m, "surrogate_step_features_s": None,
+                "meta_step_over_surrogate_step_features": None,
                 **{f"{key}_s": statistics.median(values) for key, values in times.items()},
                 "clean_epoch_s": clean_epoch_s, "clean_amortised_s": amortised,
                 **{key: statistics.median(values) for key, values in per_round.items()},
@@ -457,19 +482,22 @@ def _print_weighting(rows):
     print("Weighting cost at equal batch (median seconds over rounds; ratios: median of per-round ratios):")
     print(f"{'network':34s} {'b':>4s} {'b_m':>4s} {'surr':>7s} {'+clean':>7s} {'fwd':>7s} {'meta w':>7s} "
           f"{'meta':>7s} {'ERM':>7s} {'meta/surr':>9s} {'(+clean)':>8s} {'w/surr':>6s} {'meta/fwd':>8s} "
-          f"{'meta/(surr+ERM)':>15s}")
+          f"{'meta/(surr+ERM)':>15s} {'step fts':>8s} {'meta/step fts':>13s}")
     for row in rows:
         print(f"{row['network']:34s} {row['b']:4d} {row['b_m']:4d} {row['surrogate_s']:7.4f} "
               f"{row['surrogate_clean_batch_s']:7.4f} {row['forward_s']:7.4f} {row['meta_weights_s']:7.4f} "
               f"{row['meta_step_s']:7.4f} {row['erm_s']:7.4f} {row['meta_step_over_surrogate']:9.1f} "
               f"{row['meta_step_over_surrogate_clean_batch']:8.1f} {row['meta_weights_over_surrogate']:6.1f} "
-              f"{row['meta_step_over_forward']:8.1f} {row['meta_step_over_surrogate_step']:15.2f}")
+              f"{row['meta_step_over_forward']:8.1f} {row['meta_step_over_surrogate_step']:15.2f} "
+              + (f"{row['surrogate_step_features_s']:8.5f} {row['meta_step_over_surrogate_step_features']:13.1f}"
+                 if row["surrogate_step_features_s"] is not None else f"{'n/a':>8s} {'n/a':>13s}"))
     print("surr: surrogate pass per batch (batch features + weights against the epoch's CleanReference; its per-epoch "
           "cost at m = 2000 is added amortised over 45,000 / b batches in every ratio); +clean: the same with the "
           "clean batch's features and class means recomputed every batch; fwd: the batch's eval-mode forward alone "
           "(meta/fwd bounds meta/surr); meta w: look-ahead + meta-gradient + clip; meta: the full step of "
           "docs/theory.md section 2 (that and the model update), as trained; meta/(surr+ERM): against a "
-          "surrogate-weighted training step.")
+          "surrogate-weighted training step; step fts: the surrogate pass on the features the training step's own "
+          "forward computed, i.e. its scoring alone (mode-free networks only: n/a with BatchNorm).")
 
 
 def _print_detection(rows):

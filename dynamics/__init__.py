@@ -22,8 +22,8 @@ _EXPORTS = {
                         "linearized_test_outputs", "train_finite", "train_finite_with_outputs"),
     "dynamics.bilevel": ("meta_step", "meta_weight_gradient", "per_example_loss"),
     "dynamics.mwn": ("MWNConfig", "MWNRun", "init_weight_net", "simulate_mwn", "train_finite_mwn"),
-    "dynamics.recipes": ("IndexedDataset", "MetaReweighter", "clean_subset_features", "penultimate_features",
-                         "surrogate_batch_weights"),
+    "dynamics.recipes": ("IndexedDataset", "MetaReweighter", "clean_subset_features", "mode_free",
+                         "penultimate_features", "surrogate_batch_weights"),
     "dynamics.methods": ("METHODS", "Method", "MethodResult", "MethodUnavailable", "TrainBudget", "TrainingData",
                          "TrainingDiverged", "train"),
 }

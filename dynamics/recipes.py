@@ -22,8 +22,11 @@ per-example weights, each a few lines in an ordinary ``DataLoader`` loop:
   (:class:`IndexedDataset`, or ``TensorDataset(X, y, torch.arange(n))``).
 
 The surrogate pass costs one extra forward pass of the batch (evaluation
-mode, no gradient); the exact step costs a gradient of a gradient (3-4 plain
-steps, see ``bench/finite.py``; ``bench/surrogate.py`` compares the two).
+mode, no gradient), and nothing but its scoring for a network without
+BatchNorm or dropout (:func:`mode_free`), whose training step's own forward
+already gives those features (``batch_features``); the exact step costs a
+gradient of a gradient (3-4 plain steps, see ``bench/finite.py``;
+``bench/surrogate.py`` compares the two).
 """
 
 from __future__ import annotations
@@ -93,9 +96,36 @@ def penultimate_features(model: nn.Module, x: torch.Tensor, *, features: Feature
                 joined = torch.cat([extract(x[start:start + batch_size]) for start in range(0, len(x), batch_size)])
     finally:
         set_training(was_training)
-    # One copy into float64 on the CPU, a copy even when the features already are, since they may be a view of x
-    # (torch.cat's output is never one).
-    return joined.reshape(len(x), -1).to(device="cpu", dtype=torch.float64, copy=len(x) <= batch_size).numpy()
+    # A copy even when the features already are float64 on the CPU, since they may be a view of x (torch.cat's
+    # output is never one).
+    return _host_float64(joined, len(x), copy=len(x) <= batch_size)
+
+
+def _host_float64(features: torch.Tensor, rows: int, copy: bool) -> np.ndarray:
+    """``features`` as ``(rows, D)`` float64 numpy on the CPU, in one conversion (higher dimensions flattened)."""
+    return features.detach().reshape(rows, -1).to(device="cpu", dtype=torch.float64, copy=copy).numpy()
+
+
+def _mode_dependent(module: nn.Module) -> bool:
+    if isinstance(module, torch.jit.ScriptModule) or type(module).train is not nn.Module.train:
+        return True  # a mode switch that cannot be inspected, or one of its own
+    if isinstance(module, nn.modules.batchnorm._NormBase):  # BatchNorm, InstanceNorm: running statistics in eval
+        return module.track_running_stats
+    if isinstance(module, nn.modules.dropout._DropoutNd):
+        return module.p > 0
+    dropout = getattr(module, "dropout", 0.0)  # RNNs, nn.MultiheadAttention: a rate, applied in training only
+    return isinstance(dropout, float) and dropout > 0
+
+
+def mode_free(model: nn.Module) -> bool:
+    """Whether ``model`` computes the same function in training and evaluation mode, as far as torch's layers tell.
+
+    False when any module normalises with running statistics (BatchNorm, InstanceNorm with
+    ``track_running_stats``), drops out (a dropout layer, or an RNN or attention module with a dropout rate),
+    overrides ``train``, or is TorchScript. A module of your own whose ``forward`` reads ``self.training``
+    cannot be seen: do not pass its training-mode features as evaluation-mode ones.
+    """
+    return not any(_mode_dependent(module) for module in model.modules())
 
 
 def clean_subset_features(model: nn.Module, x_meta: torch.Tensor, *, features: FeatureMap | None = None,
@@ -114,7 +144,8 @@ def _numpy_labels(labels) -> np.ndarray:
 
 def surrogate_batch_weights(model: nn.Module, x: torch.Tensor, y, meta_features: np.ndarray | CleanReference,
                             meta_labels=None, *, alpha0: float, rule: str = "reference",
-                            features: FeatureMap | None = None) -> torch.Tensor:
+                            features: FeatureMap | None = None,
+                            batch_features: torch.Tensor | None = None) -> torch.Tensor:
     """Surrogate weights ``(b,)`` of one mini-batch, the reference protocol (docs/theory.md section 6).
 
     The batch's penultimate features are computed in evaluation mode without
@@ -140,6 +171,15 @@ def surrogate_batch_weights(model: nn.Module, x: torch.Tensor, y, meta_features:
         ``1/(C-1)`` early in training, then 0.
     rule : ``"reference"`` or ``"sign"``, see :func:`dynamics.surrogate.weights_from_scores`.
     features : as in :func:`penultimate_features`.
+    batch_features : (b, D) the batch's penultimate features that the
+        training step's own forward has already computed (``h =
+        model.features(x)``, the loss then on ``model.head(h)``), used instead
+        of a second forward. Only for a network that computes the same
+        function in both modes (:func:`mode_free`; refused otherwise): its
+        training-mode features are then its evaluation-mode ones, and the
+        weights those of the second forward (bit for bit for the toolkit's
+        MLPs, tested), for the cost of the scoring alone
+        (``bench/surrogate.py``).
 
     Returns
     -------
@@ -152,7 +192,14 @@ def surrogate_batch_weights(model: nn.Module, x: torch.Tensor, y, meta_features:
     if not by_reference and meta_labels is None:
         raise ValueError("meta_labels are required with (m, D) meta_features (or pass "
                          "clean_reference(meta_labels, meta_features) instead of both)")
-    batch_features = penultimate_features(model, x, features=features, batch_size=max(len(x), 1))
+    if batch_features is None:
+        batch_features = penultimate_features(model, x, features=features, batch_size=max(len(x), 1))
+    elif not mode_free(model):
+        raise ValueError("batch_features: the model's training-mode features differ from its evaluation-mode "
+                         "ones (BatchNorm, dropout, or a train() of its own); omit batch_features and let "
+                         "the batch take its own evaluation-mode forward")
+    else:
+        batch_features = _host_float64(batch_features, len(x), copy=False)
     if by_reference:
         result = meta_features.reweight(_numpy_labels(y), batch_features, alpha0=alpha0, rule=rule)
     else:
@@ -241,4 +288,4 @@ class MetaReweighter:
 
 
 __all__ = ["CleanReference", "IndexedDataset", "MetaReweighter", "clean_reference", "clean_subset_features",
-           "penultimate_features", "surrogate_batch_weights"]
+           "mode_free", "penultimate_features", "surrogate_batch_weights"]

@@ -28,6 +28,7 @@ from dynamics.recipes import (
     IndexedDataset,
     MetaReweighter,
     clean_subset_features,
+    mode_free,
     penultimate_features,
     surrogate_batch_weights,
 )
@@ -204,6 +205,65 @@ def test_surrogate_batch_weights_against_a_clean_reference_built_once_are_bit_fo
     features = penultimate_features(nn.Sequential(nn.Identity(), nn.Identity()), x64)
     x64[0, 0] = 1e6
     assert features[0, 0] != 1e6
+
+
+class _OwnTrain(nn.Linear):
+    def train(self, mode=True):
+        return super().train(mode)
+
+
+@pytest.mark.parametrize("build", [
+    lambda: nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.LayerNorm(8), nn.Linear(8, 3)),
+    lambda: nn.Sequential(nn.Linear(6, 8), nn.Dropout(0.0), nn.BatchNorm1d(8, track_running_stats=False)),
+    lambda: nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8)),
+    lambda: nn.Sequential(nn.Linear(6, 8), nn.Dropout(0.5)),
+    lambda: nn.Sequential(nn.Unflatten(1, (1, 6)), nn.InstanceNorm1d(1, track_running_stats=True), nn.Flatten()),
+    lambda: nn.LSTM(6, 8, num_layers=2, dropout=0.3),
+    lambda: nn.MultiheadAttention(6, 2, dropout=0.3),
+])
+def test_mode_free_says_whether_training_and_evaluation_mode_compute_the_same_function(build):
+    """Oracle: the outputs themselves, in both modes, on the same input and parameters."""
+    torch.manual_seed(0)
+    model, x = build(), torch.randn(12, 6)
+
+    def output(mode):
+        if isinstance(model, nn.MultiheadAttention):
+            return model.train(mode)(x[None], x[None], x[None])[0]
+        return model.train(mode)(x[None])[0] if isinstance(model, nn.LSTM) else model.train(mode)(x)
+
+    with torch.no_grad():
+        for _ in range(3):  # running statistics away from their initial values
+            output(True)
+        assert mode_free(model) == torch.equal(output(True), output(False))
+
+
+def test_mode_free_is_false_where_the_mode_switch_cannot_be_inspected():
+    assert not mode_free(nn.Sequential(_OwnTrain(4, 2)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        assert not mode_free(torch.jit.script(nn.Sequential(nn.Linear(4, 2))))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_surrogate_batch_weights_from_the_training_forward_are_those_of_a_second_forward(seed):
+    """A mode-free network's training-step features give the weights of the evaluation-mode pass, bit for bit,
+    and the loss still back-propagates through them."""
+    generator = torch.Generator().manual_seed(seed)
+    model = mlp_factory(6, 4, hidden=(32, 16))(generator).train()
+    x, x_meta = torch.randn(48, 6, generator=generator), torch.randn(20, 6, generator=generator)
+    y, y_meta = torch.randint(0, 4, (48,), generator=generator), torch.arange(20) % 4
+    reference = clean_reference(y_meta.numpy(), clean_subset_features(model, x_meta))
+    for alpha0 in (1 / 3, 0.0):
+        h = model.features(x)  # the training step's forward, with its graph
+        w = surrogate_batch_weights(model, x, y, reference, alpha0=alpha0, batch_features=h)
+        assert torch.equal(w, surrogate_batch_weights(model, x, y, reference, alpha0=alpha0))
+        assert torch.equal(w, surrogate_batch_weights(model, x, y, clean_subset_features(model, x_meta), y_meta,
+                                                      alpha0=alpha0, batch_features=h))
+        (w * F.cross_entropy(model.head(h), y, reduction="none")).mean().backward()
+        assert all(p.grad is not None for p in model.parameters())
+    with_norm = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Linear(8, 4))
+    with pytest.raises(ValueError, match="^batch_features: the model's training-mode features differ"):
+        surrogate_batch_weights(with_norm, x, y, reference, alpha0=0.0, batch_features=with_norm[:-1](x))
 
 
 def _train(seed, mode, epochs=6, n=400, m=60, loss="ce"):
