@@ -29,6 +29,26 @@ def test_logits_are_the_head_of_the_features():
     assert_close(model(x).detach().numpy(), model.head(model.features(x)).detach().numpy())
 
 
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("size", [32, 29])
+def test_the_gradient_free_forward_equals_the_forward_with_gradient_bit_for_bit(seed, size):
+    """The pooling's channels-last route (no gradient, CPU) against torch's own kernel: same features, exactly;
+    and the route with gradient is torch's MaxPool2d itself, so training's gradients are untouched."""
+    model = SmallCNN(10, width=0.5, generator=torch.Generator().manual_seed(seed)).eval()
+    x = torch.randn(16, 3, size, size, generator=torch.Generator().manual_seed(seed + 10))
+    with_gradient = model.features(x)
+    with torch.no_grad():
+        without = model.features(x)
+    with torch.inference_mode():
+        inference = model.features(x)
+    assert torch.equal(without, with_gradient.detach()) and torch.equal(inference, without)
+    reference = torch.nn.Sequential(*[torch.nn.MaxPool2d(2) if isinstance(layer, torch.nn.MaxPool2d) else layer
+                                      for layer in model.body])
+    with torch.no_grad():
+        assert torch.equal(reference(x), without)
+
+
 @given(seed=st.integers(0, 2**63 - 1))
 def test_weights_come_from_the_generator_only(seed):
     global_state = torch.random.get_rng_state()
