@@ -198,6 +198,9 @@ def surrogate_batch_weights(model: nn.Module, x: torch.Tensor, y, meta_features:
         raise ValueError("batch_features: the model's training-mode features differ from its evaluation-mode "
                          "ones (BatchNorm, dropout, or a train() of its own); omit batch_features and let "
                          "the batch take its own evaluation-mode forward")
+    elif len(batch_features) != len(x):
+        raise ValueError(f"batch_features must hold one row per example of x ({len(x)}), got "
+                         f"{tuple(batch_features.shape)}")
     else:
         batch_features = _host_float64(batch_features, len(x), copy=False)
     if by_reference:

@@ -261,6 +261,9 @@ def test_surrogate_batch_weights_from_the_training_forward_are_those_of_a_second
                                                       alpha0=alpha0, batch_features=h))
         (w * F.cross_entropy(model.head(h), y, reduction="none")).mean().backward()
         assert all(p.grad is not None for p in model.parameters())
+    with pytest.raises(ValueError, match=r"^batch_features must hold one row per example of x \(48\), got "
+                                         r"\(47, 16\)"):
+        surrogate_batch_weights(model, x, y, reference, alpha0=0.0, batch_features=h[1:])
     with_norm = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Linear(8, 4))
     with pytest.raises(ValueError, match="^batch_features: the model's training-mode features differ"):
         surrogate_batch_weights(with_norm, x, y, reference, alpha0=0.0, batch_features=with_norm[:-1](x))
