@@ -45,7 +45,7 @@ class MetaConfig:
     meta_batch_size: int | None = None
     record_every: int = 1
     perturb_eps: float = 0.01
-    perturb_draws: int = 4
+    perturb_draws: int = 1
 
     def __post_init__(self):
         check_run_knobs(self)
