@@ -78,11 +78,14 @@ def test_save_stores_the_series_as_float32_and_everything_else_bit_for_bit(tmp_p
     path = tmp_path / "run.npz"
     trajectory.save(path)
     _assert_same(Trajectory.load(path), trajectory, float32=("w", "score", "residual_norm"))
-    with zipfile.ZipFile(path) as archive:
-        assert {info.compress_type for info in archive.infolist()} == {zipfile.ZIP_BZIP2}
+    with zipfile.ZipFile(path) as archive:  # the lowest byte planes deflated, every other member bzip2
+        methods = {info.filename: info.compress_type for info in archive.infolist()}
+    low = {f"{name}_f32low.npy" for name in ("w", "score", "residual_norm")}
+    assert low <= set(methods) and {methods[name] for name in low} == {zipfile.ZIP_DEFLATED}
+    assert {method for name, method in methods.items() if name not in low} == {zipfile.ZIP_BZIP2}
     with np.load(path) as data:  # np.load reads it: plain arrays, the float32 series as byte planes
         np.testing.assert_array_equal(data["outputs"], trajectory.outputs)
-        planes = data["w_f32planes"]
+        planes = np.concatenate([data["w_f32low"][None], data["w_f32planes"]])
         assert planes.dtype == np.uint8 and planes.shape == (4, 300, 400)
         as_float32 = np.ascontiguousarray(planes.transpose(1, 2, 0)).view("<f4")[..., 0].T
         np.testing.assert_array_equal(as_float32, trajectory.w.astype(np.float32))
@@ -114,6 +117,27 @@ def test_load_reads_files_of_the_earlier_uncompressed_format(tmp_path):
     arrays = {name: getattr(trajectory, name) for name in _SERIES + _STATIC}
     np.savez(tmp_path / "old.npz", **arrays, config=np.array(json.dumps(trajectory.config, sort_keys=True)))
     _assert_same(Trajectory.load(tmp_path / "old.npz"), trajectory)
+
+
+def test_load_reads_files_with_all_four_byte_planes_in_one_member(tmp_path):
+    """The layout of the previous version: each float32 series' four byte planes in NAME_f32planes."""
+    import io
+    import zipfile
+
+    from dynamics.trajectory import Trajectory
+
+    trajectory = _trajectory(np.random.default_rng(2), T=9, n=5)
+    trajectory.save(tmp_path / "new.npz")
+    with np.load(tmp_path / "new.npz") as data:
+        arrays = {name: data[name] for name in data.files if not name.endswith("_f32low")}
+        for name in ("w", "score", "residual_norm"):
+            arrays[f"{name}_f32planes"] = np.concatenate([data[f"{name}_f32low"][None], data[f"{name}_f32planes"]])
+    with zipfile.ZipFile(tmp_path / "old.npz", "w", compression=zipfile.ZIP_BZIP2) as archive:
+        for name, array in arrays.items():
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, array, allow_pickle=False)
+            archive.writestr(f"{name}.npy", buffer.getvalue())
+    _assert_same(Trajectory.load(tmp_path / "old.npz"), Trajectory.load(tmp_path / "new.npz"))
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "missing key", "inconsistent"])
