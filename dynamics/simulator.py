@@ -53,7 +53,7 @@ from dynamics.trajectory import Trajectory
 
 __all__ = ["LOSSES", "VARIANTS", "INITS", "CompilationCacheError", "DivergenceError", "FeatureKernel", "KernelBlocks", "KernelOperator",
            "MetaConfig", "SimState", "default_eta", "gp_prior_outputs", "init", "meta_score", "outputs_at", "predict_test",
-           "refuse_persistent_cache", "KEPT_OUTPUTS", "SHARED_KNOBS", "simulate", "simulate_many", "step"]
+           "refuse_persistent_cache", "KEPT_OUTPUTS", "SHARED_KNOBS", "compile_loop", "simulate", "simulate_many", "step"]
 
 INITS = ("zero", "gp")
 _PROGRESS_REPORTS = 100  # segments per run, so progress (and a keyboard interrupt) comes about a hundred times
@@ -500,6 +500,28 @@ def step(state: SimState, problem: Problem, operator: KernelOperator, config: Me
 def predict_test(state: SimState, operator: KernelOperator, config: MetaConfig) -> jax.Array:
     """``(p, C)`` test outputs at ``state``: ``F_test0 - eta (K_TX G_sum + gamma K_TV R_meta_sum)``."""
     return _test_outputs_jit(_Rule.of(config, _resolved_eta(config, "predict_test")), operator, state)
+
+
+@_float64
+def compile_loop(problem: Problem, config: MetaConfig, dtype=np.float64) -> None:
+    """Compile the loop that :func:`simulate` runs for ``problem`` and ``config`` over dense kernel blocks of
+    ``dtype`` (:class:`KernelBlocks`), before the kernel exists: the loop depends on the sizes and the loop knobs
+    only (not on ``eta``, ``beta``, ``gamma``, ``w0`` or the seed). :func:`simulate` then finds it compiled.
+
+    An application can call it on a thread of its own while it computes the kernel: XLA's compilation, most of
+    the time, releases the GIL.
+    """
+    n, m, p = problem.sizes
+    operator = KernelBlocks.tree_unflatten(None, [jax.ShapeDtypeStruct(shape, dtype)
+                                                  for shape in ((n + m, n), (n + m, m), (p, n), (p, m))])
+    state = _initial_state(problem, operator, config, 0, None)
+    shared, coefficients = _coefficients(_Rule.of(config, 0.0))
+    length = _segment_length(config)
+    noise = jax.ShapeDtypeStruct((length + 1, config.perturb_draws, *state.F.shape), np.float32) \
+        if config.perturb_draws else None
+    # The remainder as simulate's segments pass it: a Python int.
+    _segment.lower(shared, operator, _run_data(problem), state, coefficients, np.zeros(length, np.int64), 0,
+                   noise).compile()
 
 
 @_float64

@@ -1,6 +1,7 @@
 """The exact simulator against independent oracles (docs/theory.md section 2, claims C1-C4, C10), and its
 state-and-step interface."""
 
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -433,6 +434,24 @@ def test_outputs_at_a_step_come_from_the_run_s_own_compiled_loop():
         outputs_at(problem, blocks, MetaConfig(steps=50), 17)
     with pytest.raises(ValueError, match="0 <= t <= steps"):
         outputs_at(problem, blocks, config, 17, seed=2, start=(20, *kept[-1][1:], run.w[20]))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_the_loop_compiled_ahead_is_the_one_simulate_runs(dtype):
+    """compile_loop compiles, before the kernel exists and on another thread, the very program simulate runs:
+    simulate then compiles nothing, whatever its eta, beta, w0 and seed."""
+    problem = feature_problem(np.random.default_rng(5), 23, 7, 9, 3, 6)  # sizes no other test compiles
+    config = MetaConfig(steps=30, record_every=2, perturb_draws=1, beta=4.0, w0=0.3)
+    started = _COMPILATIONS[0]
+    thread = concurrent.futures.ThreadPoolExecutor(1)
+    thread.submit(dynamics.simulator.compile_loop, problem, config, dtype).result()
+    thread.shutdown()
+    assert _COMPILATIONS[0] > started
+    blocks = KernelBlocks.from_problem(problem, lambda a, b: (a @ b.T).astype(dtype))
+    before = _COMPILATIONS[0]
+    run = simulate(problem, blocks, dataclasses.replace(config, eta=0.3 / blocks.lambda_max(1.0)), seed=4)
+    assert _COMPILATIONS[0] == before  # (the first call adds an entry to jit's dispatch cache, not a program)
+    assert run.w.shape == (16, 23) and np.isfinite(run.flip_rate).all()
 
 
 def test_step_needs_a_resolved_eta_and_a_matching_operator():
