@@ -16,6 +16,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import os
@@ -421,8 +422,10 @@ class SimulationResult:
     trajectory: object
     phases: Phases
     summary: dict
-    # The trajectory's archive (Trajectory.archive) being compressed since the run ended, for save().
+    # The trajectory's archive (Trajectory.archive) being compressed since the run ended, and trajectory.png
+    # being drawn since its phases were found (draw_beside), for save().
     archive: concurrent.futures.Future | None = dataclasses.field(default=None, repr=False)
+    figure: concurrent.futures.Future | None = dataclasses.field(default=None, repr=False)
 
     def config_json(self, command: str | None = None) -> dict:
         """``config.json``: the settings (re-runnable), every resolved parameter, versions and the command."""
@@ -490,28 +493,47 @@ class SimulationResult:
             written.append("kernels.npz")
         write_json(os.path.join(directory, "summary.json"), self.summary)
         if figure:
-            import matplotlib.pyplot as plt
-
-            from phases.plot import plot_trajectory
-
-            meta = self.config
-            title = f"{self.problem.name}: {meta.variant} reweighting, {meta.loss}, gamma={meta.gamma:g}"
-            if on_features and not self.problem.has_y_true:
-                title += f"\n({NO_Y_TRUE}: 'clean' curves show all training examples; noisy ones are unknown)"
-            fig = plot_trajectory(self.trajectory, self.phases, title=title)
-            fig.savefig(os.path.join(directory, "trajectory.png"), dpi=110)
-            plt.close(fig)
+            drawn = self.figure or draw_beside(self.trajectory, self.phases, _figure_title(self.config, self.problem))
+            with open(os.path.join(directory, "trajectory.png"), "wb") as handle:
+                handle.write(drawn.result())
             written.append("trajectory.png")
         return written
 
 
 def compress_beside(trajectory) -> concurrent.futures.Future:
     """``trajectory.archive()``, computed on a thread of its own (bzip2 releases the GIL: a second core)."""
+    return _beside(trajectory.archive)
+
+
+def draw_beside(trajectory, phases: Phases, title: str) -> concurrent.futures.Future:
+    """The bytes of ``trajectory.png`` (:func:`phases.plot.plot_trajectory`), drawn on a thread of its own while
+    the claims are checked (their eigenvalue solves release the GIL)."""
+
+    def draw() -> bytes:
+        from phases.plot import plot_trajectory
+
+        buffer = io.BytesIO()
+        plot_trajectory(trajectory, phases, title=title).savefig(buffer, format="png", dpi=110)
+        return buffer.getvalue()
+
+    return _beside(draw)
+
+
+def _beside(task: Callable[[], object]) -> concurrent.futures.Future:
+    """``task()`` on a thread of its own, which ends with it."""
     pool = concurrent.futures.ThreadPoolExecutor(1)
     try:
-        return pool.submit(trajectory.archive)
+        return pool.submit(task)
     finally:
-        pool.shutdown(wait=False)  # the thread ends with its one task
+        pool.shutdown(wait=False)
+
+
+def _figure_title(config: SimulationConfig, problem) -> str:
+    """``trajectory.png``'s title (a problem without ``y_true`` says what its curves show)."""
+    title = f"{problem.name}: {config.variant} reweighting, {config.loss}, gamma={config.gamma:g}"
+    if not getattr(problem, "has_y_true", True):
+        title += f"\n({NO_Y_TRUE}: 'clean' curves show all training examples; noisy ones are unknown)"
+    return title
 
 
 def run_simulation(config: SimulationConfig = SimulationConfig(), *, progress: Callable[[int], None] | None = None,
@@ -540,14 +562,17 @@ def run_simulation(config: SimulationConfig = SimulationConfig(), *, progress: C
     if config.on_features:
         return _run_on_features(config, problem, progress=progress, announce=stage or (lambda text: None),
                                 claims=claims, embedding_progress=embedding_progress, saving=saving)
-    from dynamics.simulator import simulate
+    from dynamics.simulator import compile_loop, simulate
 
     announce = stage or (lambda text: None)
     problem = config.validate()
     spec = config.kernel_spec()
     n, m, p = problem.sizes
     announce(f"problem: {problem.name}, n={n}, m={m}, p={p}, realised noise {problem.noise_rate:.3f}")
+    # The simulation's loop compiles on a thread while the kernel is computed (XLA's compilation releases the GIL).
+    compiled = _beside(lambda: compile_loop(problem, config.meta_config(), np.dtype(config.kernel_dtype)))
     blocks = _kernel_blocks(config, problem)
+    compiled.result()
     initial_outputs = _initial_outputs(config, problem)
     meta = _resolved_meta_config(config, blocks)
     announce(f"simulating {meta.steps} steps of {meta.variant} reweighting ({meta.loss}), "
@@ -641,6 +666,7 @@ def _dense_result(config: SimulationConfig, problem, blocks, meta: MetaConfig, t
     trajectory = dataclasses.replace(trajectory, config=trajectory.config | {"init": config.init})
     archive = compress_beside(trajectory) if saving else None
     phases = detect_phases(trajectory, config.phase_params())
+    figure = draw_beside(trajectory, phases, _figure_title(config, problem)) if saving else None
     checked, signs = [], {}
     if eigenvectors is not None:
         prediction = _rate_prediction(problem, blocks, meta, trajectory, phases, config.seed, initial_outputs, kept)
@@ -648,7 +674,7 @@ def _dense_result(config: SimulationConfig, problem, blocks, meta: MetaConfig, t
                                rate_prediction=prediction, thresholds=config.thresholds())
         signs = {"sign_pattern": problem_sign_pattern(problem, blocks)}  # with the claims (docs/theory.md section 9)
     return SimulationResult(config, problem, blocks, trajectory, phases, summary(trajectory, phases, checked) | signs,
-                            archive)
+                            archive, figure)
 
 
 def _resolved_meta_config(config: SimulationConfig, operator) -> MetaConfig:
@@ -714,6 +740,7 @@ def _run_on_features(config: SimulationConfig, problem, *, progress, announce, c
     archive = compress_beside(trajectory) if saving else None
     announce("phases and claims")
     phases = _detect(trajectory, config.phase_params())
+    figure = draw_beside(trajectory, phases, _figure_title(config, problem)) if saving else None
     checked = []
     if claims:
         eigenvectors = feature_eigenvectors(operator, problem.num_classes) if problem.has_y_true else None
@@ -729,7 +756,7 @@ def _run_on_features(config: SimulationConfig, problem, *, progress, announce, c
         result["sign_pattern"] = problem_sign_pattern(base, operator, has_y_true=problem.has_y_true)
     if not problem.has_y_true:
         result = _without_detection_scores(result)
-    return SimulationResult(config, problem, operator, trajectory, phases, result, archive)
+    return SimulationResult(config, problem, operator, trajectory, phases, result, archive, figure)
 
 
 def _detect(trajectory, params: PhaseParams) -> Phases:
@@ -1083,8 +1110,6 @@ class FiniteWidthResult:
     def save(self, directory: str, *, command: str | None = None) -> list[str]:
         """Write ``summary.json``, ``width_<N>.json``, ``problem.npz``, ``linearized.npz``,
         ``finite_w<N>_s<seed>.npz`` and ``finite.png`` into an existing ``directory``."""
-        import matplotlib.pyplot as plt
-
         from phases.cli import versions, write_json
         from phases.plot import plot_finite_width
 
@@ -1100,7 +1125,6 @@ class FiniteWidthResult:
         examples = {width: self.finite[(width, self.config.seeds[0])] for width in (widths[0], widths[-1])}
         fig = plot_finite_width(summary, self.linearized, examples, self.linear_phases)
         fig.savefig(os.path.join(directory, "finite.png"), dpi=110)
-        plt.close(fig)
         write_json(os.path.join(directory, "summary.json"), summary)
         return ["summary.json", "width_<N>.json", "problem.npz", "linearized.npz", "finite_w<N>_s<seed>.npz",
                 "finite.png"]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
 from phases.detect import Phases
 
@@ -27,13 +27,17 @@ def sample_examples(noisy: np.ndarray, count: int, rng: np.random.Generator) -> 
             rng.choice(noisy_idx, min(count, len(noisy_idx)), replace=False))
 
 
-def plot_trajectory(trajectory, phases: Phases, title: str = "") -> plt.Figure:
-    """Weights, the coupling mechanism and the C7 flip rate against steps, phases shaded."""
+def plot_trajectory(trajectory, phases: Phases, title: str = "") -> Figure:
+    """Weights, the coupling mechanism and the C7 flip rate against steps, phases shaded.
+
+    A bare :class:`~matplotlib.figure.Figure`, outside pyplot's registry (nothing to close; safe to draw on a
+    thread of its own, as :func:`phases.experiments.draw_beside` does)."""
     step = trajectory.step
     last = int(step[-1])
     stats = trajectory.weight_stats()
     symlog_x = last > 200  # alignment lasts a few steps; a linear axis would hide it
-    fig, axes = plt.subplots(3, 1, figsize=(9, 9.5), sharex=True, gridspec_kw={"height_ratios": [1.3, 1, 0.7]})
+    fig = Figure(figsize=(9, 9.5))
+    axes = fig.subplots(3, 1, sharex=True, gridspec_kw={"height_ratios": [1.3, 1, 0.7]})
 
     ax = axes[0]
     shade_phases(ax, phases, last)
@@ -77,13 +81,14 @@ def plot_trajectory(trajectory, phases: Phases, title: str = "") -> plt.Figure:
     return fig
 
 
-def plot_finite_width(summary: dict, linear, examples: dict, linear_phases: Phases) -> plt.Figure:
+def plot_finite_width(summary: dict, linear, examples: dict, linear_phases: Phases) -> Figure:
     """``finite.png`` of the C8 cross-check: gaps against width (log-log, with a -1/2 reference), and the weights
     of six examples over time for the widths in ``examples`` (width -> finite ``Trajectory``), beside the
     linearized run ``linear``."""
     rows = summary["per_width"]
     widths = np.array([row["width"] for row in rows], dtype=np.float64)
-    fig, axes = plt.subplots(1, 1 + len(examples), figsize=(5.2 * (1 + len(examples)), 4.4))
+    fig = Figure(figsize=(5.2 * (1 + len(examples)), 4.4))
+    axes = fig.subplots(1, 1 + len(examples))
     ax = axes[0]
     for key, color, label in (("weight_gap", "#1f77b4", "weight gap max_t |w^N - w^lin|_inf"),
                               ("output_gap", "#ff7f0e", "relative test-output gap (final)")):
