@@ -11,14 +11,16 @@ table and writes a JSON file with every number.
   every run's phases and claims (``summary.json``) must be byte-identical, or
   the bench fails;
 * one more fresh process runs the same pipeline with a clock at each stage:
-  imports, the problem, the kernel, the simulation (and, inside it, JAX's
-  tracing and XLA compilation, from ``jax.monitoring``), phases and claims,
-  writing the outputs (as in the command, the trajectory's compression runs on
-  a second core from the end of the run, beside the phases, claims and
-  figure).
+  imports, the problem, the kernel (the simulation's loop compiles on a thread
+  beside it), the simulation, phases and claims (the figure is drawn and the
+  trajectory compressed on threads beside them), writing the outputs (what is
+  left of those two), and JAX's tracing and XLA compilation summed over all
+  stages (``jax.monitoring``).
 
 The machine's CPUs may be shared: the load average is recorded at the start
-and the end.
+and the end, and each run's CPU time (user + system, all threads) beside its
+wall time: on 2 cores a run cannot take less wall time than half its CPU
+time.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -59,6 +62,12 @@ def _verdicts(directory: str) -> str:
     return json.dumps({"phases": summary["phases"], "claims": summary["claims"]}, sort_keys=True)
 
 
+def _children_cpu() -> float:
+    """User + system CPU seconds of the finished child processes so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def stages(out: str) -> dict:
     """The command's pipeline in this fresh process, each stage timed (seconds)."""
     started = time.perf_counter()
@@ -89,11 +98,12 @@ def stages(out: str) -> dict:
     clock.append(time.perf_counter())
     marks["problem"] = clock[1] - run_started
     marks |= {name: clock[index + 2] - clock[index + 1]
-              for index, name in enumerate(("kernel", "simulation", "phases and claims"))}
+              for index, name in enumerate(("kernel (the loop compiling beside it)", "simulation",
+                                            "phases and claims (figure and compression beside them)"))}
     os.makedirs(out, exist_ok=True)
     save_started = time.perf_counter()
     result.save(out)
-    marks["writing the outputs"] = time.perf_counter() - save_started
+    marks["writing the outputs (and waiting for the figure and compression)"] = time.perf_counter() - save_started
     return {"stages": marks, "jax": compiled, "total": time.perf_counter() - started}
 
 
@@ -103,16 +113,18 @@ def run(argv=None) -> None:
         print(json.dumps(stages(args.stages_worker)))
         return
     load_start = _load()
-    times, verdicts = [], set()
+    times, cpu, verdicts = [], [], set()
     with tempfile.TemporaryDirectory() as scratch:
         for index in range(args.runs):
             out = os.path.join(scratch, f"run{index}")
+            used = _children_cpu()
             start = time.perf_counter()
             subprocess.run([sys.executable, *COMMAND, "--out", out], cwd=REPO, check=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             times.append(time.perf_counter() - start)
+            cpu.append(_children_cpu() - used)
             verdicts.add(_verdicts(out))
-            _progress(f"run {index + 1}/{args.runs}: {times[-1]:.2f} s")
+            _progress(f"run {index + 1}/{args.runs}: {times[-1]:.2f} s, CPU {cpu[-1]:.2f} s")
         start = time.perf_counter()
         worker = subprocess.run([sys.executable, os.path.abspath(__file__), "--stages-worker",
                                  os.path.join(scratch, "stages")], cwd=REPO, check=True, capture_output=True, text=True)
@@ -124,7 +136,8 @@ def run(argv=None) -> None:
     median = statistics.median(times)
     lines = [f"`python {' '.join(COMMAND)}`: median {median:.2f} s over {args.runs} runs (min {min(times):.2f}, "
              f"max {max(times):.2f}); goal {GOAL_SECONDS:g} s: {'met' if median < GOAL_SECONDS else 'NOT met'}; "
-             f"phases and claims byte-identical in every run", "",
+             f"phases and claims byte-identical in every run; CPU time median {statistics.median(cpu):.2f} s "
+             f"(min {min(cpu):.2f}, max {max(cpu):.2f})", "",
              "| stage (one instrumented run) | seconds |", "|---|---:|",
              f"| interpreter start and the bench's own imports | {wall - breakdown['total']:.2f} |"]
     for name, seconds in breakdown["stages"].items():
@@ -134,7 +147,7 @@ def run(argv=None) -> None:
               f"| total | {wall:.2f} |", "", f"load {load_start} -> {_load()}"]
     table = "\n".join(lines)
     print(table)
-    write_json(args.out, {"command": "python " + " ".join(COMMAND), "times": times, "median": median,
+    write_json(args.out, {"command": "python " + " ".join(COMMAND), "times": times, "median": median, "cpu": cpu,
                           "goal_seconds": GOAL_SECONDS, "breakdown": breakdown, "instrumented_wall": wall,
                           "load_start": load_start, "load_end": _load(), "versions": versions(), "table": table})
     print(f"saved {args.out}")
