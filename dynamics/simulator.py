@@ -509,7 +509,7 @@ def compile_loop(problem: Problem, config: MetaConfig, dtype=np.float64) -> None
     only (not on ``eta``, ``beta``, ``gamma``, ``w0`` or the seed). :func:`simulate` then finds it compiled.
 
     An application can call it on a thread of its own while it computes the kernel: XLA's compilation, most of
-    the time, releases the GIL.
+    the work, releases the GIL (JAX's tracing before it does not).
     """
     n, m, p = problem.sizes
     operator = KernelBlocks.tree_unflatten(None, [jax.ShapeDtypeStruct(shape, dtype)

@@ -129,18 +129,15 @@ class Trajectory:
         """The bytes :meth:`save` writes (compressing them takes about a second for the default run; bzip2
         releases the GIL, so a thread can do it beside other work)."""
         arrays = {name: np.asarray(getattr(self, name)) for name in _SERIES + _STATIC if name not in _FLOAT32}
-        deflated = set()
         for name in _FLOAT32:
             planes = _byte_planes(getattr(self, name), exact_ends=name == "w")
-            arrays[f"{name}{_PLANES}"] = planes[1:]
-            arrays[f"{name}{_LOW_PLANE}"] = planes[0]
-            deflated.add(f"{name}{_LOW_PLANE}")
+            arrays[f"{name}{_PLANES}"], arrays[f"{name}{_LOW_PLANE}"] = planes[1:], planes[0]
         arrays["config"] = np.array(json.dumps(self.config, sort_keys=True))
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_BZIP2, compresslevel=9) as archive:
             for name, array in arrays.items():
                 member = zipfile.ZipInfo(f"{name}.npy")
-                member.compress_type = zipfile.ZIP_DEFLATED if name in deflated else zipfile.ZIP_BZIP2
+                member.compress_type = zipfile.ZIP_DEFLATED if name.endswith(_LOW_PLANE) else zipfile.ZIP_BZIP2
                 with archive.open(member, "w", force_zip64=True) as handle:
                     np.lib.format.write_array(handle, array, allow_pickle=False)
         return buffer.getvalue()
