@@ -69,7 +69,8 @@ def figure(trajectory, phases: Phases) -> tuple[plt.Figure, pd.DataFrame]:
         style.time_axis(ax, last)
     ax.set_ylabel("share of examples whose\nweight step flips sign")
     eps, draws = config.get("perturb_eps"), config.get("perturb_draws")
-    ax.set_title(f"Perturbation sensitivity of the weight steps (C7; eps = {eps:g}, {draws} draws per step)"
+    per_step = f"{draws} draw{'' if draws == 1 else 's'} per step"
+    ax.set_title(f"Perturbation sensitivity of the weight steps (C7; eps = {eps:g}, {per_step})"
                  if eps is not None else "Perturbation sensitivity of the weight steps (C7)", pad=20)
     fig.tight_layout()
     table = pd.DataFrame({"step": step, "phase": labels, "flip_rate": rate, "flip_rate_smoothed": smoothed,
