@@ -122,22 +122,24 @@ def test_load_reads_files_of_the_earlier_uncompressed_format(tmp_path):
 def test_load_reads_files_with_all_four_byte_planes_in_one_member(tmp_path):
     """The layout of the previous version: each float32 series' four byte planes in NAME_f32planes."""
     import io
+    import json
     import zipfile
 
-    from dynamics.trajectory import Trajectory
+    from dynamics.trajectory import _SERIES, _STATIC, Trajectory
 
     trajectory = _trajectory(np.random.default_rng(2), T=9, n=5)
-    trajectory.save(tmp_path / "new.npz")
-    with np.load(tmp_path / "new.npz") as data:
-        arrays = {name: data[name] for name in data.files if not name.endswith("_f32low")}
-        for name in ("w", "score", "residual_norm"):
-            arrays[f"{name}_f32planes"] = np.concatenate([data[f"{name}_f32low"][None], data[f"{name}_f32planes"]])
+    float32 = ("w", "score", "residual_norm")
+    arrays = {name: getattr(trajectory, name) for name in _SERIES + _STATIC if name not in float32}
+    for name in float32:  # the little-endian float32 bytes, plane k holding byte k of every value, (4, n, T)
+        as_bytes = np.ascontiguousarray(getattr(trajectory, name).astype("<f4").T).view(np.uint8)
+        arrays[f"{name}_f32planes"] = np.ascontiguousarray(as_bytes.reshape(len(as_bytes), -1, 4).transpose(2, 0, 1))
+    arrays["config"] = np.array(json.dumps(trajectory.config, sort_keys=True))
     with zipfile.ZipFile(tmp_path / "old.npz", "w", compression=zipfile.ZIP_BZIP2) as archive:
         for name, array in arrays.items():
             buffer = io.BytesIO()
             np.lib.format.write_array(buffer, array, allow_pickle=False)
             archive.writestr(f"{name}.npy", buffer.getvalue())
-    _assert_same(Trajectory.load(tmp_path / "old.npz"), Trajectory.load(tmp_path / "new.npz"))
+    _assert_same(Trajectory.load(tmp_path / "old.npz"), trajectory, float32=float32)
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "missing key", "inconsistent"])
