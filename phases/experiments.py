@@ -471,7 +471,7 @@ class SimulationResult:
         if kernels and on_features:
             raise ValueError("a run on features has no dense kernel blocks to save (its kernel is the features' "
                              "linear kernel; K = Phi Phi^T would take (n, n) memory)")
-        # The trajectory's compression (bzip2, which releases the GIL) runs on a second core beside the rest,
+        # The trajectory's compression (zlib, which releases the GIL) runs on a second core beside the rest,
         # from the end of the run when run_simulation was told the result would be saved.
         archive = self.archive or compress_beside(self.trajectory)
         written = self._save_beside(directory, kernels, figure, command, on_features)
@@ -501,7 +501,7 @@ class SimulationResult:
 
 
 def compress_beside(trajectory) -> concurrent.futures.Future:
-    """``trajectory.archive()``, computed on a thread of its own (bzip2 releases the GIL: a second core)."""
+    """``trajectory.archive()``, computed on a thread of its own (zlib releases the GIL: a second core)."""
     return _beside(trajectory.archive)
 
 

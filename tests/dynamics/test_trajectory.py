@@ -78,17 +78,18 @@ def test_save_stores_the_series_as_float32_and_everything_else_bit_for_bit(tmp_p
     path = tmp_path / "run.npz"
     trajectory.save(path)
     _assert_same(Trajectory.load(path), trajectory, float32=("w", "score", "residual_norm"))
-    with zipfile.ZipFile(path) as archive:  # the lowest byte planes deflated, every other member bzip2
-        methods = {info.filename: info.compress_type for info in archive.infolist()}
-    low = {f"{name}_f32low.npy" for name in ("w", "score", "residual_norm")}
-    assert low <= set(methods) and {methods[name] for name in low} == {zipfile.ZIP_DEFLATED}
-    assert {method for name, method in methods.items() if name not in low} == {zipfile.ZIP_BZIP2}
-    with np.load(path) as data:  # np.load reads it: plain arrays, the float32 series as byte planes
+    with zipfile.ZipFile(path) as archive:  # every member deflated
+        assert {info.compress_type for info in archive.infolist()} == {zipfile.ZIP_DEFLATED}
+    with np.load(path) as data:  # np.load reads it: plain arrays, the float32 series as byte planes of differences
         np.testing.assert_array_equal(data["outputs"], trajectory.outputs)
-        planes = np.concatenate([data["w_f32low"][None], data["w_f32planes"]])
+        planes = data["w_f32delta"]
         assert planes.dtype == np.uint8 and planes.shape == (4, 300, 400)
-        as_float32 = np.ascontiguousarray(planes.transpose(1, 2, 0)).view("<f4")[..., 0].T
-        np.testing.assert_array_equal(as_float32, trajectory.w.astype(np.float32))
+        # Independently: the differences as unsigned integers, summed in int64 and reduced modulo 2^32.
+        delta = sum(planes[k].astype(np.int64) << (8 * k) for k in range(4))
+        bits = (np.cumsum(delta, axis=1) % 2**32).astype(np.uint32)
+        np.testing.assert_array_equal(bits.view("<f4").T, trajectory.w.astype(np.float32))
+        # A slowly moving series: the high byte of a difference is nearly always that of a small number (0 or -1).
+        assert np.mean(np.isin(planes[3], (0, 255))) > 0.9
     lossless = tmp_path / "lossless.npz"  # every field float64, zlib: the earlier format
     np.savez_compressed(lossless, **{name: getattr(trajectory, name) for name in _SERIES + _STATIC},
                         config=np.array(json.dumps(trajectory.config)))
@@ -119,8 +120,11 @@ def test_load_reads_files_of_the_earlier_uncompressed_format(tmp_path):
     _assert_same(Trajectory.load(tmp_path / "old.npz"), trajectory)
 
 
-def test_load_reads_files_with_all_four_byte_planes_in_one_member(tmp_path):
-    """The layout of the previous version: each float32 series' four byte planes in NAME_f32planes."""
+@pytest.mark.parametrize("low_plane_apart", [False, True])
+def test_load_reads_files_of_the_two_byte_plane_layouts_before(tmp_path, low_plane_apart):
+    """The layouts of the two previous versions: each float32 series' values (not their differences) as four
+    byte planes, in one member NAME_f32planes, or the lowest plane in NAME_f32low and the others in
+    NAME_f32planes."""
     import io
     import json
     import zipfile
@@ -132,7 +136,11 @@ def test_load_reads_files_with_all_four_byte_planes_in_one_member(tmp_path):
     arrays = {name: getattr(trajectory, name) for name in _SERIES + _STATIC if name not in float32}
     for name in float32:  # the little-endian float32 bytes, plane k holding byte k of every value, (4, n, T)
         as_bytes = np.ascontiguousarray(getattr(trajectory, name).astype("<f4").T).view(np.uint8)
-        arrays[f"{name}_f32planes"] = np.ascontiguousarray(as_bytes.reshape(len(as_bytes), -1, 4).transpose(2, 0, 1))
+        planes = np.ascontiguousarray(as_bytes.reshape(len(as_bytes), -1, 4).transpose(2, 0, 1))
+        if low_plane_apart:
+            arrays[f"{name}_f32planes"], arrays[f"{name}_f32low"] = planes[1:], planes[0]
+        else:
+            arrays[f"{name}_f32planes"] = planes
     arrays["config"] = np.array(json.dumps(trajectory.config, sort_keys=True))
     with zipfile.ZipFile(tmp_path / "old.npz", "w", compression=zipfile.ZIP_BZIP2) as archive:
         for name, array in arrays.items():
