@@ -1,20 +1,24 @@
 """Infinite-width NTK and NNGP of fully connected networks (docs/theory.md section 1).
 
-The kernels come from neural-tangents' ``stax`` layer recursion in the NTK
-parametrisation, in float64, evaluated in row blocks so that the memory of
-intermediates is bounded by the block size, not by the kernel's size.
+The kernels are the layer recursion of neural-tangents' ``stax`` layers in the
+NTK parametrisation (:func:`stax_network` builds those layers; the tests hold
+the two to 1e-12), written out in numpy: float64, evaluated in row blocks so
+that the memory of intermediates is bounded by the block size, not by the
+kernel's size. In numpy it needs no tracing or compilation: the default run's
+kernel takes about 0.1 s instead of 0.4-0.8 s through ``stax``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 
 import jax
 import numpy as np
 
-from kernels._nt import stax
+# The toolkit's kernels and the applications that use them are float64 (as importing neural-tangents through
+# kernels._nt makes them): JAX's x64 mode on, process-wide.
+jax.config.update("jax_enable_x64", True)
 
 ACTIVATIONS = ("relu", "erf")
 KINDS = ("ntk", "nngp")
@@ -56,19 +60,16 @@ class KernelSpec:
 
 
 def stax_network(spec: KernelSpec, width: int = 512, out_dim: int = 1):
-    """``(init_fn, apply_fn, kernel_fn)`` of the network ``spec`` describes."""
+    """``(init_fn, apply_fn, kernel_fn)`` of the network ``spec`` describes, as neural-tangents ``stax`` layers
+    (its ``kernel_fn`` is :func:`kernel`'s oracle in the tests)."""
+    from kernels._nt import stax
+
     act = {"relu": stax.Relu, "erf": stax.Erf}[spec.activation]
     layers = []
     for _ in range(spec.depth):
         layers += [stax.Dense(width, W_std=spec.W_std, b_std=spec.b_std, parameterization="ntk"), act()]
     layers.append(stax.Dense(out_dim, W_std=spec.W_std, b_std=spec.b_std, parameterization="ntk"))
     return stax.serial(*layers)
-
-
-@functools.lru_cache(maxsize=None)
-def _jitted_kernel_fn(spec: KernelSpec):
-    kernel_fn = stax_network(spec)[2]
-    return jax.jit(kernel_fn, static_argnames="get")
 
 
 def kernel(spec: KernelSpec, x1: np.ndarray, x2: np.ndarray | None = None, *, block_rows: int = 1024,
@@ -93,13 +94,54 @@ def kernel(spec: KernelSpec, x1: np.ndarray, x2: np.ndarray | None = None, *, bl
     x2 = x1 if x2 is None else np.asarray(x2, dtype=np.float64)
     if x1.ndim != 2 or x2.ndim != 2 or x1.shape[1] != x2.shape[1]:
         raise ValueError(f"inputs must be 2-D with equal feature counts, got {x1.shape} and {x2.shape}")
-    kernel_fn = _jitted_kernel_fn(spec)
     out = np.empty((x1.shape[0], x2.shape[0]), dtype=dtype)
-    rows = max(1, min(block_rows, x1.shape[0]))  # no block is larger than x1 (none at all for an empty x1)
+    rows = max(1, min(block_rows, x1.shape[0]))
+    q2 = _input_variance(spec, x2)
     for start in range(0, x1.shape[0], rows):
         block = x1[start:start + rows]
-        count = len(block)
-        if count < rows:  # every block one shape, so one compilation: the last is padded with copies of a row
-            block = np.concatenate([block, np.repeat(block[-1:], rows - count, axis=0)])
-        out[start:start + count] = np.asarray(kernel_fn(block, x2, get=spec.kind))[:count]
+        out[start:start + len(block)] = _recursion(spec, block, x2, q2)
     return out
+
+
+def _input_variance(spec: KernelSpec, x: np.ndarray) -> np.ndarray:
+    """``(k,)``: the first layer's pre-activation variance ``W^2 |x|^2 / d + b^2`` of each input."""
+    return spec.W_std ** 2 * np.einsum("ij,ij->i", x, x) / x.shape[1] + spec.b_std ** 2
+
+
+def _recursion(spec: KernelSpec, x1: np.ndarray, x2: np.ndarray, q2: np.ndarray) -> np.ndarray:
+    """``(n1, n2)``: the kernel of ``spec`` between ``x1`` and ``x2`` (``q2``: :func:`_input_variance` of ``x2``).
+
+    Per hidden layer, with ``s`` the pre-activation covariance of two inputs and ``q1, q2`` their variances,
+    the activation's Gaussian expectations (the forms neural-tangents uses: ``arctan2`` of a clipped square
+    root, stable where ``s^2 -> q1 q2``):
+
+    * ReLU: ``E[phi(u) phi(v)] = (sqrt(q1 q2 - s^2) + (pi - theta) s) / (2 pi)`` and ``E[phi'(u) phi'(v)] =
+      (pi - theta) / (2 pi)``, ``theta = arctan2(sqrt(q1 q2 - s^2), s)``; the variances halve;
+    * erf: ``E[phi(u) phi(v)] = (2 / pi) arctan2(2 s, r)`` and ``E[phi'(u) phi'(v)] = (4 / pi) / r``, ``r =
+      sqrt((1 + 2 q1)(1 + 2 q2) - 4 s^2)``; a variance ``q`` becomes ``(2 / pi) arctan2(q, sqrt(q + 1/4))``;
+
+    then the next dense layer: ``s <- W^2 E[phi phi] + b^2``, ``ntk <- s + W^2 E[phi' phi'] ntk``.
+    """
+    W2, b2 = spec.W_std ** 2, spec.b_std ** 2
+    q1 = _input_variance(spec, x1)[:, None]
+    q2 = q2[None, :]
+    s = W2 * (x1 @ x2.T) / x1.shape[1] + b2
+    ntk = s.copy() if spec.kind == "ntk" else None
+    for _ in range(spec.depth):
+        if spec.activation == "relu":
+            root = np.sqrt(np.maximum(q1 * q2 - s * s, 0.0))
+            angle = np.where((root == 0) & (s == 0), np.pi / 2, np.arctan2(root, s))
+            derivative = 0.5 - angle / (2 * np.pi)
+            expectation = root / (2 * np.pi) + derivative * s
+            q1, q2 = q1 / 2, q2 / 2
+        else:
+            root = np.sqrt(np.maximum((1 + 2 * q1) * (1 + 2 * q2) - 4 * s * s, 0.0))
+            expectation = 2 / np.pi * np.arctan2(2 * s, root)
+            with np.errstate(divide="ignore"):
+                derivative = 4 / np.pi / root
+            q1, q2 = (2 / np.pi * np.arctan2(q, np.sqrt(q + 0.25)) for q in (q1, q2))
+        s = W2 * expectation + b2
+        q1, q2 = W2 * q1 + b2, W2 * q2 + b2
+        if ntk is not None:
+            ntk = s + W2 * derivative * ntk
+    return s if ntk is None else ntk

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from kernels.infinite import KernelSpec, kernel
 from tolerance import assert_close
 
-# Each distinct spec costs one jit compilation, so the draws stay few.
+# neural-tangents compiles each distinct spec once (test_matches_neural_tangents), so the draws stay few.
 specs = st.builds(
     KernelSpec,
     depth=st.integers(0, 3),
@@ -82,6 +82,19 @@ def test_matches_independent_recursion(spec, seed):
     # O(sqrt(eps)) in the angle: the ReLU derivative term is only that accurate
     # (measured relative gap up to 3e-9 at depth 1-3; erf stays at 1e-15).
     assert_close(kernel(spec, x1), _oracle(spec, x1, x1), rtol=1e-7)
+
+
+@settings(max_examples=8, deadline=None)
+@given(spec=specs, seed=st.integers(0, 2**16))
+def test_matches_neural_tangents(spec, seed):
+    """The numpy recursion against neural-tangents' own ``stax`` kernel function of the same layers."""
+    from kernels.infinite import stax_network
+
+    x1, x2 = _inputs(seed, 7), _inputs(seed + 1, 5)
+    kernel_fn = stax_network(spec)[2]
+    assert_close(kernel(spec, x1, x2), np.asarray(kernel_fn(x1, x2, get=spec.kind)), rtol=1e-12)
+    # On the diagonal, as against the recursion above: the ReLU angle there is O(sqrt(eps)).
+    assert_close(kernel(spec, x1), np.asarray(kernel_fn(x1, x1, get=spec.kind)), rtol=1e-7)
 
 
 def test_depth_one_relu_closed_form():
