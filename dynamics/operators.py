@@ -44,7 +44,6 @@ from typing import Protocol
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.sparse.linalg
 
 from dynamics.problem import Problem
 
@@ -103,6 +102,8 @@ class KernelOperator(Protocol):
 
 def _top_eigenvalue(K, tol: float = 1e-12) -> float:
     """Largest eigenvalue of the symmetric ``K`` (an array or a ``LinearOperator``) by Lanczos."""
+    import scipy.sparse.linalg  # here, not at the top: 0.2-0.4 s to import, for one solve per run
+
     if K.shape[0] <= 2:
         return float(np.linalg.eigvalsh(K @ np.eye(K.shape[0]))[-1])
     v0 = np.ones(K.shape[0])  # fixed start vector: the same eigenvalue, bit for bit, every call
@@ -124,6 +125,8 @@ def _product(K, X):
 def _top_eigenvalue_of_symmetric(K) -> float:
     """:func:`_top_eigenvalue` of a stored matrix, in float64 whatever ``K``'s precision: a float32 matrix is
     applied in float32 to each Lanczos vector, to the float32 tolerance."""
+    import scipy.sparse.linalg
+
     if K.dtype == np.float64:
         return _top_eigenvalue(K)
     operator = scipy.sparse.linalg.LinearOperator(K.shape, matvec=lambda v: _product(K, np.ravel(v)),
@@ -268,6 +271,8 @@ class KernelBlocks:
         with every weight, so ``w = 1`` is the worst case over ``w`` in ``[0, 1]``.
         Lanczos on the blocks: the joint matrix is never formed.
         """
+        import scipy.sparse.linalg
+
         n, m, _ = self.sizes
         host = self._on_host()
         K_XX, K_VX, K_VV = host.K_XX, host.K_VX, host.K_VV
