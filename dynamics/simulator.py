@@ -406,9 +406,37 @@ def _targets(problem: Problem) -> np.ndarray:
     return problem.encode(np.concatenate([problem.y_noisy, problem.y_meta]))
 
 
-def _batch_key(seed: int):
-    """The mini-batch key of a run's seed (:attr:`SimState.key`)."""
-    return jax.random.split(jax.random.PRNGKey(seed))[0]
+def _batch_key(seed: int) -> np.ndarray:
+    """The mini-batch key of a run's seed (:attr:`SimState.key`): ``jax.random.split(jax.random.PRNGKey(seed))[0]``
+    in x64 mode, computed in Python for JAX's default generator (Threefry-2x32), whose first eager use compiles
+    for 0.2 s; other generators go through JAX."""
+    if jax.config.jax_default_prng_impl != "threefry2x32":
+        with jax.experimental.enable_x64():
+            return np.asarray(jax.random.split(jax.random.PRNGKey(seed))[0])
+    key = ((seed % 2**64) >> 32, seed & _WORD)  # PRNGKey: the 64-bit seed's high and low words
+    if jax.config.jax_threefry_partitionable:  # split: the hashes of the counters (0, i), i = 0, 1
+        first = _threefry2x32(key, (0, 0))
+    else:  # the hashes of the pairs (i, i + 2) of the counters 0..3, first words
+        first = (_threefry2x32(key, (0, 2))[0], _threefry2x32(key, (1, 3))[0])
+    return np.array(first, dtype=np.uint32)
+
+
+_WORD = 0xFFFFFFFF
+_THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+
+
+def _threefry2x32(key: tuple[int, int], counter: tuple[int, int]) -> tuple[int, int]:
+    """The Threefry-2x32 block cipher with 20 rounds (Salmon et al. 2011, Random123), JAX's default generator:
+    ``counter`` encrypted under ``key``, each a pair of 32-bit words."""
+    schedule = (key[0], key[1], key[0] ^ key[1] ^ 0x1BD11BDA)
+    x0, x1 = (counter[0] + schedule[0]) & _WORD, (counter[1] + schedule[1]) & _WORD
+    for group in range(5):  # five groups of four rounds, each group followed by a key injection
+        for rotation in _THREEFRY_ROTATIONS[group % 2]:
+            x0 = (x0 + x1) & _WORD
+            x1 = (((x1 << rotation) | (x1 >> (32 - rotation))) & _WORD) ^ x0
+        x0 = (x0 + schedule[(group + 1) % 3]) & _WORD
+        x1 = (x1 + schedule[(group + 2) % 3] + group + 1) & _WORD
+    return x0, x1
 
 
 #: The stream of numpy's generator that C7's draws come from: ``default_rng([seed, C7_STREAM, t])`` at step ``t``.

@@ -234,6 +234,23 @@ def test_minibatch_of_everything_equals_full_batch(problem, loss, seed):
     assert_close(mini.test_outputs, full.test_outputs)
 
 
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(-2**63, 2**63 - 1), partitionable=st.booleans())
+def test_the_batch_key_is_jax_split_of_the_seed_key(seed, partitionable):
+    """SimState.key, computed in Python (Threefry-2x32), against JAX's own split of the seed's key, under both
+    of JAX's split schemes."""
+    from dynamics.simulator import _batch_key
+
+    before = jax.config.jax_threefry_partitionable
+    jax.config.update("jax_threefry_partitionable", partitionable)
+    try:
+        expected = np.asarray(jax.random.split(jax.random.PRNGKey(seed))[0])
+        key = _batch_key(seed)
+    finally:
+        jax.config.update("jax_threefry_partitionable", before)
+    assert key.dtype == np.uint32 and np.array_equal(key, expected)
+
+
 def test_same_seed_same_trajectory_bit_for_bit(tmp_path):
     problem = feature_problem(np.random.default_rng(0), 30, 10, 5, 3, 8)
     blocks = _linear_blocks(problem)
