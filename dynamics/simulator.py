@@ -53,7 +53,7 @@ from dynamics.trajectory import Trajectory
 
 __all__ = ["LOSSES", "VARIANTS", "INITS", "CompilationCacheError", "DivergenceError", "FeatureKernel", "KernelBlocks", "KernelOperator",
            "MetaConfig", "SimState", "default_eta", "gp_prior_outputs", "init", "meta_score", "outputs_at", "predict_test",
-           "refuse_persistent_cache", "KEPT_OUTPUTS", "SHARED_KNOBS", "compile_loop", "simulate", "simulate_many", "step"]
+           "refuse_persistent_cache", "KEPT_OUTPUTS", "SHARED_KNOBS", "lower_loop", "simulate", "simulate_many", "step"]
 
 INITS = ("zero", "gp")
 _PROGRESS_REPORTS = 100  # segments per run, so progress (and a keyboard interrupt) comes about a hundred times
@@ -531,13 +531,13 @@ def predict_test(state: SimState, operator: KernelOperator, config: MetaConfig) 
 
 
 @_float64
-def compile_loop(problem: Problem, config: MetaConfig, dtype=np.float64) -> None:
-    """Compile the loop that :func:`simulate` runs for ``problem`` and ``config`` over dense kernel blocks of
-    ``dtype`` (:class:`KernelBlocks`), before the kernel exists: the loop depends on the sizes and the loop knobs
-    only (not on ``eta``, ``beta``, ``gamma``, ``w0`` or the seed). :func:`simulate` then finds it compiled.
-
-    An application can call it on a thread of its own while it computes the kernel: XLA's compilation, most of
-    the work, releases the GIL (JAX's tracing before it does not).
+def lower_loop(problem: Problem, config: MetaConfig, dtype=np.float64) -> jax.stages.Lowered:
+    """The loop that :func:`simulate` runs for ``problem`` and ``config`` over dense kernel blocks of ``dtype``
+    (:class:`KernelBlocks`), traced and lowered before the kernel exists: the loop depends on the sizes and the
+    loop knobs only (not on ``eta``, ``beta``, ``gamma``, ``w0`` or the seed). Its ``.compile()``, XLA's
+    compilation, leaves it compiled for :func:`simulate`, and releases the GIL: an application calls it on a
+    thread of its own while it computes the kernel (the tracing here holds the GIL, so it is done first, where
+    it does not compete with other Python work).
     """
     n, m, p = problem.sizes
     operator = KernelBlocks.tree_unflatten(None, [jax.ShapeDtypeStruct(shape, dtype)
@@ -548,8 +548,8 @@ def compile_loop(problem: Problem, config: MetaConfig, dtype=np.float64) -> None
     noise = jax.ShapeDtypeStruct((length + 1, config.perturb_draws, *state.F.shape), np.float32) \
         if config.perturb_draws else None
     # The remainder as simulate's segments pass it: a Python int.
-    _segment.lower(shared, operator, _run_data(problem), state, coefficients, np.zeros(length, np.int64), 0,
-                   noise).compile()
+    return _segment.lower(shared, operator, _run_data(problem), state, coefficients, np.zeros(length, np.int64), 0,
+                          noise)
 
 
 @_float64

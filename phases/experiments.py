@@ -562,7 +562,7 @@ def run_simulation(config: SimulationConfig = SimulationConfig(), *, progress: C
     if config.on_features:
         return _run_on_features(config, problem, progress=progress, announce=stage or (lambda text: None),
                                 claims=claims, embedding_progress=embedding_progress, saving=saving)
-    from dynamics.simulator import compile_loop, simulate
+    from dynamics.simulator import lower_loop, simulate
 
     announce = stage or (lambda text: None)
     problem = config.validate()
@@ -570,7 +570,7 @@ def run_simulation(config: SimulationConfig = SimulationConfig(), *, progress: C
     n, m, p = problem.sizes
     announce(f"problem: {problem.name}, n={n}, m={m}, p={p}, realised noise {problem.noise_rate:.3f}")
     # The simulation's loop compiles on a thread while the kernel is computed (XLA's compilation releases the GIL).
-    compiled = _beside(lambda: compile_loop(problem, config.meta_config(), np.dtype(config.kernel_dtype)))
+    compiled = _beside(lower_loop(problem, config.meta_config(), np.dtype(config.kernel_dtype)).compile)
     blocks = _kernel_blocks(config, problem)
     _load_while_compiling(figure=saving)
     compiled.result()

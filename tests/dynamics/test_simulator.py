@@ -455,13 +455,13 @@ def test_outputs_at_a_step_come_from_the_run_s_own_compiled_loop():
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_the_loop_compiled_ahead_is_the_one_simulate_runs(dtype):
-    """compile_loop compiles, before the kernel exists and on another thread, the very program simulate runs:
-    simulate then compiles nothing, whatever its eta, beta, w0 and seed."""
+    """lower_loop lowers, before the kernel exists, the very program simulate runs, and compiling it on another
+    thread leaves simulate nothing to compile, whatever its eta, beta, w0 and seed."""
     problem = feature_problem(np.random.default_rng(5), 23, 7, 9, 3, 6)  # sizes no other test compiles
     config = MetaConfig(steps=30, record_every=2, perturb_draws=1, beta=4.0, w0=0.3)
     started = _COMPILATIONS[0]
     thread = concurrent.futures.ThreadPoolExecutor(1)
-    thread.submit(dynamics.simulator.compile_loop, problem, config, dtype).result()
+    thread.submit(dynamics.simulator.lower_loop(problem, config, dtype).compile).result()
     thread.shutdown()
     assert _COMPILATIONS[0] > started
     blocks = KernelBlocks.from_problem(problem, lambda a, b: (a @ b.T).astype(dtype))
