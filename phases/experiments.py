@@ -16,6 +16,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import hashlib
+import importlib
 import io
 import json
 import math
@@ -639,10 +640,8 @@ def _load_while_compiling(figure: bool) -> None:
     """Import what the rest of a run needs (scipy's Lanczos for the step size, matplotlib for the figure) while
     the loop compiles on its thread: XLA's compilation releases the GIL and takes one core, imports hold the GIL
     and take the other, which would otherwise wait (the default run: 0.2-0.4 s and 0.3 s off the critical path)."""
-    import scipy.sparse.linalg  # noqa: F401
-
-    if figure:
-        import phases.plot  # noqa: F401
+    for module in ("scipy.sparse.linalg", "phases.plot") if figure else ("scipy.sparse.linalg",):
+        importlib.import_module(module)
 
 
 def _kernel_blocks(config: SimulationConfig, problem):
