@@ -11,8 +11,9 @@ table and writes a JSON file with every number.
   every run's phases and claims (``summary.json``) must be byte-identical, or
   the bench fails;
 * one more fresh process runs the same pipeline with a clock at each stage:
-  imports, the problem, the kernel (the simulation's loop compiles on a thread
-  beside it), the simulation, phases and claims (the figure is drawn and the
+  imports, the problem, the kernel (the simulation's loop is traced first,
+  then compiled by XLA on a thread beside the kernel and the later stages'
+  imports), the simulation, phases and claims (the figure is drawn and the
   trajectory compressed on threads beside them), writing the outputs (what is
   left of those two), and JAX's tracing and XLA compilation summed over all
   stages (``jax.monitoring``).
@@ -98,7 +99,7 @@ def stages(out: str) -> dict:
     clock.append(time.perf_counter())
     marks["problem"] = clock[1] - run_started
     marks |= {name: clock[index + 2] - clock[index + 1]
-              for index, name in enumerate(("kernel (the loop compiling beside it)", "simulation",
+              for index, name in enumerate(("the loop traced; the kernel and imports, XLA compiling the loop beside them", "simulation",
                                             "phases and claims (figure and compression beside them)"))}
     os.makedirs(out, exist_ok=True)
     save_started = time.perf_counter()
