@@ -460,6 +460,26 @@ def run_main(prog: str, run: Callable[[], object]) -> int:
     return status if isinstance(status, int) and not isinstance(status, bool) else 0
 
 
+def exit_without_teardown(status: int):
+    """``sys.exit(status)`` for a command's ``__main__`` after ``main`` has returned, without the interpreter's
+    teardown: the exit handlers run (``atexit``: logging's flush, temporary files, JAX's clean-up), the standard
+    streams are flushed, and the process ends before every loaded module is finalized, which takes 0.4-0.5 s
+    once JAX and matplotlib are loaded (0.2 s and 0.14 s of it, each measured alone) for nothing: every output
+    is written, closed and published before ``main`` returns. While a thread other than daemons is still
+    running, the ordinary exit waits for it instead.
+    """
+    import atexit
+    import threading
+
+    if any(thread.is_alive() and not thread.daemon for thread in threading.enumerate()
+           if thread is not threading.main_thread()):
+        sys.exit(status)
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 class ResumableOutput:
     """``--out DIR`` of a long study that records as it goes: resumable, yet published whole.
 

@@ -44,7 +44,8 @@ import sys
 import time
 
 from phases.cli import ArgumentParser, HelpFormatter, OutputDirectory, UserError, add_output_arguments, \
-    add_size_arguments, add_weight_arguments, bounded, parse_settings, positive_int, refuse_jax_cache, run_main
+    add_size_arguments, add_weight_arguments, bounded, exit_without_teardown, parse_settings, positive_int, \
+    refuse_jax_cache, run_main
 from dynamics.embeddings import EXTRACTOR_NAMES, IMAGE_SIZES
 from phases.claims import THRESHOLD_DOCS
 from phases.experiments import DATASETS, INITS, KERNEL_DTYPES, NOISE_TYPES, SimulationConfig, read_settings
@@ -350,4 +351,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_without_teardown(main())

@@ -219,3 +219,40 @@ def test_a_signal_whose_exception_python_swallowed_still_stops_the_command_and_p
     assert sent and status == 128 + signal.SIGTERM, err
     assert err.strip() == "prog: interrupted by SIGTERM; no output was published"
     assert os.listdir(tmp_path) == []
+
+
+def _exit_script(body: str) -> str:
+    return "import atexit, sys, threading, time\nfrom phases.cli import exit_without_teardown\n" + body
+
+
+@pytest.mark.parametrize("ending", ["exit_without_teardown(3)", "sys.exit(3)"])
+def test_exit_without_teardown_runs_the_exit_handlers_flushes_and_skips_only_the_finalizers(tmp_path, ending):
+    """The exit handlers run and buffered output arrives, with the status; what only the interpreter's teardown
+    runs (a module-level object's finalizer) does not, where sys.exit runs it."""
+    script = _exit_script(
+        "class Finalized:\n"
+        "    def __init__(self, path):\n"
+        "        self.path = path\n"
+        "    def __del__(self, open=open):  # open itself may be gone by then\n"
+        "        open(self.path, 'w').close()\n"
+        "kept = Finalized(sys.argv[1] + '.finalized')\n"
+        "atexit.register(lambda: open(sys.argv[1] + '.handler', 'w').close())\n"
+        "print('buffered', end='')\n" + ending + "\n")
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "mark")], cwd=REPO, capture_output=True,
+                            text=True, timeout=60)
+    assert (result.returncode, result.stdout) == (3, "buffered"), result.stderr[-1000:]
+    assert (tmp_path / "mark.handler").exists()
+    assert (tmp_path / "mark.finalized").exists() == (ending == "sys.exit(3)")
+
+
+def test_exit_without_teardown_waits_for_a_running_thread(tmp_path):
+    script = _exit_script(
+        "def late():\n"
+        "    time.sleep(0.5)\n"
+        "    open(sys.argv[1], 'w').close()\n"
+        "threading.Thread(target=late).start()\n"
+        "exit_without_teardown(0)\n")
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "late")], cwd=REPO, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-1000:]
+    assert (tmp_path / "late").exists()
