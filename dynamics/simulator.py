@@ -697,7 +697,7 @@ def simulate_many(problems: Sequence[Problem], operator: KernelOperator, configs
     data = jax.device_put(data)
     # Full-batch products of two or more runs are GEMMs bound by arithmetic, which numpy's BLAS computes about
     # twice as fast as XLA (bench/batched.py); one run's thin product is bound by reading the kernel. The
-    # toolkit's commands have x64 on process-wide (kernels/_nt.py); without it, XLA's products serve.
+    # toolkit's commands have x64 on process-wide (kernels/infinite.py); without it, XLA's products serve.
     host = (runs > 1 and isinstance(operator, KernelBlocks) and shared["batch_size"] is None
             and shared["meta_batch_size"] is None and x64_in_every_thread())
     with host_products(operator) if host else contextlib.nullcontext(jax.device_put(operator)) as device_operator:

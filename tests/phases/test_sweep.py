@@ -273,3 +273,23 @@ def test_one_writer_at_a_time_and_a_damaged_record_file_is_refused(tmp_path):
         handle.write("not json\n" + '{"key": "b"}\n')
     with pytest.raises(UserError, match="line 2 is not a record"):
         output().open()
+
+
+def test_runs_advanced_together_multiply_by_the_kernel_in_numpy_s_blas():
+    """run_simulations' runs take simulate_many's host route for their full-batch products
+    (dynamics.operators.host_products), which needs JAX's x64 mode on process-wide: in a fresh process, where
+    nothing has turned it on before (computing the kernel does, kernels/infinite.py)."""
+    code = (
+        "import jax\n"
+        "import dynamics.operators as operators\n"
+        "from phases.experiments import SimulationConfig, run_simulations\n"
+        "calls = []\n"
+        "products = operators._host_products_of\n"
+        "operators._host_products_of = lambda *args: calls.append(1) or products(*args)\n"
+        "assert not jax.config.jax_enable_x64\n"
+        "configs = [SimulationConfig(n=40, m=10, p=10, steps=6, noise=noise) for noise in (0.2, 0.4)]\n"
+        "results = run_simulations(configs, claims=False)\n"
+        "assert len(results) == 2 and calls, len(calls)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
