@@ -413,6 +413,7 @@ def _batch_key(seed: int) -> np.ndarray:
     if jax.config.jax_default_prng_impl != "threefry2x32":
         with jax.experimental.enable_x64():
             return np.asarray(jax.random.split(jax.random.PRNGKey(seed))[0])
+    seed = int(seed)  # a Python int: numpy's would overflow below
     key = ((seed % 2**64) >> 32, seed & _WORD)  # PRNGKey: the 64-bit seed's high and low words
     if jax.config.jax_threefry_partitionable:  # split: the hashes of the counters (0, i), i = 0, 1
         first = _threefry2x32(key, (0, 0))

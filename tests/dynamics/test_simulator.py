@@ -246,6 +246,7 @@ def test_the_batch_key_is_jax_split_of_the_seed_key(seed, partitionable):
     try:
         expected = np.asarray(jax.random.split(jax.random.PRNGKey(seed))[0])
         key = _batch_key(seed)
+        assert np.array_equal(_batch_key(np.int64(seed)), key)  # numpy's integers too
     finally:
         jax.config.update("jax_threefry_partitionable", before)
     assert key.dtype == np.uint32 and np.array_equal(key, expected)
