@@ -21,6 +21,7 @@ import numpy as np
 jax.config.update("jax_enable_x64", True)
 
 ACTIVATIONS = ("relu", "erf")
+_BLOCK_NUMBERS = 2 ** 20  # kernel entries evaluated at once by default (see kernel)
 KINDS = ("ntk", "nngp")
 MAX_DEPTH = 100  # the layer recursion is sequential: a larger depth is a typo, not a network
 
@@ -72,7 +73,7 @@ def stax_network(spec: KernelSpec, width: int = 512, out_dim: int = 1):
     return stax.serial(*layers)
 
 
-def kernel(spec: KernelSpec, x1: np.ndarray, x2: np.ndarray | None = None, *, block_rows: int = 1024,
+def kernel(spec: KernelSpec, x1: np.ndarray, x2: np.ndarray | None = None, *, block_rows: int | None = None,
            dtype=np.float64) -> np.ndarray:
     """The scalar kernel ``k(x1_a, x2_b)`` of ``spec`` (NTK or NNGP), computed in float64.
 
@@ -80,9 +81,14 @@ def kernel(spec: KernelSpec, x1: np.ndarray, x2: np.ndarray | None = None, *, bl
     ----------
     x1 : (n1, d) inputs.
     x2 : (n2, d) inputs; ``x1`` when omitted.
-    block_rows : rows of ``x1`` per evaluation; intermediates hold
-        ``O(block_rows * n2)`` numbers, so a 20000 x 2000 kernel never needs
-        more than a bounded chunk of memory beyond its own output.
+    block_rows : rows of ``x1`` per evaluation; intermediates hold a few
+        arrays of ``block_rows * n2`` numbers, so a 20000 x 2000 kernel never
+        needs more than a bounded chunk of memory beyond its own output. By
+        default about 2^20 numbers a block (8 MB an array): blocks that size
+        reuse their memory instead of mapping fresh pages, and stay in cache
+        (2048 x 20000, ReLU: 1.8-2.0 s and 25 MB beyond the output, against
+        4.8-4.9 s and 1.15 GB at 1024 rows, and 1.7-1.9 s and 230 MB through
+        ``stax``, which this module used before).
     dtype : of the output; ``np.float32`` rounds each block as it is stored, so the float64 kernel is never
         held whole (half the memory, for large n).
 
@@ -95,7 +101,7 @@ def kernel(spec: KernelSpec, x1: np.ndarray, x2: np.ndarray | None = None, *, bl
     if x1.ndim != 2 or x2.ndim != 2 or x1.shape[1] != x2.shape[1]:
         raise ValueError(f"inputs must be 2-D with equal feature counts, got {x1.shape} and {x2.shape}")
     out = np.empty((x1.shape[0], x2.shape[0]), dtype=dtype)
-    rows = max(1, min(block_rows, x1.shape[0]))
+    rows = max(1, min(block_rows or _BLOCK_NUMBERS // max(x2.shape[0], 1), x1.shape[0]))
     q2 = _input_variance(spec, x2)
     for start in range(0, x1.shape[0], rows):
         block = x1[start:start + rows]
@@ -128,20 +134,33 @@ def _recursion(spec: KernelSpec, x1: np.ndarray, x2: np.ndarray, q2: np.ndarray)
     s = W2 * (x1 @ x2.T) / x1.shape[1] + b2
     ntk = s.copy() if spec.kind == "ntk" else None
     for _ in range(spec.depth):
+        # In place where it can be: a block's few arrays are reused (the kernel's time goes to memory).
         if spec.activation == "relu":
-            root = np.sqrt(np.maximum(q1 * q2 - s * s, 0.0))
-            angle = np.where((root == 0) & (s == 0), np.pi / 2, np.arctan2(root, s))
-            derivative = 0.5 - angle / (2 * np.pi)
-            expectation = root / (2 * np.pi) + derivative * s
+            root = q1 * q2
+            root -= s * s
+            np.sqrt(np.maximum(root, 0.0, out=root), out=root)
+            derivative = np.arctan2(root, s)
+            derivative[(root == 0) & (s == 0)] = np.pi / 2  # the angle of a zero input
+            derivative *= -1 / (2 * np.pi)
+            derivative += 0.5
+            s *= derivative
+            root *= 1 / (2 * np.pi)
+            s += root  # E[phi(u) phi(v)]
             q1, q2 = q1 / 2, q2 / 2
         else:
-            root = np.sqrt(np.maximum((1 + 2 * q1) * (1 + 2 * q2) - 4 * s * s, 0.0))
-            expectation = 2 / np.pi * np.arctan2(2 * s, root)
+            root = (1 + 2 * q1) * (1 + 2 * q2)
+            root -= 4 * s * s
+            np.sqrt(np.maximum(root, 0.0, out=root), out=root)
+            s = np.arctan2(2 * s, root, out=s)
+            s *= 2 / np.pi  # E[phi(u) phi(v)]
             with np.errstate(divide="ignore"):
-                derivative = 4 / np.pi / root
+                derivative = np.divide(4 / np.pi, root, out=root)
             q1, q2 = (2 / np.pi * np.arctan2(q, np.sqrt(q + 0.25)) for q in (q1, q2))
-        s = W2 * expectation + b2
+        s *= W2
+        s += b2
         q1, q2 = W2 * q1 + b2, W2 * q2 + b2
         if ntk is not None:
-            ntk = s + W2 * derivative * ntk
+            ntk *= derivative
+            ntk *= W2
+            ntk += s
     return s if ntk is None else ntk

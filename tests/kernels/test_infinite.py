@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -110,3 +111,21 @@ def test_depth_one_relu_closed_form():
     off_diagonal = ~np.eye(5, dtype=bool)
     assert_close(kernel(spec, x)[off_diagonal], ntk[off_diagonal])
     assert_close(kernel(KernelSpec(depth=1, W_std=1.3, b_std=0.4, kind="nngp"), x), nngp)
+
+
+@pytest.mark.parametrize("activation", ["relu", "erf"])
+def test_memory_beyond_the_output_is_bounded_by_the_block(activation):
+    """Intermediates hold a few arrays of one block's entries, whatever the kernel's size."""
+    import tracemalloc
+
+    spec = KernelSpec(depth=3, activation=activation)
+    x1, x2 = _inputs(0, 400), _inputs(1, 3000)
+    rows = 20
+    tracemalloc.start()
+    try:
+        K = kernel(spec, x1, x2, block_rows=rows)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    block_bytes = rows * len(x2) * 8
+    assert peak - K.nbytes < 12 * block_bytes, (peak - K.nbytes) / block_bytes
