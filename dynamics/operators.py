@@ -101,7 +101,7 @@ class KernelOperator(Protocol):
 
 
 def _top_eigenvalue(K, tol: float = 1e-12) -> float:
-    """Largest eigenvalue of the symmetric ``K`` (an array or a ``LinearOperator``) by Lanczos."""
+    """Largest eigenvalue of the symmetric ``K`` (an array or a :func:`_lanczos_operator`) by Lanczos."""
     import scipy.sparse.linalg  # here, not at the top: 0.2-0.4 s to import, for one solve per run
 
     if K.shape[0] <= 2:
@@ -122,16 +122,19 @@ def _product(K, X):
     return (K @ X.astype(K.dtype)).astype(X.dtype)
 
 
+def _lanczos_operator(size: int, matvec: Callable[[np.ndarray], np.ndarray]):
+    """The float64 operator ``v -> matvec(v)`` on vectors of ``size`` that :func:`_top_eigenvalue` iterates."""
+    import scipy.sparse.linalg
+
+    return scipy.sparse.linalg.LinearOperator((size, size), matvec=lambda v: matvec(np.ravel(v)), dtype=np.float64)
+
+
 def _top_eigenvalue_of_symmetric(K) -> float:
     """:func:`_top_eigenvalue` of a stored matrix, in float64 whatever ``K``'s precision: a float32 matrix is
     applied in float32 to each Lanczos vector, to the float32 tolerance."""
-    import scipy.sparse.linalg
-
     if K.dtype == np.float64:
         return _top_eigenvalue(K)
-    operator = scipy.sparse.linalg.LinearOperator(K.shape, matvec=lambda v: _product(K, np.ravel(v)),
-                                                  dtype=np.float64)
-    return _top_eigenvalue(operator, tol=1e-6)
+    return _top_eigenvalue(_lanczos_operator(K.shape[0], lambda v: _product(K, v)), tol=1e-6)
 
 
 def _new(cls, **fields):
@@ -271,21 +274,17 @@ class KernelBlocks:
         with every weight, so ``w = 1`` is the worst case over ``w`` in ``[0, 1]``.
         Lanczos on the blocks: the joint matrix is never formed.
         """
-        import scipy.sparse.linalg
-
         n, m, _ = self.sizes
         host = self._on_host()
         K_XX, K_VX, K_VV = host.K_XX, host.K_VX, host.K_VV
         root = np.sqrt(gamma)
 
         def matvec(v):
-            v = np.ravel(v)
             top, bottom = v[:n], root * v[n:]
             return np.concatenate([_product(K_XX, top) + _product(K_VX.T, bottom),
                                    root * (_product(K_VX, top) + _product(K_VV, bottom))])
 
-        operator = scipy.sparse.linalg.LinearOperator((n + m, n + m), matvec=matvec, dtype=np.float64)
-        return _top_eigenvalue(operator, tol=1e-12 if self.dtype == np.float64 else 1e-6)
+        return _top_eigenvalue(_lanczos_operator(n + m, matvec), tol=1e-12 if self.dtype == np.float64 else 1e-6)
 
     def lambda_max_train(self) -> float:
         return _top_eigenvalue_of_symmetric(self._on_host().K_XX)

@@ -639,7 +639,8 @@ def run_simulations(configs, *, claims: bool = True, progress: Callable[[int], N
 def _load_while_compiling(figure: bool) -> None:
     """Import what the rest of a run needs (scipy's Lanczos for the step size, matplotlib for the figure) while
     the loop compiles on its thread: XLA's compilation releases the GIL and takes one core, imports hold the GIL
-    and take the other, which would otherwise wait (the default run: 0.2-0.4 s and 0.3 s off the critical path)."""
+    and take the other. The imports take 0.2-0.4 s and 0.3 s; what this saves was not separable from the noise
+    of the machine measured (5 alternating pairs of the main command: medians 5.18 s with, 5.29 s without)."""
     for module in ("scipy.sparse.linalg", "phases.plot") if figure else ("scipy.sparse.linalg",):
         importlib.import_module(module)
 
