@@ -345,7 +345,6 @@ def _seeds_csv(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-
 def main(argv: list[str] | None = None) -> int:
     return run_main(PROG, lambda: run(argv))
 
